@@ -1,0 +1,291 @@
+"""Full-pass estimators: each needs a reduce over all rows before it can transform one.
+
+Every function takes the column's tensor (a batch) and returns
+`(output, stats)`: the transformed tensor and the analyzer results by name, as
+they go into `stats.json`. Analyzer results are TFT analyzer outputs, so the
+transform_fn carries them as constants once analysis has run.
+
+TFT has no Box-Cox or Yeo-Johnson; both are built here as one custom analyzer
+(`PowerLambdaCombineFn`) whose accumulators merge, so the lambda is estimated
+by maximum likelihood in one distributed pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import apache_beam as beam
+import numpy as np
+import tensorflow as tf
+import tensorflow_transform as tft
+
+QUANTILE_EPSILON = 1e-3
+
+
+def z_score(x: tf.Tensor, name: str):
+    """(x - mean) / std with population moments (ddof=0); a constant column maps to x - mean."""
+    mean = tft.mean(x, name=f"{name}_mean")
+    var = tft.var(x, name=f"{name}_var")
+    std = tf.sqrt(var)
+    centred = x - mean
+    out = tf.where(std > 0, centred / tf.where(std > 0, std, 1.0), centred)
+    return out, {"mean": mean, "std": std}
+
+
+def min_max(x: tf.Tensor, name: str, output_min: float = 0.0, output_max: float = 1.0):
+    """Linear map of [min, max] onto [output_min, output_max]; a constant column maps to the middle."""
+    if not output_min < output_max:
+        raise ValueError(f"min_max needs output_min < output_max, got {output_min} and {output_max}")
+    lo = tft.min(x, name=f"{name}_min")
+    hi = tft.max(x, name=f"{name}_max")
+    span = hi - lo
+    unit = tf.where(span > 0, (x - lo) / tf.where(span > 0, span, 1.0), tf.fill(tf.shape(x), 0.5))
+    return unit * (output_max - output_min) + output_min, {"min": lo, "max": hi}
+
+
+def vocabulary(x, name: str, top_k: int | None = None, frequency_threshold: int | None = None,
+               num_oov_buckets: int = 1):
+    """Integer ids by descending frequency (ties: reverse-lexicographic, TFT's order).
+
+    Unseen values map to `vocabulary_size + hash % num_oov_buckets`; with
+    `num_oov_buckets: 0` they map to -1. Works on a string column or on a
+    token list (RaggedTensor), whose tokens get ids one by one.
+    """
+    vocab_name = f"{name}_vocabulary"
+    ids = tft.compute_and_apply_vocabulary(
+        x,
+        top_k=top_k,
+        frequency_threshold=frequency_threshold,
+        num_oov_buckets=num_oov_buckets,
+        vocab_filename=vocab_name,
+        name=f"{name}_vocabulary",
+    )
+    size = tft.experimental.get_vocabulary_size_by_name(vocab_name)
+    return ids, {"vocabulary_size": size, "num_oov_buckets": tf.constant(num_oov_buckets, tf.int64)}
+
+
+def quantile_buckets(x: tf.Tensor, name: str, num_buckets: int):
+    """Bucket ids 0..num_buckets-1 from approximate quantiles (error at most QUANTILE_EPSILON in rank).
+
+    A value equal to a boundary goes to the bucket above it, as with
+    `np.searchsorted(boundaries, x, side="right")`.
+    """
+    if not isinstance(num_buckets, int) or num_buckets < 2:
+        raise ValueError(f"bucketize needs num_buckets >= 2, got {num_buckets!r}")
+    boundaries = tft.quantiles(x, num_buckets, QUANTILE_EPSILON, name=f"{name}_quantiles")
+    ids = tft.apply_buckets(x, boundaries)
+    return ids, {"boundaries": tf.reshape(boundaries, [-1])}
+
+
+def impute(x, name: str, strategy: str, value=None):
+    """Fills missing values (a SparseTensor [batch, 1] whose absent rows are missing).
+
+    mean / median are over the present values (median from quantiles, within
+    QUANTILE_EPSILON in rank); most_frequent breaks ties by the smallest value;
+    constant uses `value`.
+    """
+    present = x.values
+    if strategy == "mean":
+        fill = tft.mean(present, name=f"{name}_impute_mean")
+    elif strategy == "median":
+        fill = tf.reshape(tft.quantiles(present, 2, QUANTILE_EPSILON, name=f"{name}_impute_median"), [])
+    elif strategy == "most_frequent":
+        fill, = tft.experimental.ptransform_analyzer(
+            [present], MostFrequent(), [present.dtype], [[]], name=f"{name}_impute_most_frequent")
+    elif strategy == "constant":
+        if value is None:
+            raise ValueError("impute: constant needs a 'value'")
+        fill = tf.constant(value, dtype=present.dtype)
+    else:
+        raise ValueError(f"impute strategy must be mean, median, most_frequent or constant, got {strategy!r}")
+    out = tf.squeeze(tft.sparse_tensor_to_dense_with_shape(x, [None, 1], default_value=fill), 1)
+    return out, {"impute_value": fill}
+
+
+def box_cox(x: tf.Tensor, name: str):
+    """Box-Cox power transform with lambda estimated by maximum likelihood.
+
+    y = (x**lam - 1) / lam (log x when lam == 0). Needs x > 0; the feature stage
+    checks that on the data before the run starts.
+    """
+    lam, = tft.experimental.ptransform_analyzer(
+        [x], PowerLambda("box_cox"), [tf.float32], [[]], name=f"{name}_box_cox_lambda")
+    lam = tf.reshape(lam, [])
+    logx = tf.math.log(x)
+    safe = tf.where(tf.abs(lam) > 0, lam, 1.0)
+    y = tf.where(tf.abs(lam) > 0, tf.math.expm1(lam * logx) / safe, logx)
+    return y, {"box_cox_lambda": lam}
+
+
+def yeo_johnson(x: tf.Tensor, name: str):
+    """Yeo-Johnson power transform (any sign) with lambda estimated by maximum likelihood."""
+    lam, = tft.experimental.ptransform_analyzer(
+        [x], PowerLambda("yeo_johnson"), [tf.float32], [[]], name=f"{name}_yeo_johnson_lambda")
+    lam = tf.reshape(lam, [])
+    pos = x >= 0
+    lp = tf.math.log1p(tf.where(pos, x, 0.0))
+    ln = tf.math.log1p(tf.where(pos, 0.0, -x))
+    lam_p = tf.where(tf.abs(lam) > 0, lam, 1.0)
+    lam_n = tf.where(tf.abs(2.0 - lam) > 0, 2.0 - lam, 1.0)
+    y_pos = tf.where(tf.abs(lam) > 0, tf.math.expm1(lam * lp) / lam_p, lp)
+    y_neg = tf.where(tf.abs(2.0 - lam) > 0, -tf.math.expm1((2.0 - lam) * ln) / lam_n, -ln)
+    return tf.where(pos, y_pos, y_neg), {"yeo_johnson_lambda": lam}
+
+
+# --- the power-transform lambda analyzer ------------------------------------------------
+
+# Candidate lambdas: a 0.05 grid over [-4, 4], offset by half a step so that no
+# candidate is exactly 0. The maximum is refined by a quartic through the five
+# grid points around it; this agrees with scipy's Brent search to ~1e-5.
+LAMBDA_GRID = np.arange(-4.0, 4.0 + 1e-9, 0.05)[:-1] + 0.025
+_CHUNK = 4096  # rows per vectorised step: bounds memory at len(LAMBDA_GRID) * _CHUNK floats
+
+
+@dataclasses.dataclass
+class PowerMoments:
+    """Mergeable summary of a column for every candidate lambda.
+
+    For Box-Cox, the moments are those of u = (x / exp(shift)) ** lam: working
+    relative to the data's log-scale keeps x ** lam finite for extreme
+    magnitudes. The log-likelihood only needs var(x ** lam), which rescales
+    exactly: var(x ** lam) = exp(2 lam shift) var(u). Merging brings both sides
+    to a common shift, then combines means and squared deviations (Chan et al.),
+    which stays accurate where the variance is tiny next to the mean.
+    For Yeo-Johnson the moments are of the transformed values, shift 0.
+    """
+
+    n: int
+    shift: float
+    log_jacobian: float  # sum of log x (Box-Cox) or of sign(x) log1p|x| (Yeo-Johnson)
+    mean: np.ndarray
+    m2: np.ndarray
+
+    @classmethod
+    def empty(cls) -> "PowerMoments":
+        zeros = np.zeros_like(LAMBDA_GRID)
+        return cls(0, 0.0, 0.0, zeros, zeros.copy())
+
+    @classmethod
+    def of_chunk(cls, kind: str, x: np.ndarray) -> "PowerMoments":
+        x = x.astype(np.float64)
+        grid = LAMBDA_GRID[:, None]
+        with np.errstate(over="ignore", invalid="ignore"):
+            if kind == "box_cox":
+                t = np.log(x)
+                shift = float(t.mean())
+                values = np.exp(grid * (t - shift))
+                log_jacobian = float(t.sum())
+            else:
+                shift = 0.0
+                pos = x >= 0
+                lp, ln = np.log1p(np.where(pos, x, 0.0)), np.log1p(np.where(pos, 0.0, -x))
+                values = np.where(pos, np.expm1(grid * lp) / grid, -np.expm1((2.0 - grid) * ln) / (2.0 - grid))
+                log_jacobian = float(np.sum(np.where(pos, lp, -ln)))
+            mean = values.mean(axis=1)
+            m2 = ((values - mean[:, None]) ** 2).sum(axis=1)
+        return cls(len(x), shift, log_jacobian, mean, m2)
+
+    def merge(self, other: "PowerMoments", kind: str) -> "PowerMoments":
+        if self.n == 0:
+            return other
+        if other.n == 0:
+            return self
+        n = self.n + other.n
+        shift = (self.n * self.shift + other.n * other.shift) / n
+        exponent = LAMBDA_GRID if kind == "box_cox" else 0.0
+        with np.errstate(over="ignore", invalid="ignore"):
+            fa, fb = np.exp(exponent * (self.shift - shift)), np.exp(exponent * (other.shift - shift))
+            ma, mb = self.mean * fa, other.mean * fb
+            delta = mb - ma
+            mean = ma + delta * (other.n / n)
+            m2 = self.m2 * fa * fa + other.m2 * fb * fb + delta * delta * (self.n * other.n / n)
+        return PowerMoments(n, shift, self.log_jacobian + other.log_jacobian, mean, m2)
+
+    def log_likelihood(self, kind: str) -> np.ndarray:
+        """The profile log-likelihood of each candidate lambda (scipy's boxcox_llf / yeojohnson_llf)."""
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            log_var = np.log(self.m2 / self.n)
+            if kind == "box_cox":
+                log_var = log_var + 2 * LAMBDA_GRID * self.shift - 2 * np.log(np.abs(LAMBDA_GRID))
+            llf = (LAMBDA_GRID - 1) * self.log_jacobian - self.n / 2 * log_var
+        return np.where(np.isfinite(llf), llf, -np.inf)
+
+    def best_lambda(self, kind: str) -> float:
+        llf = self.log_likelihood(kind)
+        if self.n < 2 or not np.isfinite(llf).any():
+            # A constant or empty column: every lambda is as good; 1 is the identity (shifted).
+            return 1.0
+        return refine_maximum(LAMBDA_GRID, llf)
+
+
+def refine_maximum(grid: np.ndarray, values: np.ndarray) -> float:
+    """Argmax of a smooth function sampled on a uniform grid: a polynomial through the
+    points around the best sample, maximised within one step of it."""
+    k = int(np.argmax(values))
+    lo, hi = max(k - 2, 0), min(k + 3, len(grid))
+    xs, ys = grid[lo:hi] - grid[k], values[lo:hi]
+    step = grid[1] - grid[0]
+    if len(xs) < 3 or not np.all(np.isfinite(ys)):
+        return float(grid[k])
+    poly = np.polyfit(xs, ys, len(xs) - 1)
+    roots = np.roots(np.polyder(poly))
+    roots = roots[np.isreal(roots)].real
+    roots = roots[np.abs(roots) <= step]
+    if len(roots) == 0:
+        return float(grid[k])
+    return float(grid[k] + roots[np.argmax(np.polyval(poly, roots))])
+
+
+class PowerLambdaCombineFn(beam.CombineFn):
+    """Beam combiner over batches of one column: accumulators are `PowerMoments`."""
+
+    def __init__(self, kind: str):
+        self._kind = kind
+
+    def create_accumulator(self):
+        return PowerMoments.empty()
+
+    def add_input(self, acc, batch):
+        values = np.asarray(batch[0]).reshape(-1)
+        for start in range(0, len(values), _CHUNK):
+            acc = acc.merge(PowerMoments.of_chunk(self._kind, values[start:start + _CHUNK]), self._kind)
+        return acc
+
+    def merge_accumulators(self, accumulators):
+        result = PowerMoments.empty()
+        for acc in accumulators:
+            result = result.merge(acc, self._kind)
+        return result
+
+    def extract_output(self, acc):
+        return [np.float32(acc.best_lambda(self._kind))]
+
+
+class PowerLambda(beam.PTransform):
+    """The `ptransform_analyzer` body: one CombineGlobally over all batches of the column."""
+
+    def __init__(self, kind: str):
+        super().__init__()
+        self._kind = kind
+
+    def expand(self, batches):
+        return batches | "CombineMoments" >> beam.CombineGlobally(PowerLambdaCombineFn(self._kind))
+
+
+class MostFrequent(beam.PTransform):
+    """The most frequent value of a column; ties go to the smallest value."""
+
+    def expand(self, batches):
+        def best(counts):
+            if not counts:
+                raise ValueError("impute most_frequent: the column has no present value")
+            value, _ = min(counts, key=lambda kv: (-kv[1], kv[0]))
+            return [np.asarray(value)]
+
+        return (
+            batches
+            | "Values" >> beam.FlatMap(lambda batch: np.asarray(batch[0]).reshape(-1).tolist())
+            | "Count" >> beam.combiners.Count.PerElement()
+            | "All" >> beam.combiners.ToList()
+            | "Best" >> beam.Map(best)
+        )

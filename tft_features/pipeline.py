@@ -1,0 +1,260 @@
+"""The feature stage as one Beam job: check, analyze on the train split, transform both splits, write.
+
+Outputs (under `<output>/features/`, see `tfbridge.contracts.ArtifactLayout`):
+transform_fn/ (tft_beam.WriteTransformFn), transformed/{train,eval}-*.tfrecord.gz
+(tf.Example, gzipped, at least 8 shards each), stats.json and manifest.json.
+Everything is written into a staging directory beside the final one and renamed
+into place at the end, so a failed run leaves no partial artifacts and an
+earlier run's features stay intact until the new ones are complete.
+
+The runner is named explicitly: the in-process FnApiRunner unless the command
+line names another (`--runner=FlinkRunner ...`): Beam's own default for batch
+(Prism) downloads a binary, which these machines cannot.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Callable
+
+import apache_beam as beam
+import tensorflow as tf
+import tensorflow_transform as tft
+import tensorflow_transform.beam as tft_beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+from tensorflow_metadata.proto.v0 import schema_pb2
+from tfx_bsl.coders import example_coder
+
+from tfbridge.contracts import FeaturesManifest, PipelineConfig, parse_stat_output_name
+from tft_features import inputs, preprocessing
+
+log = logging.getLogger(__name__)
+
+MIN_SHARDS = 8
+SPLITS = ("train", "eval")
+
+
+@dataclasses.dataclass(frozen=True)
+class FeaturesResult:
+    features_dir: Path
+    rows: dict[str, int]
+    seconds: float
+
+
+def versions() -> dict[str, str]:
+    return {"tensorflow": tf.__version__, "tensorflow_transform": tft.__version__, "apache_beam": beam.__version__}
+
+
+# FnApiRunner (Beam 2.77) stalls on TFT analyses of three or more phases (a chain
+# of three full-pass steps, e.g. [impute, box_cox, z_score]) with "A total of N
+# watermark-pending bundles did not execute". The older bundle-based direct
+# runner handles any depth, at about 40% of the speed, so it takes over there.
+_FNAPI_MAX_PHASES = 2
+_FNAPI_STALL = "watermark-pending bundles did not execute"
+
+
+def make_pipeline(beam_args: list[str] | None, analysis_phases: int | None) -> beam.Pipeline:
+    """A pipeline on the runner the arguments name, else an in-process one that can run this analysis."""
+    options = PipelineOptions(beam_args or [])
+    if options.view_as(StandardOptions).runner:
+        return beam.Pipeline(options=options)
+    if analysis_phases is not None and analysis_phases > _FNAPI_MAX_PHASES:
+        log.info("features: %d analysis phases: using the bundle-based direct runner", analysis_phases)
+        return beam.Pipeline(runner=BundleBasedDirectRunner(), options=options)
+    return beam.Pipeline(runner=FnApiRunner(), options=options)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Preprocessing:
+    """What the Beam job needs from the config: the preprocessing_fn and the columns to read."""
+
+    fn: Callable[[dict], dict]
+    wanted: dict[str, tuple[str, bool]]  # column -> (read_as, nullable)
+    positive: set[str]
+    why: dict[str, str]  # column -> which steps read it, for error messages
+    analysis_phases: int | None  # None: unknown (a user's preprocessing_fn)
+
+
+def _preprocessing(config: PipelineConfig) -> _Preprocessing:
+    if config.preprocessing_fn:
+        return _user_preprocessing(config)
+    plan = preprocessing.plan_features(config)
+    wanted = plan.raw_columns()
+    why = {c.column: f"used by {', '.join(s.name for s in c.steps)}" for c in plan.columns}
+    for name in wanted:
+        why.setdefault(name, "used by polynomial")
+    return _Preprocessing(preprocessing.make_preprocessing_fn(plan), wanted, plan.positive_columns(), why,
+                          plan.analysis_phases())
+
+
+def _user_preprocessing(config: PipelineConfig) -> _Preprocessing:
+    """The escape hatch: every numeric or string column of the data, read dense with no missing values."""
+    user_fn = preprocessing.load_user_preprocessing_fn(config.preprocessing_fn, config.source)
+    files, _ = inputs.resolve_columns(config.data, {}, config.label, {})
+    wanted = {}
+    for field in inputs.file_schema(config.data, files[0]):
+        kind = inputs.kind_of(field.type)
+        if field.name != config.label and kind is not None:
+            wanted[field.name] = ("string" if kind == "string" else "float", False)
+
+    def preprocessing_fn(features):
+        outputs = dict(user_fn({k: v for k, v in features.items() if k != config.label}))
+        outputs.setdefault(config.label, tf.squeeze(features[config.label], 1))
+        return outputs
+
+    why = {name: f"read for preprocessing_fn {config.preprocessing_fn}" for name in wanted}
+    return _Preprocessing(preprocessing_fn, wanted, set(), why, None)
+
+
+def run_features(config: PipelineConfig, beam_args: list[str] | None = None) -> FeaturesResult:
+    """Runs the feature stage end to end; raises ConfigError/DataError before writing anything."""
+    start = time.monotonic()
+    prep = _preprocessing(config)
+    raw = inputs.inspect(config.data, prep.wanted, config.label, prep.positive, prep.why)
+    log.info("features: %d rows in %d file(s), %d columns checked", raw.rows, len(raw.files), len(raw.columns))
+
+    layout = config.layout
+    layout.root.mkdir(parents=True, exist_ok=True)
+    staging = layout.root / f".features-staging-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    try:
+        try:
+            rows = _run_beam(config, raw, prep, staging, make_pipeline(beam_args, prep.analysis_phases))
+        except AssertionError as e:
+            if _FNAPI_STALL not in str(e) or prep.analysis_phases is not None:
+                raise
+            log.warning("features: FnApiRunner stalled on a deep analysis; rerunning on the bundle-based runner")
+            shutil.rmtree(staging)
+            staging.mkdir()
+            rows = _run_beam(config, raw, prep, staging, make_pipeline(beam_args, _FNAPI_MAX_PHASES + 1))
+        FeaturesManifest(
+            raw_columns={c.name: c.dtype for c in raw.columns},
+            label=config.label,
+            task=config.task,
+            rows=rows,
+            shards={split: MIN_SHARDS for split in SPLITS},
+            versions=versions(),
+            config=config.to_dict(),
+        ).write(staging / layout.features_manifest_path.name)
+        _replace_dir(staging, layout.features_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    seconds = time.monotonic() - start
+    log.info("features: wrote %s (%s) in %.1f s", layout.features_dir, rows, seconds)
+    return FeaturesResult(layout.features_dir, rows, seconds)
+
+
+def _run_beam(config, raw: inputs.RawData, prep: _Preprocessing, staging: Path,
+              pipeline: beam.Pipeline) -> dict[str, int]:
+    layout = config.layout
+    adapter = raw.tensor_adapter_config()
+    stats_path = staging / layout.stats_path.name
+    tft_temp = tempfile.mkdtemp(dir=staging, prefix="tft-tmp-")
+    with pipeline as p, tft_beam.Context(temp_dir=tft_temp):
+        splits = p | "ReadRaw" >> inputs.ReadRawData(raw, config.split.eval_fraction)
+        transform_fn = (splits.train, adapter) | "Analyze" >> tft_beam.AnalyzeDataset(prep.fn)
+        _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(
+            str(staging / layout.transform_fn_dir.name))
+        for split in SPLITS:
+            (data, metadata) = ((splits[split], adapter), transform_fn) | f"Transform[{split}]" >> (
+                tft_beam.TransformDataset(output_record_batches=True))
+            schema = metadata.schema
+            _ = (data
+                 | f"Encode[{split}]" >> beam.ParDo(_EncodeFeatures(schema))
+                 | f"Write[{split}]" >> beam.io.WriteToTFRecord(
+                     str(staging / layout.transformed_dir.name / split),
+                     file_name_suffix=".tfrecord.gz", num_shards=MIN_SHARDS,
+                     compression_type=beam.io.filesystem.CompressionTypes.GZIP))
+            if split == "train":
+                _ = (data
+                     | "StatsRow" >> beam.Map(_first_row_stats, schema)
+                     | "OneStatsRow" >> beam.CombineGlobally(_AnyFn()).without_defaults()
+                     | "WriteStats" >> beam.Map(_write_json, str(stats_path)))
+    shutil.rmtree(tft_temp, ignore_errors=True)
+    if not stats_path.exists():
+        _write_json({"features": {}}, str(stats_path))
+    counters = p.result.metrics().query(MetricsFilter().with_namespace("tfbridge"))["counters"]
+    rows = {split: 0 for split in SPLITS}
+    for counter in counters:
+        rows[counter.key.metric.name.removeprefix("rows_")] += counter.committed
+    return rows
+
+
+def _is_stat(name: str) -> bool:
+    return parse_stat_output_name(name) is not None
+
+
+def _first_row_stats(element, schema) -> dict:
+    """The statistics of the transform, read off the first row of a transformed batch."""
+    batch, _ = element
+    scalars = {f.name for f in schema.feature if not f.shape.dim}
+    row = {}
+    for name in batch.schema.names:
+        if _is_stat(name):
+            values = batch.column(name)[0].as_py()
+            row[name] = values[0] if name in scalars else values
+    return preprocessing.stats_from_row(row)
+
+
+class _AnyFn(beam.CombineFn):
+    """Keeps one element: every row carries the same statistics."""
+
+    def create_accumulator(self):
+        return None
+
+    def add_input(self, acc, element):
+        return element if acc is None else acc
+
+    def merge_accumulators(self, accumulators):
+        return next((a for a in accumulators if a is not None), None)
+
+    def extract_output(self, acc):
+        return acc
+
+
+def _write_json(value, path: str) -> None:
+    with FileSystems.create(path) as f:
+        f.write(json.dumps(value, indent=2, sort_keys=True).encode() + b"\n")
+
+
+class _EncodeFeatures(beam.DoFn):
+    """Transformed RecordBatches to serialized tf.Examples, statistics left out."""
+
+    def __init__(self, schema):
+        self._schema = schema_pb2.Schema()
+        self._schema.CopyFrom(schema)
+        del self._schema.feature[:]
+        self._schema.feature.extend(f for f in schema.feature if not _is_stat(f.name))
+        self._columns = [f.name for f in self._schema.feature]
+        self._encoder = None
+
+    def setup(self):
+        self._encoder = example_coder.RecordBatchToExamplesEncoder(self._schema)
+
+    def process(self, element):
+        batch, _ = element
+        yield from self._encoder.encode(batch.select(self._columns))
+
+
+def _replace_dir(staging: Path, final: Path) -> None:
+    """Renames the complete staging directory into place, then drops the previous one."""
+    previous = None
+    if final.exists():
+        previous = final.with_name(f".{final.name}-previous-{uuid.uuid4().hex[:8]}")
+        final.rename(previous)
+    staging.rename(final)
+    if previous is not None:
+        shutil.rmtree(previous, ignore_errors=True)

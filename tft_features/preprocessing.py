@@ -1,0 +1,316 @@
+"""From the config's `features:` to a TFT preprocessing_fn, through a registry of steps.
+
+Each step has a name (the config's word), the kind of value it accepts and the
+kind it produces, so a chain like `[normalize_text, vocabulary]` is checked when
+the config is read, before any data is touched. Kinds:
+
+  number    float32 [batch]            text       string [batch]
+  tokens    ragged string [batch, *]   ids        int64 [batch]
+  token_ids ragged int64 [batch, *]    vector     float32 [batch, k]
+
+A column whose first step is `impute` is read with its missing values kept
+(as a SparseTensor); any other column must have none, which the input check
+enforces. Each step's analyzer results go into `stats.json` by column and name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import re
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_transform as tft
+
+from tfbridge.contracts import (ConfigError, PipelineConfig, TransformStep, parse_stat_output_name,
+                                stat_output_name)
+from tft_features import estimators, transformers
+
+NUMBER, TEXT, TOKENS, IDS, TOKEN_IDS, VECTOR = "number", "text", "tokens", "ids", "token_ids", "vector"
+
+
+@dataclasses.dataclass(frozen=True)
+class StepKind:
+    """What a step accepts and produces; `width` is the id range it yields, when known."""
+
+    kind: str
+    width: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class StepDef:
+    name: str
+    accepts: tuple[str, ...]
+    params: tuple[str, ...]  # allowed parameter names; "" is the scalar short form
+    result: Callable[[StepKind, Mapping[str, Any]], StepKind]
+    build: Callable[..., tuple[Any, dict]]
+    full_pass: bool
+
+
+def _same(kind: StepKind, params) -> StepKind:
+    return StepKind(NUMBER)
+
+
+def _vocabulary_result(kind: StepKind, params) -> StepKind:
+    top_k = params.get("top_k")
+    width = top_k + params.get("num_oov_buckets", 1) if top_k else None
+    return StepKind(TOKEN_IDS if kind.kind == TOKENS else IDS, width)
+
+
+def _bucketize_result(kind: StepKind, params) -> StepKind:
+    if "num_buckets" in params:
+        return StepKind(IDS, params["num_buckets"])
+    return StepKind(IDS, len(params.get("boundaries", [])) + 1)
+
+
+def _build_bucketize(x, name, num_buckets=None, boundaries=None):
+    if (num_buckets is None) == (boundaries is None):
+        raise ValueError("bucketize takes either num_buckets (quantiles) or boundaries (fixed), not both")
+    if boundaries is not None:
+        return transformers.fixed_buckets(x, name, boundaries)
+    return estimators.quantile_buckets(x, name, num_buckets)
+
+
+def _build_impute(x, name, strategy=None, value=None, **short):
+    return estimators.impute(x, name, strategy or short.get(""), value)
+
+
+def _build_threshold(x, name, value=None, **short):
+    return transformers.threshold(x, name, short.get("", value))
+
+
+STEPS: dict[str, StepDef] = {s.name: s for s in [
+    # Per-row transformers.
+    StepDef("normalize_text", (TEXT,), ("stopwords", "lowercase"), lambda k, p: StepKind(TOKENS),
+            transformers.normalize_text, False),
+    StepDef("threshold", (NUMBER,), ("value", ""), _same,
+            _build_threshold, False),
+    StepDef("log1p", (NUMBER,), (), _same, transformers.log1p, False),
+    StepDef("clip", (NUMBER,), ("min", "max"), _same, transformers.clip, False),
+    StepDef("polynomial", (NUMBER,), ("degree", "with"), lambda k, p: StepKind(VECTOR), None, False),
+    StepDef("one_hot", (IDS,), ("depth",), lambda k, p: StepKind(VECTOR), None, False),
+    # Full-pass estimators (bucketize with fixed boundaries is per-row, see _build_bucketize).
+    StepDef("z_score", (NUMBER,), (), _same, estimators.z_score, True),
+    StepDef("min_max", (NUMBER,), ("output_min", "output_max"), _same, estimators.min_max, True),
+    StepDef("box_cox", (NUMBER,), (), _same, estimators.box_cox, True),
+    StepDef("yeo_johnson", (NUMBER,), (), _same, estimators.yeo_johnson, True),
+    StepDef("bucketize", (NUMBER,), ("num_buckets", "boundaries"), _bucketize_result, _build_bucketize, True),
+    StepDef("vocabulary", (TEXT, TOKENS), ("top_k", "frequency_threshold", "num_oov_buckets"),
+            _vocabulary_result, estimators.vocabulary, True),
+    StepDef("impute", (NUMBER, TEXT), ("", "strategy", "value"), lambda k, p: k, _build_impute, True),
+]}
+
+# What a column must be read as for its first step to accept it.
+_RAW_TYPE_FOR_STEP = {"normalize_text": "string", "vocabulary": "string"}
+
+
+@dataclasses.dataclass(frozen=True)
+class ColumnPlan:
+    """One configured column: how it is read and the checked chain of steps."""
+
+    column: str
+    read_as: str  # "float" or "string"
+    nullable: bool  # first step is impute: missing values are kept for it to fill
+    steps: tuple[TransformStep, ...]
+    kinds: tuple[StepKind, ...]  # the kind after each step
+    positive: bool  # Box-Cox sees the raw values: they must all be > 0
+
+    @property
+    def output_kind(self) -> str:
+        return self.kinds[-1].kind
+
+
+@dataclasses.dataclass(frozen=True)
+class FeaturePlan:
+    """The whole `features:` section, checked: columns to read, and each chain."""
+
+    columns: tuple[ColumnPlan, ...]
+    label: str
+
+    def raw_columns(self) -> dict[str, tuple[str, bool]]:
+        """Every column the transform reads: name -> (read_as, nullable). Polynomial partners included."""
+        cols: dict[str, tuple[str, bool]] = {c.column: (c.read_as, c.nullable) for c in self.columns}
+        for plan in self.columns:
+            for step in plan.steps:
+                if step.name == "polynomial":
+                    for other in step.params.get("with", []):
+                        cols.setdefault(other, ("float", False))
+        return cols
+
+    def analysis_phases(self) -> int:
+        """The longest chain of full-pass steps: TFT runs one analysis phase per link."""
+        def full_pass(step: TransformStep) -> bool:
+            if step.name == "bucketize":
+                return "num_buckets" in step.params
+            if step.name == "impute":
+                return step.params.get("", step.params.get("strategy")) != "constant"
+            return STEPS[step.name].full_pass
+        return max((sum(map(full_pass, c.steps)) for c in self.columns), default=0)
+
+    def positive_columns(self) -> set[str]:
+        return {c.column for c in self.columns if c.positive}
+
+
+def plan_features(config: PipelineConfig) -> FeaturePlan:
+    """Checks every chain against the registry; errors name the column, the step and what was expected."""
+    plans = []
+    for column, steps in config.features.items():
+        plans.append(_plan_column(column, steps, config))
+    plan = FeaturePlan(tuple(plans), config.label)
+    by_name = {c.column: c for c in plans}
+    for c in plans:
+        for step in c.steps:
+            if step.name == "polynomial":
+                for other in step.params.get("with", []):
+                    partner = by_name.get(other)
+                    if partner is not None and (partner.nullable or partner.read_as != "float"):
+                        raise ConfigError(
+                            f"{config.source}: features.{column}: polynomial uses the raw column '{other}', "
+                            f"which must be numeric with no missing values")
+    return plan
+
+
+def _plan_column(column: str, steps: tuple[TransformStep, ...], config: PipelineConfig) -> ColumnPlan:
+    where = f"{config.source}: features.{column}"
+    first = steps[0].name
+    nullable = first == "impute"
+    lead = steps[1].name if nullable and len(steps) > 1 else first
+    read_as = _RAW_TYPE_FOR_STEP.get(lead, "float")
+    if nullable and steps[0].params.get("", steps[0].params.get("strategy")) in ("mean", "median"):
+        read_as = "float"
+    kind = StepKind(TEXT if read_as == "string" else NUMBER)
+    kinds = []
+    for i, step in enumerate(steps):
+        spec = STEPS.get(step.name)
+        if spec is None:
+            raise ConfigError(f"{where}: unknown transform '{step.name}'; known: {sorted(STEPS)}")
+        if step.name == "impute" and i > 0:
+            raise ConfigError(f"{where}: impute must be the first step (it fills the raw column's missing values)")
+        unknown = sorted(set(step.params) - set(spec.params))
+        if unknown:
+            raise ConfigError(f"{where}: step '{step.name}' has unknown parameter(s) {unknown}; "
+                              f"it takes {sorted(p for p in spec.params if p) or 'none'}")
+        if kind.kind not in spec.accepts:
+            raise ConfigError(f"{where}: step '{step.name}' needs {' or '.join(spec.accepts)} input, "
+                              f"but the step before it gives {kind.kind}")
+        if step.name == "one_hot" and not step.params.get("depth") and not kind.width:
+            raise ConfigError(f"{where}: one_hot needs a fixed width: give vocabulary a top_k, "
+                              f"or one_hot a depth")
+        if step.name == "polynomial":
+            others = step.params.get("with", [])
+            if not isinstance(others, list) or not all(isinstance(o, str) for o in others):
+                raise ConfigError(f"{where}: polynomial 'with' must be a list of column names")
+        kind = spec.result(kind, step.params)
+        kinds.append(kind)
+    return ColumnPlan(column, read_as, nullable, steps, tuple(kinds), positive=lead == "box_cox")
+
+
+def _scope(column: str, index: int, step: str) -> str:
+    return re.sub(r"\W", "_", f"{column}_{index}_{step}")
+
+
+class StatsReport:
+    """Collects each step's statistics during tracing and exposes them as transform_fn outputs.
+
+    Each statistic becomes an output named `__stat__<column>__<key>` (see
+    `tfbridge.contracts.stat_output_name`), the value repeated for every row.
+    That keeps analyzer results reachable by name from the transform_fn and
+    adds no analysis phase: a statistic is read off the first transformed row,
+    and the outputs are dropped before the TFRecords are written.
+    """
+
+    def __init__(self):
+        self.outputs: dict[str, tf.Tensor] = {}
+
+    def add(self, column: str, stats: Mapping[str, Any], batch_size: tf.Tensor) -> None:
+        for key, value in stats.items():
+            name, n = stat_output_name(column, key), 2
+            while name in self.outputs:
+                name, n = stat_output_name(column, f"{key}_{n}"), n + 1
+            value = tf.convert_to_tensor(value)
+            if value.dtype.is_floating:
+                value = tf.cast(value, tf.float32)
+            elif value.dtype.is_integer:
+                value = tf.cast(value, tf.int64)
+            if value.shape.rank == 0:
+                self.outputs[name] = tf.fill([batch_size], value)
+            else:
+                flat = tf.reshape(value, [1, -1])
+                if flat.shape[1] is None:
+                    raise ValueError(f"statistic {column}.{key} has no static size")
+                self.outputs[name] = tf.tile(flat, [batch_size, 1])
+
+
+def stats_from_row(row: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """`{"features": {column: {key: value}}}` from one transformed row's `__stat__` columns."""
+    features: dict[str, dict[str, Any]] = {}
+    for name, value in row.items():
+        parsed = parse_stat_output_name(name)
+        if parsed is None:
+            continue
+        column, key = parsed
+        features.setdefault(column, {})[key] = _to_json(value)
+    return {"features": features}
+
+
+def _to_json(value) -> Any:
+    value = np.asarray(value)
+    if value.dtype.kind in "SO":
+        decoded = [v.decode() if isinstance(v, bytes) else str(v) for v in value.reshape(-1)]
+        return decoded if value.ndim else decoded[0]
+    if value.dtype.kind == "f":
+        value = value.astype(np.float64)
+    return value.tolist()
+
+
+def make_preprocessing_fn(plan: FeaturePlan) -> Callable[[dict], dict]:
+    """The TFT preprocessing_fn for a checked plan. Inputs are [batch, 1] dense or SparseTensor (nullable)."""
+
+    def preprocessing_fn(inputs: dict) -> dict:
+        report = StatsReport()
+        outputs = {}
+        label = tf.squeeze(inputs[plan.label], 1)
+        batch_size = tf.shape(label)[0]
+        for col in plan.columns:
+            x = inputs[col.column]
+            if not col.nullable:
+                x = tf.squeeze(x, 1)
+            for i, step in enumerate(col.steps):
+                x, stats = _apply_step(x, col, i, step, inputs)
+                report.add(col.column, stats, batch_size)
+            if isinstance(x, tf.RaggedTensor):
+                x = x.to_sparse()
+            outputs[col.column] = x
+        outputs[plan.label] = label
+        outputs.update(report.outputs)
+        return outputs
+
+    return preprocessing_fn
+
+
+def _apply_step(x, col: ColumnPlan, index: int, step: TransformStep, inputs: dict):
+    name = _scope(col.column, index, step.name)
+    params = dict(step.params)
+    with tf.name_scope(name):
+        if step.name == "polynomial":
+            others = {o: tf.squeeze(inputs[o], 1) for o in params.get("with", [])}
+            return transformers.polynomial(x, col.column, params.get("degree", 2), others)
+        if step.name == "one_hot":
+            depth = params.get("depth") or col.kinds[index - 1].width
+            return transformers.one_hot(x, name, depth)
+        return STEPS[step.name].build(x, name, **params)
+
+
+def load_user_preprocessing_fn(spec: str, source: str) -> Callable[[dict], dict]:
+    """The `preprocessing_fn: package.module:function` escape hatch."""
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ConfigError(f"{source}: preprocessing_fn: cannot import module '{module_name}': {e}") from e
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise ConfigError(f"{source}: preprocessing_fn: '{module_name}' has no function '{attr}'")
+    return fn
