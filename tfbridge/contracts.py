@@ -34,6 +34,11 @@ def parse_stat_output_name(name: str) -> tuple[str, str] | None:
         return None
     column, _, key = name[len(STAT_OUTPUT_PREFIX):].rpartition("__")
     return column, key
+
+
+def materialized_feature_spec(transformed_feature_spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The features in the transformed TFRecords: the transform_fn's outputs less its statistics."""
+    return {k: v for k, v in transformed_feature_spec.items() if parse_stat_output_name(k) is None}
 DATA_FORMATS = ("parquet", "csv")
 
 
@@ -237,6 +242,7 @@ class ArtifactLayout:
 
     @property
     def transform_fn_dir(self) -> Path:
+        """TFT's transform graph; `tft.TFTransformOutput(features_dir)` reads it with its metadata."""
         return self.features_dir / "transform_fn"
 
     @property

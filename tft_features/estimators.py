@@ -92,6 +92,7 @@ def impute(x, name: str, strategy: str, value=None):
     elif strategy == "most_frequent":
         fill, = tft.experimental.ptransform_analyzer(
             [present], MostFrequent(), [present.dtype], [[]], name=f"{name}_impute_most_frequent")
+        fill = tf.reshape(fill, [])
     elif strategy == "constant":
         if value is None:
             raise ValueError("impute: constant needs a 'value'")
@@ -159,11 +160,13 @@ class PowerMoments:
     log_jacobian: float  # sum of log x (Box-Cox) or of sign(x) log1p|x| (Yeo-Johnson)
     mean: np.ndarray
     m2: np.ndarray
+    lo: float  # range of x: a constant column has no likelihood maximum
+    hi: float
 
     @classmethod
     def empty(cls) -> "PowerMoments":
         zeros = np.zeros_like(LAMBDA_GRID)
-        return cls(0, 0.0, 0.0, zeros, zeros.copy())
+        return cls(0, 0.0, 0.0, zeros, zeros.copy(), np.inf, -np.inf)
 
     @classmethod
     def of_chunk(cls, kind: str, x: np.ndarray) -> "PowerMoments":
@@ -183,7 +186,7 @@ class PowerMoments:
                 log_jacobian = float(np.sum(np.where(pos, lp, -ln)))
             mean = values.mean(axis=1)
             m2 = ((values - mean[:, None]) ** 2).sum(axis=1)
-        return cls(len(x), shift, log_jacobian, mean, m2)
+        return cls(len(x), shift, log_jacobian, mean, m2, float(x.min()), float(x.max()))
 
     def merge(self, other: "PowerMoments", kind: str) -> "PowerMoments":
         if self.n == 0:
@@ -199,7 +202,8 @@ class PowerMoments:
             delta = mb - ma
             mean = ma + delta * (other.n / n)
             m2 = self.m2 * fa * fa + other.m2 * fb * fb + delta * delta * (self.n * other.n / n)
-        return PowerMoments(n, shift, self.log_jacobian + other.log_jacobian, mean, m2)
+        return PowerMoments(n, shift, self.log_jacobian + other.log_jacobian, mean, m2,
+                            min(self.lo, other.lo), max(self.hi, other.hi))
 
     def log_likelihood(self, kind: str) -> np.ndarray:
         """The profile log-likelihood of each candidate lambda (scipy's boxcox_llf / yeojohnson_llf)."""
@@ -211,9 +215,11 @@ class PowerMoments:
         return np.where(np.isfinite(llf), llf, -np.inf)
 
     def best_lambda(self, kind: str) -> float:
+        if self.n < 2 or self.lo == self.hi:
+            # An empty or constant column: every lambda is as good; 1 is the identity (shifted).
+            return 1.0
         llf = self.log_likelihood(kind)
-        if self.n < 2 or not np.isfinite(llf).any():
-            # A constant or empty column: every lambda is as good; 1 is the identity (shifted).
+        if not np.isfinite(llf).any():
             return 1.0
         return refine_maximum(LAMBDA_GRID, llf)
 

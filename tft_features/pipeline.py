@@ -166,8 +166,9 @@ def _run_beam(config, raw: inputs.RawData, prep: _Preprocessing, staging: Path,
     with pipeline as p, tft_beam.Context(temp_dir=tft_temp):
         splits = p | "ReadRaw" >> inputs.ReadRawData(raw, config.split.eval_fraction)
         transform_fn = (splits.train, adapter) | "Analyze" >> tft_beam.AnalyzeDataset(prep.fn)
-        _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(
-            str(staging / layout.transform_fn_dir.name))
+        # TFT's layout: <dir>/transform_fn and <dir>/transformed_metadata, so that
+        # tft.TFTransformOutput(features_dir) reads it.
+        _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(str(staging))
         for split in SPLITS:
             (data, metadata) = ((splits[split], adapter), transform_fn) | f"Transform[{split}]" >> (
                 tft_beam.TransformDataset(output_record_batches=True))

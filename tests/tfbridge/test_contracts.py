@@ -1,0 +1,57 @@
+"""The pipeline config contract: what parses, and errors that name the key."""
+
+import pytest
+
+from tfbridge.contracts import ConfigError, PipelineConfig, TransformStep, parse_stat_output_name, stat_output_name
+
+BASE = {"data": {"path": "d.parquet"}, "label": "price", "task": "regression",
+        "features": {"carat": ["box_cox", "z_score"]}, "output": "runs/x"}
+
+
+def config(**changes):
+    raw = {**BASE, **changes}
+    return PipelineConfig.from_dict({k: v for k, v in raw.items() if v is not None}, source="c.yaml")
+
+
+def test_issue_example_parses():
+    cfg = config(features={
+        "carat": ["box_cox", "z_score"], "cut": ["vocabulary"],
+        "depth": [{"bucketize": {"num_buckets": 10}}],
+        "x": [{"polynomial": {"degree": 2, "with": ["y", "z"]}}],
+        "comment": [{"normalize_text": {"stopwords": "english"}}, {"vocabulary": {"top_k": 5000}}],
+        "table": [{"impute": "mean"}]})
+    assert cfg.features["depth"] == (TransformStep("bucketize", {"num_buckets": 10}),)
+    assert cfg.features["table"] == (TransformStep("impute", {"": "mean"}),)
+    assert cfg.data.format == "parquet" and cfg.split.eval_fraction == 0.2
+    assert PipelineConfig.from_dict(cfg.to_dict()).features == cfg.features
+
+
+@pytest.mark.parametrize("changes, needle", [
+    ({"label": None}, "missing required key 'label'"),
+    ({"task": "ranking"}, "'task' must be one of"),
+    ({"features": None}, "missing 'features'"),
+    ({"preprocessing_fn": "pkg.mod:fn"}, "either 'features' or 'preprocessing_fn'"),
+    ({"features": None, "preprocessing_fn": "no_colon"}, "package.module:function"),
+    ({"features": {"carat": []}}, "features.carat: expected a non-empty list"),
+    ({"features": {"carat": [{"a": 1, "b": 2}]}}, "features.carat: a transform step"),
+    ({"features": {"price": ["z_score"]}}, "label 'price' cannot also be a feature"),
+    ({"split": {"eval_fraction": 1.5}}, "split.eval_fraction"),
+    ({"colour": 1}, "unknown key(s) ['colour']"),
+    ({"data": {"path": "x.txt", "format": "json"}}, "'data.format' must be one of"),
+])
+def test_bad_config_names_the_key(changes, needle):
+    with pytest.raises(ConfigError, match="c.yaml") as err:
+        config(**changes)
+    assert needle in str(err.value)
+
+
+def test_yaml_is_read_with_safe_load(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("!!python/object/apply:os.system ['echo unsafe']\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        PipelineConfig.from_yaml(path)
+
+
+def test_stat_output_names_round_trip():
+    assert parse_stat_output_name(stat_output_name("my__col", "mean")) == ("my__col", "mean")
+    assert parse_stat_output_name("carat") is None

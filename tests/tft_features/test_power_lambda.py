@@ -1,0 +1,69 @@
+"""The Box-Cox / Yeo-Johnson lambda analyzer against scipy's maximum-likelihood search.
+
+The accumulator is built the way Beam builds it: batches summarised
+separately and merged in arbitrary order, so these tests also check that
+merging is exact enough to be order-free.
+"""
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from tfbridge.datasets import diamonds_table
+from tft_features.estimators import PowerMoments, refine_maximum
+
+
+def distributed_lambda(kind: str, x: np.ndarray, rng: np.random.Generator, parts: int = 7) -> float:
+    """Summaries of uneven shards, merged in a random tree order."""
+    cuts = np.sort(rng.choice(np.arange(1, len(x)), size=parts - 1, replace=False))
+    accs = [PowerMoments.of_chunk(kind, chunk) for chunk in np.split(x, cuts)]
+    while len(accs) > 1:
+        i, j = sorted(rng.choice(len(accs), size=2, replace=False))
+        merged = accs[i].merge(accs[j], kind)
+        accs = [a for k, a in enumerate(accs) if k not in (i, j)] + [merged]
+    return accs[0].best_lambda(kind)
+
+
+DISTRIBUTIONS = {
+    "lognormal": lambda rng, n: rng.lognormal(0.5, 0.9, n),
+    "gamma": lambda rng, n: rng.gamma(2.5, 3.0, n),
+    "exponential": lambda rng, n: rng.exponential(4.0, n),
+    "huge magnitudes": lambda rng, n: rng.lognormal(0.0, 1.0, n) * 1e30,
+    "tiny magnitudes": lambda rng, n: rng.gamma(3.0, 1.0, n) * 1e-30,
+}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("name", sorted(DISTRIBUTIONS))
+def test_box_cox_lambda_matches_scipy_mle(name, seed):
+    rng = np.random.default_rng(seed)
+    x = DISTRIBUTIONS[name](rng, 5000)
+    ours = distributed_lambda("box_cox", x, rng)
+    assert ours == pytest.approx(stats.boxcox_normmax(x, method="mle"), abs=1e-3)
+
+
+def test_box_cox_lambda_on_diamonds_price():
+    price = diamonds_table().column("price").to_numpy()
+    ours = distributed_lambda("box_cox", price, np.random.default_rng(0), parts=11)
+    assert ours == pytest.approx(stats.boxcox_normmax(price, method="mle"), abs=1e-3)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("shape", ["signed normal", "skewed positive", "skewed negative"])
+def test_yeo_johnson_lambda_matches_scipy_mle(shape, seed):
+    rng = np.random.default_rng(seed)
+    x = {"signed normal": rng.normal(1.0, 3.0, 4000),
+         "skewed positive": rng.gamma(1.5, 2.0, 4000) - 1.0,
+         "skewed negative": -rng.lognormal(0.0, 0.7, 4000) + 0.5}[shape]
+    ours = distributed_lambda("yeo_johnson", x, rng)
+    assert ours == pytest.approx(stats.yeojohnson_normmax(x), abs=1e-3)
+
+
+def test_constant_column_gives_identity_lambda():
+    acc = PowerMoments.of_chunk("box_cox", np.full(100, 3.0))
+    assert acc.best_lambda("box_cox") == 1.0
+
+
+def test_refine_maximum_finds_vertex_between_grid_points():
+    grid = np.arange(-1.0, 1.0, 0.05)
+    assert refine_maximum(grid, -(grid - 0.0123) ** 2) == pytest.approx(0.0123, abs=1e-9)
