@@ -31,6 +31,9 @@ def setup_logging() -> None:
     """Our progress at INFO; TensorFlow's and absl's chatter only when it is a warning we can act on."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    import absl.logging
+
+    absl.logging.set_verbosity(absl.logging.ERROR)
     for noisy in ("absl", "tensorflow", "apache_beam"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
 

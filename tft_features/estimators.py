@@ -34,8 +34,6 @@ def z_score(x: tf.Tensor, name: str):
 
 def min_max(x: tf.Tensor, name: str, output_min: float = 0.0, output_max: float = 1.0):
     """Linear map of [min, max] onto [output_min, output_max]; a constant column maps to the middle."""
-    if not output_min < output_max:
-        raise ValueError(f"min_max needs output_min < output_max, got {output_min} and {output_max}")
     lo = tft.min(x, name=f"{name}_min")
     hi = tft.max(x, name=f"{name}_max")
     span = hi - lo
@@ -70,8 +68,6 @@ def quantile_buckets(x: tf.Tensor, name: str, num_buckets: int):
     A value equal to a boundary goes to the bucket above it, as with
     `np.searchsorted(boundaries, x, side="right")`.
     """
-    if not isinstance(num_buckets, int) or num_buckets < 2:
-        raise ValueError(f"bucketize needs num_buckets >= 2, got {num_buckets!r}")
     boundaries = tft.quantiles(x, num_buckets, QUANTILE_EPSILON, name=f"{name}_quantiles")
     ids = tft.apply_buckets(x, boundaries)
     return ids, {"boundaries": tf.reshape(boundaries, [-1])}
@@ -93,12 +89,8 @@ def impute(x, name: str, strategy: str, value=None):
         fill, = tft.experimental.ptransform_analyzer(
             [present], MostFrequent(), [present.dtype], [[]], name=f"{name}_impute_most_frequent")
         fill = tf.reshape(fill, [])
-    elif strategy == "constant":
-        if value is None:
-            raise ValueError("impute: constant needs a 'value'")
+    else:  # constant
         fill = tf.constant(value, dtype=present.dtype)
-    else:
-        raise ValueError(f"impute strategy must be mean, median, most_frequent or constant, got {strategy!r}")
     out = tf.squeeze(tft.sparse_tensor_to_dense_with_shape(x, [None, 1], default_value=fill), 1)
     return out, {"impute_value": fill}
 

@@ -118,6 +118,8 @@ def resolve_columns(source: DataSource, wanted: dict[str, tuple[str, bool]], lab
                 columns.setdefault(name, RawColumn(name, found, False))
                 continue
             read_as, nullable = wanted[name]
+            if read_as == "float" and found == "string" and source.format == "csv":
+                read_csv(path, (RawColumn(name, "float", True),))  # raises, naming the row and the value
             if read_as == "float" and found not in ("float", "int"):
                 raise DataError(f"column '{name}' in {path} has type {schema.field(name).type}; "
                                 f"expected numbers ({why[name]})")

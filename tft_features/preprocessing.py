@@ -66,8 +66,6 @@ def _bucketize_result(kind: StepKind, params) -> StepKind:
 
 
 def _build_bucketize(x, name, num_buckets=None, boundaries=None):
-    if (num_buckets is None) == (boundaries is None):
-        raise ValueError("bucketize takes either num_buckets (quantiles) or boundaries (fixed), not both")
     if boundaries is not None:
         return transformers.fixed_buckets(x, name, boundaries)
     return estimators.quantile_buckets(x, name, num_buckets)
@@ -167,7 +165,7 @@ def plan_features(config: PipelineConfig) -> FeaturePlan:
                     partner = by_name.get(other)
                     if partner is not None and (partner.nullable or partner.read_as != "float"):
                         raise ConfigError(
-                            f"{config.source}: features.{column}: polynomial uses the raw column '{other}', "
+                            f"{config.source}: features.{c.column}: polynomial uses the raw column '{other}', "
                             f"which must be numeric with no missing values")
     return plan
 
@@ -198,13 +196,55 @@ def _plan_column(column: str, steps: tuple[TransformStep, ...], config: Pipeline
         if step.name == "one_hot" and not step.params.get("depth") and not kind.width:
             raise ConfigError(f"{where}: one_hot needs a fixed width: give vocabulary a top_k, "
                               f"or one_hot a depth")
-        if step.name == "polynomial":
-            others = step.params.get("with", [])
-            if not isinstance(others, list) or not all(isinstance(o, str) for o in others):
-                raise ConfigError(f"{where}: polynomial 'with' must be a list of column names")
+        problem = _parameter_problem(step)
+        if problem:
+            raise ConfigError(f"{where}: step '{step.name}': {problem}")
         kind = spec.result(kind, step.params)
         kinds.append(kind)
     return ColumnPlan(column, read_as, nullable, steps, tuple(kinds), positive=lead == "box_cox")
+
+
+def _parameter_problem(step: TransformStep) -> str | None:
+    """What is wrong with a step's parameters, checked with the config rather than inside the Beam job."""
+    p = step.params
+    number = (int, float)
+    if step.name == "bucketize":
+        if ("num_buckets" in p) == ("boundaries" in p):
+            return "give either num_buckets (quantiles) or boundaries (fixed), not both"
+        if "num_buckets" in p and not (isinstance(p["num_buckets"], int) and p["num_buckets"] >= 2):
+            return f"num_buckets must be an integer >= 2, got {p['num_buckets']!r}"
+        bounds = p.get("boundaries")
+        if bounds is not None and not (isinstance(bounds, list) and bounds and all(isinstance(b, number) for b in bounds)
+                                       and all(a < b for a, b in zip(bounds, bounds[1:]))):
+            return f"boundaries must be a non-empty, strictly increasing list of numbers, got {bounds!r}"
+    if step.name == "polynomial":
+        others = p.get("with", [])
+        if not isinstance(others, list) or not all(isinstance(o, str) for o in others):
+            return "'with' must be a list of column names"
+        if not (isinstance(p.get("degree", 2), int) and p.get("degree", 2) >= 1):
+            return f"degree must be a positive integer, got {p.get('degree')!r}"
+    if step.name == "impute":
+        strategy = p.get("strategy", p.get(""))
+        if strategy not in ("mean", "median", "most_frequent", "constant"):
+            return f"strategy must be mean, median, most_frequent or constant, got {strategy!r}"
+        if strategy == "constant" and "value" not in p:
+            return "constant needs a 'value'"
+    if step.name == "threshold" and not isinstance(p.get("value", p.get("")), number):
+        return "needs a numeric threshold, e.g. {threshold: 0.5}"
+    if step.name == "clip" and not any(isinstance(p.get(k), number) for k in ("min", "max")):
+        return "needs a numeric 'min', 'max' or both"
+    if step.name == "min_max" and not p.get("output_min", 0.0) < p.get("output_max", 1.0):
+        return "output_min must be below output_max"
+    if step.name == "vocabulary":
+        for key in ("top_k", "frequency_threshold", "num_oov_buckets"):
+            if key in p and not (isinstance(p[key], int) and p[key] >= 0):
+                return f"{key} must be a non-negative integer, got {p[key]!r}"
+    if step.name == "normalize_text":
+        try:
+            transformers.stop_words(p.get("stopwords", "english"))
+        except ValueError as e:
+            return str(e)
+    return None
 
 
 def _scope(column: str, index: int, step: str) -> str:

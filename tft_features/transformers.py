@@ -79,8 +79,6 @@ def fixed_buckets(x: tf.Tensor, name: str, boundaries):
     """Bucket ids 0..len(boundaries) for sorted, fixed boundaries; a value on a boundary goes up."""
     del name
     bounds = [float(b) for b in boundaries]
-    if not bounds or bounds != sorted(bounds) or len(set(bounds)) != len(bounds):
-        raise ValueError(f"bucketize boundaries must be a non-empty strictly increasing list, got {boundaries!r}")
     return tft.apply_buckets(x, tf.constant([bounds], tf.float32)), {}
 
 
@@ -93,8 +91,6 @@ def log1p(x: tf.Tensor, name: str):
 def clip(x: tf.Tensor, name: str, min=None, max=None):  # noqa: A002 - config names
     """Limits x to [min, max]; either bound may be omitted."""
     del name
-    if min is None and max is None:
-        raise ValueError("clip needs 'min', 'max' or both")
     if min is not None:
         x = tf.maximum(x, float(min))
     if max is not None:
@@ -114,8 +110,6 @@ def polynomial(x: tf.Tensor, name: str, degree: int, others: dict[str, tf.Tensor
     The term order is sklearn's PolynomialFeatures(include_bias=False): for
     columns (x, y) and degree 2, [x, y, x^2, x y, y^2].
     """
-    if not isinstance(degree, int) or degree < 1:
-        raise ValueError(f"polynomial degree must be a positive integer, got {degree!r}")
     values = {name: x, **others}
     terms = polynomial_terms(list(values), degree)
     columns = []

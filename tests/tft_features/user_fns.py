@@ -1,0 +1,12 @@
+"""Users' own preprocessing_fns, for the `preprocessing_fn: module:function` escape hatch."""
+
+import tensorflow as tf
+import tensorflow_transform as tft
+
+
+def scaled_x(inputs):
+    return {"x_scaled": tft.scale_to_0_1(tf.squeeze(inputs["x"], 1))}
+
+
+def fails_in_the_pipeline(inputs):
+    raise RuntimeError("deliberate failure inside the Beam job")
