@@ -133,3 +133,15 @@ def test_user_preprocessing_fn_through_the_module_entry_point(tmp_path, python_e
     raw = pq.read_table(tmp_path / "data.parquet").to_pandas().set_index("y").loc[decoded["y"]]
     x = raw["x"].to_numpy(np.float32).astype(np.float64)
     np.testing.assert_allclose(decoded["x_scaled"], (x - x.min()) / (x.max() - x.min()), atol=1e-6)
+
+
+def test_deep_user_preprocessing_fn_falls_back_to_a_runner_that_completes(tmp_path, caplog):
+    pq.write_table(small_table(n=300, seed=9), tmp_path / "data.parquet")
+    path = write_config(tmp_path, tmp_path / "data.parquet", None,
+                        preprocessing_fn="tests.tft_features.user_fns:three_phases", split={"eval_fraction": 0.0})
+    with caplog.at_level("WARNING", logger="tft_features.pipeline"):
+        result = run_features(PipelineConfig.from_yaml(path))
+    assert "rerunning on the bundle-based runner" in caplog.text
+    assert result.rows == {"train": 300, "eval": 0}
+    x3 = decode_split(tmp_path / "out" / "features", "train")["x3"]
+    assert abs(x3.mean()) < 1e-5 and abs(x3.std() - 1) < 1e-4

@@ -10,3 +10,9 @@ def scaled_x(inputs):
 
 def fails_in_the_pipeline(inputs):
     raise RuntimeError("deliberate failure inside the Beam job")
+
+
+def three_phases(inputs):
+    """Three chained analyzers: the in-process FnApiRunner stalls on these, the stage reruns them."""
+    x = tf.squeeze(inputs["x"], 1)
+    return {"x3": tft.scale_to_z_score(tft.scale_to_0_1(tft.scale_to_z_score(x)))}
