@@ -17,6 +17,7 @@ exactly the columns and types the check approved.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 
 import apache_beam as beam
@@ -35,6 +36,8 @@ from tfbridge.contracts import DataError, DataSource
 _ARROW_TYPES = {"float": pa.float32(), "int": pa.int64(), "string": pa.large_binary()}
 _TFMD_TYPES = {"float": schema_pb2.FLOAT, "int": schema_pb2.INT, "string": schema_pb2.BYTES}
 _SPLIT_BUCKETS = 10_000
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -265,15 +268,20 @@ class ReadRawData(beam.PTransform):
                       | "CsvFiles" >> beam.Create(list(raw.files))
                       | "ReadCsv" >> beam.Map(read_csv, raw.columns))
         return tables | "ToRecordBatches" >> beam.ParDo(
-            _SplitToRecordBatches(raw.columns, raw.arrow_schema(), self._eval_fraction)).with_outputs("eval", main="train")
+            _SplitToRecordBatches(raw.columns, raw.arrow_schema(), self._eval_fraction, raw.rows)
+        ).with_outputs("eval", main="train")
 
 
 class _SplitToRecordBatches(beam.DoFn):
-    def __init__(self, columns, schema, eval_fraction):
+    def __init__(self, columns, schema, eval_fraction, total_rows):
         self._columns, self._schema, self._eval_fraction = columns, schema, eval_fraction
+        self._total_rows = total_rows
         self._rows = {"train": Metrics.counter("tfbridge", "rows_train"), "eval": Metrics.counter("tfbridge", "rows_eval")}
+        self._seen = 0
 
     def process(self, table: pa.Table):
+        self._seen += table.num_rows
+        log.info("features: read %s of %s rows (this worker)", f"{self._seen:,}", f"{self._total_rows:,}")
         is_eval = eval_rows(table, self._eval_fraction)
         for split, mask in (("train", ~is_eval), ("eval", is_eval)):
             count = int(mask.sum())

@@ -284,10 +284,13 @@ class _WriteShard(beam.DoFn):
     def process(self, keyed_batches):
         shard, batches = keyed_batches
         path = shard_path(self._directory, self._split, shard, self._shards)
+        rows = 0
         with tf.io.TFRecordWriter(path, options="GZIP") as writer:
             for batch in batches:
+                rows += batch.num_rows
                 for example in self._encoder.encode(batch):
                     writer.write(example)
+        log.info("features: wrote %s (%s rows)", os.path.basename(path), f"{rows:,}")
         yield path
 
 

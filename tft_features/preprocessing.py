@@ -45,11 +45,11 @@ class StepDef:
     accepts: tuple[str, ...]
     params: tuple[str, ...]  # allowed parameter names; "" is the scalar short form
     result: Callable[[StepKind, Mapping[str, Any]], StepKind]
-    build: Callable[..., tuple[Any, dict]]
+    build: Callable[..., tuple[Any, dict]] | None  # None: needs the chain's context, see _apply_step
     full_pass: bool
 
 
-def _same(kind: StepKind, params) -> StepKind:
+def _to_number(kind: StepKind, params) -> StepKind:
     return StepKind(NUMBER)
 
 
@@ -71,6 +71,11 @@ def _build_bucketize(x, name, num_buckets=None, boundaries=None):
     return estimators.quantile_buckets(x, name, num_buckets)
 
 
+def _impute_strategy(step: TransformStep) -> str | None:
+    """`{impute: median}` and `{impute: {strategy: median}}` say the same."""
+    return step.params.get("strategy", step.params.get(""))
+
+
 def _build_impute(x, name, strategy=None, value=None, **short):
     return estimators.impute(x, name, strategy or short.get(""), value)
 
@@ -83,17 +88,17 @@ STEPS: dict[str, StepDef] = {s.name: s for s in [
     # Per-row transformers.
     StepDef("normalize_text", (TEXT,), ("stopwords", "lowercase"), lambda k, p: StepKind(TOKENS),
             transformers.normalize_text, False),
-    StepDef("threshold", (NUMBER,), ("value", ""), _same,
+    StepDef("threshold", (NUMBER,), ("value", ""), _to_number,
             _build_threshold, False),
-    StepDef("log1p", (NUMBER,), (), _same, transformers.log1p, False),
-    StepDef("clip", (NUMBER,), ("min", "max"), _same, transformers.clip, False),
+    StepDef("log1p", (NUMBER,), (), _to_number, transformers.log1p, False),
+    StepDef("clip", (NUMBER,), ("min", "max"), _to_number, transformers.clip, False),
     StepDef("polynomial", (NUMBER,), ("degree", "with"), lambda k, p: StepKind(VECTOR), None, False),
     StepDef("one_hot", (IDS,), ("depth",), lambda k, p: StepKind(VECTOR), None, False),
     # Full-pass estimators (bucketize with fixed boundaries is per-row, see _build_bucketize).
-    StepDef("z_score", (NUMBER,), (), _same, estimators.z_score, True),
-    StepDef("min_max", (NUMBER,), ("output_min", "output_max"), _same, estimators.min_max, True),
-    StepDef("box_cox", (NUMBER,), (), _same, estimators.box_cox, True),
-    StepDef("yeo_johnson", (NUMBER,), (), _same, estimators.yeo_johnson, True),
+    StepDef("z_score", (NUMBER,), (), _to_number, estimators.z_score, True),
+    StepDef("min_max", (NUMBER,), ("output_min", "output_max"), _to_number, estimators.min_max, True),
+    StepDef("box_cox", (NUMBER,), (), _to_number, estimators.box_cox, True),
+    StepDef("yeo_johnson", (NUMBER,), (), _to_number, estimators.yeo_johnson, True),
     StepDef("bucketize", (NUMBER,), ("num_buckets", "boundaries"), _bucketize_result, _build_bucketize, True),
     StepDef("vocabulary", (TEXT, TOKENS), ("top_k", "frequency_threshold", "num_oov_buckets"),
             _vocabulary_result, estimators.vocabulary, True),
@@ -143,7 +148,7 @@ class FeaturePlan:
             if step.name == "bucketize":
                 return "num_buckets" in step.params
             if step.name == "impute":
-                return step.params.get("", step.params.get("strategy")) != "constant"
+                return _impute_strategy(step) != "constant"
             return STEPS[step.name].full_pass
         return max((sum(map(full_pass, c.steps)) for c in self.columns), default=0)
 
@@ -176,7 +181,7 @@ def _plan_column(column: str, steps: tuple[TransformStep, ...], config: Pipeline
     nullable = first == "impute"
     lead = steps[1].name if nullable and len(steps) > 1 else first
     read_as = _RAW_TYPE_FOR_STEP.get(lead, "float")
-    if nullable and steps[0].params.get("", steps[0].params.get("strategy")) in ("mean", "median"):
+    if nullable and _impute_strategy(steps[0]) in ("mean", "median"):
         read_as = "float"
     kind = StepKind(TEXT if read_as == "string" else NUMBER)
     kinds = []
@@ -224,7 +229,7 @@ def _parameter_problem(step: TransformStep) -> str | None:
         if not (isinstance(p.get("degree", 2), int) and p.get("degree", 2) >= 1):
             return f"degree must be a positive integer, got {p.get('degree')!r}"
     if step.name == "impute":
-        strategy = p.get("strategy", p.get(""))
+        strategy = _impute_strategy(step)
         if strategy not in ("mean", "median", "most_frequent", "constant"):
             return f"strategy must be mean, median, most_frequent or constant, got {strategy!r}"
         if strategy == "constant" and "value" not in p:
