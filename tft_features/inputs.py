@@ -259,8 +259,7 @@ class ReadRawData(beam.PTransform):
         raw = self._raw
         names = [c.name for c in raw.columns]
         if raw.source.format == "parquet":
-            # The splittable ReadAll form stalls the FnApiRunner ("watermark-pending
-            # bundles"); the pattern form splits by row group on every runner.
+            # One table per row group: runners split the work by row group.
             tables = pipeline | "ReadParquet" >> beam.io.ReadFromParquetBatched(
                 raw.source.pattern(), columns=names)
         else:
@@ -273,6 +272,8 @@ class ReadRawData(beam.PTransform):
 
 
 class _SplitToRecordBatches(beam.DoFn):
+    """Assigns each row of a raw table to a split and converts both parts to list-typed RecordBatches."""
+
     def __init__(self, columns, schema, eval_fraction, total_rows):
         self._columns, self._schema, self._eval_fraction = columns, schema, eval_fraction
         self._total_rows = total_rows
