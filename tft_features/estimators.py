@@ -52,7 +52,8 @@ def vocabulary(x, name: str, top_k: int | None = None, frequency_threshold: int 
     vocab_name = f"{name}_vocabulary"
     # Unit weights give the same counts, order and thresholds, but TFT then
     # reduces each batch to (value, count) in TF; unweighted, it sends every
-    # occurrence through Beam as its own element (4x slower on 1M rows).
+    # occurrence through Beam as its own element (analysis took twice as long on
+    # the benchmark's wide config).
     if isinstance(x, tf.RaggedTensor):
         weights = x.with_flat_values(tf.ones_like(x.flat_values, tf.float32))
     else:
