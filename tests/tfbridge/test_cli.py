@@ -1,0 +1,68 @@
+"""The `tfbridge` command as users run it: the installed console script, and the built-in demo."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+
+from tests.conftest import decode_split
+from tfbridge.cli import main
+from tfbridge.datasets import DIAMONDS_ROWS
+
+
+def test_console_script_features_against_pandas(tmp_path, python_env):
+    env, _ = python_env
+    rng = np.random.default_rng(11)
+    n = 400
+    table = pa.table({"x": rng.normal(3.0, 2.0, n), "c": rng.choice(["u", "v", "w", "z"], n, p=[.4, .3, .2, .1]),
+                      "label": np.arange(n, dtype=float)})
+    pq.write_table(table, tmp_path / "small.parquet")
+    config = {"data": {"path": str(tmp_path / "small.parquet")}, "label": "label", "task": "regression",
+              "features": {"x": ["z_score"], "c": ["vocabulary"]}, "split": {"eval_fraction": 0.0},
+              "output": str(tmp_path / "out")}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    script = os.path.join(os.path.dirname(sys.executable), "tfbridge")
+    done = subprocess.run([script, "features", "--config", str(tmp_path / "c.yaml")], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    df = table.to_pandas()
+    x = df["x"].to_numpy(np.float32).astype(np.float64)
+    stats = json.loads((tmp_path / "out" / "features" / "stats.json").read_text())["features"]
+    assert abs(stats["x"]["mean"] - x.mean()) <= 1e-5 * abs(x.mean())
+    assert abs(stats["x"]["std"] - x.std()) <= 1e-5 * x.std()
+    counts = df["c"].value_counts()
+    order = sorted(counts.index, key=lambda v: (counts[v], v), reverse=True)
+    assert stats["c"]["vocabulary_size"] == len(order)
+
+    decoded = decode_split(tmp_path / "out" / "features", "train")
+    rows = df.set_index("label").loc[decoded["label"]]
+    np.testing.assert_allclose(decoded["x"], (rows["x"].to_numpy(np.float32) - x.mean()) / x.std(), atol=1e-5)
+    np.testing.assert_array_equal(decoded["c"], [order.index(v) for v in rows["c"]])
+
+
+def test_demo_runs_every_built_stage_on_diamonds(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo", "--output", "runs/demo"]) == 0
+    out = capsys.readouterr().out
+    assert "stages not built yet, skipped: train, export, score" in out
+    features = tmp_path / "runs" / "demo" / "features"
+    manifest = json.loads((features / "manifest.json").read_text())
+    assert sum(manifest["rows"].values()) == DIAMONDS_ROWS
+    stats = json.loads((features / "stats.json").read_text())["features"]
+    assert set(stats) == {"carat", "cut", "color", "clarity", "depth", "table", "x", "y", "z"}
+    assert -1 < stats["carat"]["box_cox_lambda"] < 1 and stats["cut"]["vocabulary_size"] == 5
+    assert (tmp_path / "data" / "diamonds.parquet").exists()
+
+
+def test_bad_config_exits_2_with_the_key(tmp_path, capsys):
+    (tmp_path / "c.yaml").write_text("data: x.parquet\nlabel: y\ntask: ranking\nfeatures: {a: [z_score]}\noutput: o\n")
+    assert main(["run", "--config", str(tmp_path / "c.yaml")]) == 2
+    assert "'task' must be one of" in capsys.readouterr().err
