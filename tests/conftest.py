@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import os
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,10 +18,11 @@ def decode_split(features_dir, split: str) -> dict[str, np.ndarray]:
     import tensorflow as tf
     import tensorflow_transform as tft
 
-    from tfbridge.contracts import materialized_feature_spec
+    from tfbridge.contracts import ArtifactLayout, materialized_feature_spec
 
     spec = materialized_feature_spec(tft.TFTransformOutput(str(features_dir)).transformed_feature_spec())
-    files = sorted(glob.glob(os.path.join(features_dir, "transformed", f"{split}-*.tfrecord.gz")))
+    layout = ArtifactLayout(Path(features_dir).parent)
+    files = sorted(glob.glob(layout.transformed_pattern(split)))
     dataset = tf.data.TFRecordDataset(files, compression_type="GZIP").batch(1 << 20)
     columns: dict[str, list] = {k: [] for k in spec}
     for serialized in dataset:

@@ -21,8 +21,6 @@ import yaml
 
 from tfbridge.contracts import ConfigError, DataError, PipelineConfig
 
-log = logging.getLogger("tfbridge")
-
 # Stages that later issues add; `run` says which ones it skipped.
 PENDING_STAGES = ("train", "export", "score")
 

@@ -17,6 +17,7 @@ from typing import Any, Mapping
 import yaml
 
 TASKS = ("regression", "binary", "multiclass")
+DATA_FORMATS = ("parquet", "csv")
 
 # Analyzer results travel inside the transform_fn as outputs with this prefix
 # (one value repeated per row). They are statistics, not model inputs: the
@@ -39,7 +40,6 @@ def parse_stat_output_name(name: str) -> tuple[str, str] | None:
 def materialized_feature_spec(transformed_feature_spec: Mapping[str, Any]) -> dict[str, Any]:
     """The features in the transformed TFRecords: the transform_fn's outputs less its statistics."""
     return {k: v for k, v in transformed_feature_spec.items() if parse_stat_output_name(k) is None}
-DATA_FORMATS = ("parquet", "csv")
 
 
 class ConfigError(ValueError):
@@ -238,12 +238,9 @@ class ArtifactLayout:
 
     @property
     def features_dir(self) -> Path:
+        """transform_fn/ and transformed_metadata/ (read with `tft.TFTransformOutput(features_dir)`),
+        transformed/, stats.json, manifest.json."""
         return self.root / "features"
-
-    @property
-    def transform_fn_dir(self) -> Path:
-        """TFT's transform graph; `tft.TFTransformOutput(features_dir)` reads it with its metadata."""
-        return self.features_dir / "transform_fn"
 
     @property
     def transformed_dir(self) -> Path:

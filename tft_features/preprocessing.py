@@ -43,10 +43,11 @@ class StepKind:
 class StepDef:
     name: str
     accepts: tuple[str, ...]
-    params: tuple[str, ...]  # allowed parameter names; "" is the scalar short form
+    params: tuple[str, ...]  # allowed parameter names
     result: Callable[[StepKind, Mapping[str, Any]], StepKind]
     build: Callable[..., tuple[Any, dict]] | None  # None: needs the chain's context, see _apply_step
     full_pass: bool
+    short: str | None = None  # the parameter a bare value stands for: {impute: mean} is {impute: {strategy: mean}}
 
 
 def _to_number(kind: StepKind, params) -> StepKind:
@@ -71,25 +72,11 @@ def _build_bucketize(x, name, num_buckets=None, boundaries=None):
     return estimators.quantile_buckets(x, name, num_buckets)
 
 
-def _impute_strategy(step: TransformStep) -> str | None:
-    """`{impute: median}` and `{impute: {strategy: median}}` say the same."""
-    return step.params.get("strategy", step.params.get(""))
-
-
-def _build_impute(x, name, strategy=None, value=None, **short):
-    return estimators.impute(x, name, strategy or short.get(""), value)
-
-
-def _build_threshold(x, name, value=None, **short):
-    return transformers.threshold(x, name, short.get("", value))
-
-
 STEPS: dict[str, StepDef] = {s.name: s for s in [
     # Per-row transformers.
     StepDef("normalize_text", (TEXT,), ("stopwords", "lowercase"), lambda k, p: StepKind(TOKENS),
             transformers.normalize_text, False),
-    StepDef("threshold", (NUMBER,), ("value", ""), _to_number,
-            _build_threshold, False),
+    StepDef("threshold", (NUMBER,), ("value",), _to_number, transformers.threshold, False, short="value"),
     StepDef("log1p", (NUMBER,), (), _to_number, transformers.log1p, False),
     StepDef("clip", (NUMBER,), ("min", "max"), _to_number, transformers.clip, False),
     StepDef("polynomial", (NUMBER,), ("degree", "with"), lambda k, p: StepKind(VECTOR), None, False),
@@ -102,7 +89,8 @@ STEPS: dict[str, StepDef] = {s.name: s for s in [
     StepDef("bucketize", (NUMBER,), ("num_buckets", "boundaries"), _bucketize_result, _build_bucketize, True),
     StepDef("vocabulary", (TEXT, TOKENS), ("top_k", "frequency_threshold", "num_oov_buckets"),
             _vocabulary_result, estimators.vocabulary, True),
-    StepDef("impute", (NUMBER, TEXT), ("", "strategy", "value"), lambda k, p: k, _build_impute, True),
+    StepDef("impute", (NUMBER, TEXT), ("strategy", "value"), lambda k, p: k, estimators.impute, True,
+            short="strategy"),
 ]}
 
 # What a column must be read as for its first step to accept it.
@@ -148,7 +136,7 @@ class FeaturePlan:
             if step.name == "bucketize":
                 return "num_buckets" in step.params
             if step.name == "impute":
-                return _impute_strategy(step) != "constant"
+                return step.params.get("strategy") != "constant"
             return STEPS[step.name].full_pass
         return max((sum(map(full_pass, c.steps)) for c in self.columns), default=0)
 
@@ -177,18 +165,17 @@ def plan_features(config: PipelineConfig) -> FeaturePlan:
 
 def _plan_column(column: str, steps: tuple[TransformStep, ...], config: PipelineConfig) -> ColumnPlan:
     where = f"{config.source}: features.{column}"
+    steps = tuple(_named_params(step, where) for step in steps)
     first = steps[0].name
     nullable = first == "impute"
     lead = steps[1].name if nullable and len(steps) > 1 else first
     read_as = _RAW_TYPE_FOR_STEP.get(lead, "float")
-    if nullable and _impute_strategy(steps[0]) in ("mean", "median"):
+    if nullable and steps[0].params.get("strategy") in ("mean", "median"):
         read_as = "float"
     kind = StepKind(TEXT if read_as == "string" else NUMBER)
     kinds = []
     for i, step in enumerate(steps):
-        spec = STEPS.get(step.name)
-        if spec is None:
-            raise ConfigError(f"{where}: unknown transform '{step.name}'; known: {sorted(STEPS)}")
+        spec = STEPS[step.name]
         if step.name == "impute" and i > 0:
             raise ConfigError(f"{where}: impute must be the first step (it fills the raw column's missing values)")
         unknown = sorted(set(step.params) - set(spec.params))
@@ -207,6 +194,20 @@ def _plan_column(column: str, steps: tuple[TransformStep, ...], config: Pipeline
         kind = spec.result(kind, step.params)
         kinds.append(kind)
     return ColumnPlan(column, read_as, nullable, steps, tuple(kinds), positive=lead == "box_cox")
+
+
+def _named_params(step: TransformStep, where: str) -> TransformStep:
+    """The step with its bare value, if any, under the parameter name it stands for."""
+    spec = STEPS.get(step.name)
+    if spec is None:
+        raise ConfigError(f"{where}: unknown transform '{step.name}'; known: {sorted(STEPS)}")
+    if "" not in step.params:
+        return step
+    if spec.short is None:
+        raise ConfigError(f"{where}: step '{step.name}' takes no bare value; "
+                          f"write {{{step.name}: {{parameter: value}}}}")
+    params = {k: v for k, v in step.params.items() if k}
+    return TransformStep(step.name, {spec.short: step.params[""], **params})
 
 
 def _parameter_problem(step: TransformStep) -> str | None:
@@ -229,12 +230,12 @@ def _parameter_problem(step: TransformStep) -> str | None:
         if not (isinstance(p.get("degree", 2), int) and p.get("degree", 2) >= 1):
             return f"degree must be a positive integer, got {p.get('degree')!r}"
     if step.name == "impute":
-        strategy = _impute_strategy(step)
+        strategy = step.params.get("strategy")
         if strategy not in ("mean", "median", "most_frequent", "constant"):
             return f"strategy must be mean, median, most_frequent or constant, got {strategy!r}"
         if strategy == "constant" and "value" not in p:
             return "constant needs a 'value'"
-    if step.name == "threshold" and not isinstance(p.get("value", p.get("")), number):
+    if step.name == "threshold" and not isinstance(p.get("value"), number):
         return "needs a numeric threshold, e.g. {threshold: 0.5}"
     if step.name == "clip" and not any(isinstance(p.get(k), number) for k in ("min", "max")):
         return "needs a numeric 'min', 'max' or both"

@@ -38,6 +38,7 @@ def test_chains_read_types_and_phases():
     ({"a": [{"z_score": {"ddof": 1}}]}, "unknown parameter(s) ['ddof']"),
     ({"a": ["normalize_text", "z_score"]}, "'z_score' needs number input, but the step before it gives tokens"),
     ({"a": [{"threshold": "high"}]}, "numeric threshold"),
+    ({"a": [{"z_score": 3}]}, "step 'z_score' takes no bare value"),
     ({"a": [{"bucketize": {"num_buckets": 1}}]}, "num_buckets must be an integer >= 2"),
     ({"a": [{"bucketize": {"boundaries": [2, 1]}}]}, "strictly increasing"),
     ({"a": [{"impute": "mode"}]}, "strategy must be mean, median, most_frequent or constant"),
