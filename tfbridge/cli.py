@@ -1,8 +1,10 @@
 """The `tfbridge` command: runs the stages in order, each of which is also its own job.
 
     tfbridge features --config C [Beam pipeline options...]
-    tfbridge run --config C [Beam pipeline options...]
-    tfbridge demo [--output DIR]
+    tfbridge train --config C [--workers N] [--retries R]
+    tfbridge run --config C [--workers N] [Beam pipeline options...]
+    tfbridge demo [--output DIR] [--workers N]
+    tfbridge train-worker --config C      (one worker; the cluster from TF_CONFIG: what `python -m tf_train` runs)
 
 Options the command does not know (e.g. `--runner=FlinkRunner
 --flink_master=host:8081`) go to Beam as pipeline options.
@@ -11,18 +13,20 @@ Options the command does not know (e.g. `--runner=FlinkRunner
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
+import time
 from importlib import resources
 from pathlib import Path
 
 import yaml
 
-from tfbridge.contracts import ConfigError, DataError, PipelineConfig
+from tfbridge.contracts import ConfigError, DataError, PipelineConfig, TrainingError
 
 # Stages that later issues add; `run` says which ones it skipped.
-PENDING_STAGES = ("train", "export", "score")
+PENDING_STAGES = ("export", "score")
 
 
 def setup_logging() -> None:
@@ -46,35 +50,65 @@ def demo_config(output: str) -> PipelineConfig:
     return PipelineConfig.from_dict(raw, source="tfbridge/configs/diamonds.yaml")
 
 
-def run_stages(config: PipelineConfig, beam_args: list[str], every_stage: bool) -> None:
+def run_features_stage(config: PipelineConfig, beam_args: list[str]) -> None:
     from tft_features.pipeline import run_features
 
     result = run_features(config, beam_args)
     print(f"features: {result.rows} rows -> {result.features_dir} ({result.seconds:.1f} s)")
-    if every_stage:
-        print(f"stages not built yet, skipped: {', '.join(PENDING_STAGES)}")
+
+
+def run_train_stage(config: PipelineConfig, workers: int | None, retries: int) -> None:
+    from tf_train.launcher import launch
+
+    start = time.monotonic()
+    launch(config, workers or config.train.workers, retries)
+    metrics = json.loads(config.layout.metrics_path.read_text())
+    print(f"train: {config.layout.saved_model_dir} ({time.monotonic() - start:.1f} s); "
+          f"eval {json.dumps(metrics['eval'])}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tfbridge", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
+    parsers = {}
     for name, help_text in (("features", "run the TFT feature stage (a Beam job)"),
-                            ("run", "run every stage that exists, in order")):
-        p = sub.add_parser(name, help=help_text)
-        p.add_argument("--config", required=True, help="pipeline config (YAML)")
-    demo = sub.add_parser("demo", help="`run` on the built-in diamonds dataset")
-    demo.add_argument("--output", default="runs/demo", help="where the run writes (default: runs/demo)")
-    args, beam_args = parser.parse_known_args(argv)
+                            ("train", "train on N local workers (MultiWorkerMirroredStrategy) and export"),
+                            ("run", "run every stage that exists, in order"),
+                            ("train-worker", "one training worker; the cluster from TF_CONFIG")):
+        parsers[name] = sub.add_parser(name, help=help_text)
+        parsers[name].add_argument("--config", required=True, help="pipeline config (YAML)")
+    parsers["demo"] = sub.add_parser("demo", help="`run` on the built-in diamonds dataset")
+    parsers["demo"].add_argument("--output", default="runs/demo", help="where the run writes (default: runs/demo)")
+    for name in ("train", "run", "demo"):
+        parsers[name].add_argument("--workers", type=int, help="training workers (default: train.workers, 2)")
+        parsers[name].add_argument("--retries", type=int, default=0,
+                                   help="restart the workers from the last backup this many times (default 0)")
+    args, extra_args = parser.parse_known_args(argv)
+    if extra_args and args.command in ("train", "train-worker"):
+        parser.error(f"unrecognized arguments: {' '.join(extra_args)}")
     setup_logging()
     try:
         if args.command == "demo":
             config = demo_config(args.output)
         else:
             config = PipelineConfig.from_yaml(Path(args.config))
-        run_stages(config, beam_args, every_stage=args.command != "features")
+        if args.command == "train-worker":
+            from tf_train.worker import run_worker
+
+            run_worker(config)
+            return 0
+        if args.command in ("features", "run", "demo"):
+            run_features_stage(config, extra_args)
+        if args.command in ("train", "run", "demo"):
+            run_train_stage(config, args.workers, args.retries)
+        if args.command in ("run", "demo"):
+            print(f"stages not built yet, skipped: {', '.join(PENDING_STAGES)}")
     except (ConfigError, DataError) as e:
         print(f"tfbridge: error: {e}", file=sys.stderr)
         return 2
+    except TrainingError as e:
+        print(f"tfbridge: error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

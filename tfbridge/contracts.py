@@ -11,6 +11,8 @@ import dataclasses
 import glob
 import json
 import os
+import shutil
+import uuid
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -48,6 +50,10 @@ class ConfigError(ValueError):
 
 class DataError(ValueError):
     """The input data breaks the contract: the message names the file, column and value."""
+
+
+class TrainingError(RuntimeError):
+    """A training worker died with no retry left: the message names it and quotes its last log lines."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,6 +118,68 @@ class SplitConfig:
     eval_fraction: float = 0.2
 
 
+LABEL_TRANSFORMS = ("none", "log")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """The `train:` section: the model and how it is fitted. Every key has a default."""
+
+    hidden_units: tuple[int, ...] = (64, 32)  # () is a linear model on the same inputs
+    embedding_dim: int | None = None  # None: min(16, about 1.6 * width ** 0.56) per id feature
+    epochs: int = 10
+    batch_size: int = 256  # global: per-replica batch x replicas
+    learning_rate: float = 1e-3
+    seed: int = 42
+    label_transform: str = "none"  # regression: "log" trains on log(label), predicts in label units
+    workers: int = 2  # worker processes the embedded launcher starts
+
+    @classmethod
+    def from_dict(cls, raw: Any, source: str) -> "TrainConfig":
+        if raw is None:
+            return cls()
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{source}: 'train' must be a mapping, got {raw!r}")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - set(fields))
+        if unknown:
+            raise ConfigError(f"{source}: unknown key(s) train.{unknown}; expected some of {sorted(fields)}")
+        values = dict(raw)
+
+        def positive_int(key: str) -> None:
+            v = values[key]
+            if not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+                raise ConfigError(f"{source}: 'train.{key}' must be a positive integer, got {v!r}")
+
+        for key in ("epochs", "batch_size", "workers"):
+            if key in values:
+                positive_int(key)
+        if "embedding_dim" in values and values["embedding_dim"] is not None:
+            positive_int("embedding_dim")
+        if "seed" in values and not isinstance(values["seed"], int):
+            raise ConfigError(f"{source}: 'train.seed' must be an integer, got {values['seed']!r}")
+        if "hidden_units" in values:
+            units = values["hidden_units"]
+            if not (isinstance(units, list) and all(isinstance(u, int) and u >= 1 for u in units)):
+                raise ConfigError(f"{source}: 'train.hidden_units' must be a list of positive integers "
+                                  f"([] for a linear model), got {units!r}")
+            values["hidden_units"] = tuple(units)
+        if "learning_rate" in values:
+            lr = values["learning_rate"]
+            if not (isinstance(lr, (int, float)) and lr > 0):
+                raise ConfigError(f"{source}: 'train.learning_rate' must be a positive number, got {lr!r}")
+            values["learning_rate"] = float(lr)
+        if values.get("label_transform", "none") not in LABEL_TRANSFORMS:
+            raise ConfigError(f"{source}: 'train.label_transform' must be one of {LABEL_TRANSFORMS}, "
+                              f"got {values['label_transform']!r}")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["hidden_units"] = list(self.hidden_units)
+        return out
+
+
 @dataclasses.dataclass(frozen=True)
 class PipelineConfig:
     """One run of the pipeline, as the YAML file says it (see README, "The pipeline config")."""
@@ -123,6 +191,7 @@ class PipelineConfig:
     features: Mapping[str, tuple[TransformStep, ...]]
     preprocessing_fn: str | None = None
     split: SplitConfig = SplitConfig()
+    train: TrainConfig = TrainConfig()
     source: str = "<config>"
 
     @property
@@ -203,6 +272,10 @@ class PipelineConfig:
         if not isinstance(eval_fraction, (int, float)) or not 0.0 <= eval_fraction < 1.0:
             raise ConfigError(f"{source}: 'split.eval_fraction' must be a number in [0, 1), got {eval_fraction!r}")
 
+        train = TrainConfig.from_dict(raw.get("train"), source)
+        if train.label_transform != "none" and task != "regression":
+            raise ConfigError(f"{source}: 'train.label_transform' applies to regression only, not {task}")
+
         return cls(
             data=DataSource(path=data_path, format=fmt),
             label=label,
@@ -211,6 +284,7 @@ class PipelineConfig:
             features=features,
             preprocessing_fn=preprocessing_fn,
             split=SplitConfig(eval_fraction=float(eval_fraction)),
+            train=train,
             source=source,
         )
 
@@ -222,6 +296,7 @@ class PipelineConfig:
             "task": self.task,
             "output": self.output,
             "split": {"eval_fraction": self.split.eval_fraction},
+            "train": self.train.to_dict(),
         }
         if self.features:
             out["features"] = {c: [s.to_yaml() for s in steps] for c, steps in self.features.items()}
@@ -258,21 +333,61 @@ class ArtifactLayout:
         """Glob of the gzipped TFRecord shards of one split ('train' or 'eval')."""
         return str(self.transformed_dir / f"{split}-*.tfrecord.gz")
 
+    @property
+    def model_dir(self) -> Path:
+        """saved_model/, metrics.json, manifest.json; backup/ while training runs."""
+        return self.root / "model"
+
+    @property
+    def saved_model_dir(self) -> Path:
+        return self.model_dir / "saved_model"
+
+    @property
+    def backup_dir(self) -> Path:
+        return self.model_dir / "backup"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.model_dir / "metrics.json"
+
+    @property
+    def model_manifest_path(self) -> Path:
+        return self.model_dir / "manifest.json"
+
+
+FEATURE_KINDS = ("number", "vector", "ids", "token_ids", "text", "tokens")
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureOutput:
+    """One transformed feature as the model sees it.
+
+    kind: number (float, one per row), vector (float, `width` per row), ids
+    (int64 in [0, width), one per row), token_ids (int64 in [0, width), a list
+    per row), text or tokens (strings: not a model input until a vocabulary
+    step turns them into ids). width is None where it is not known.
+    """
+
+    kind: str
+    width: int | None = None
+
 
 @dataclasses.dataclass(frozen=True)
 class FeaturesManifest:
     """What the feature stage produced, for the stages after it (written as features/manifest.json)."""
 
     raw_columns: Mapping[str, str]  # column -> "float" | "int" | "string", as read by the transform
+    nullable: tuple[str, ...]  # raw columns whose missing values the transform imputes
     label: str
     task: str
+    outputs: Mapping[str, FeatureOutput]  # transformed feature -> what it is, less the label
     rows: Mapping[str, int]  # split -> row count
     shards: Mapping[str, int]  # split -> file count
     versions: Mapping[str, str]
     config: Mapping[str, Any]
 
     def write(self, path: Path) -> None:
-        path.write_text(json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n")
+        write_json_atomic(dataclasses.asdict(self), path)
 
     @classmethod
     def read(cls, path: Path) -> "FeaturesManifest":
@@ -280,4 +395,62 @@ class FeaturesManifest:
             raw = json.loads(Path(path).read_text())
         except FileNotFoundError as e:
             raise DataError(f"no feature-stage manifest at {path}: run `tfbridge features` first") from e
+        raw["outputs"] = {k: FeatureOutput(**v) for k, v in raw["outputs"].items()}
+        raw["nullable"] = tuple(raw["nullable"])
         return cls(**raw)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelManifest:
+    """What the training stage exported (model/manifest.json): enough to score raw data with it.
+
+    `inputs` are the serving signature's raw columns, one tensor [batch] each:
+    dtype "float" (float32), "int" (int64) or "string"; a nullable column takes
+    NaN (numbers) or "" (strings) for a missing value, which the transform imputes.
+    """
+
+    inputs: Mapping[str, Mapping[str, Any]]  # column -> {"dtype": ..., "nullable": bool}
+    outputs: tuple[str, ...]  # the signature's outputs: prediction, or label and probabilities
+    label: str
+    task: str
+    classes: tuple[Any, ...] | None  # classification: the label value of each probability column
+    label_transform: str
+    versions: Mapping[str, str]
+    checksums: Mapping[str, str]  # path under model/ -> sha256, for every exported file
+
+    def write(self, path: Path) -> None:
+        write_json_atomic(dataclasses.asdict(self), path)
+
+    @classmethod
+    def read(cls, path: Path) -> "ModelManifest":
+        try:
+            raw = json.loads(Path(path).read_text())
+        except FileNotFoundError as e:
+            raise DataError(f"no model manifest at {path}: run `tfbridge train` first") from e
+        raw["outputs"] = tuple(raw["outputs"])
+        if raw["classes"] is not None:
+            raw["classes"] = tuple(raw["classes"])
+        return cls(**raw)
+
+
+def write_json_atomic(value: Any, path: Path) -> None:
+    """Writes JSON beside the target and renames it into place: readers never see half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def replace_dir(staging: Path, final: Path) -> None:
+    """Renames a complete staging directory into place, then drops the previous one.
+
+    Stages write into a staging directory beside the final one, so a failed
+    run leaves no partial output and an earlier run's stays intact until then.
+    """
+    previous = None
+    if final.exists():
+        previous = final.with_name(f".{final.name}-previous-{uuid.uuid4().hex[:8]}")
+        final.rename(previous)
+    staging.rename(final)
+    if previous is not None:
+        shutil.rmtree(previous, ignore_errors=True)

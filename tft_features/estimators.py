@@ -23,9 +23,13 @@ QUANTILE_EPSILON = 1e-3
 
 
 def z_score(x: tf.Tensor, name: str):
-    """(x - mean) / std with population moments (ddof=0); a constant column maps to x - mean."""
-    mean = tft.mean(x, name=f"{name}_mean")
-    var = tft.var(x, name=f"{name}_var")
+    """(x - mean) / std with population moments (ddof=0); a constant column maps to x - mean.
+
+    On a vector (e.g. a polynomial expansion) each element has its own moments.
+    """
+    per_row = x.shape.rank == 1
+    mean = tft.mean(x, reduce_instance_dims=per_row, name=f"{name}_mean")
+    var = tft.var(x, reduce_instance_dims=per_row, name=f"{name}_var")
     std = tf.sqrt(var)
     centred = x - mean
     out = tf.where(std > 0, centred / tf.where(std > 0, std, 1.0), centred)
@@ -33,9 +37,13 @@ def z_score(x: tf.Tensor, name: str):
 
 
 def min_max(x: tf.Tensor, name: str, output_min: float = 0.0, output_max: float = 1.0):
-    """Linear map of [min, max] onto [output_min, output_max]; a constant column maps to the middle."""
-    lo = tft.min(x, name=f"{name}_min")
-    hi = tft.max(x, name=f"{name}_max")
+    """Linear map of [min, max] onto [output_min, output_max]; a constant column maps to the middle.
+
+    On a vector each element has its own range.
+    """
+    per_row = x.shape.rank == 1
+    lo = tft.min(x, reduce_instance_dims=per_row, name=f"{name}_min")
+    hi = tft.max(x, reduce_instance_dims=per_row, name=f"{name}_max")
     span = hi - lo
     unit = tf.where(span > 0, (x - lo) / tf.where(span > 0, span, 1.0), tf.fill(tf.shape(x), 0.5))
     return unit * (output_max - output_min) + output_min, {"min": lo, "max": hi}

@@ -36,9 +36,11 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from tensorflow_metadata.proto.v0 import schema_pb2
+from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io
 from tfx_bsl.coders import example_coder
 
-from tfbridge.contracts import FeaturesManifest, PipelineConfig, parse_stat_output_name
+from tfbridge.contracts import (FeaturesManifest, PipelineConfig, materialized_feature_spec, parse_stat_output_name,
+                                replace_dir)
 from tft_features import inputs, preprocessing
 
 log = logging.getLogger(__name__)
@@ -88,6 +90,7 @@ class _Preprocessing:
     positive: set[str]
     why: dict[str, str]  # column -> which steps read it, for error messages
     analysis_phases: int | None  # None: unknown (a user's preprocessing_fn)
+    plan: preprocessing.FeaturePlan | None  # None: a user's preprocessing_fn
 
 
 def _preprocessing(config: PipelineConfig) -> _Preprocessing:
@@ -99,7 +102,7 @@ def _preprocessing(config: PipelineConfig) -> _Preprocessing:
     for name in wanted:
         why.setdefault(name, "used by polynomial")
     return _Preprocessing(preprocessing.make_preprocessing_fn(plan), wanted, plan.positive_columns(), why,
-                          plan.analysis_phases())
+                          plan.analysis_phases(), plan)
 
 
 def _user_preprocessing(config: PipelineConfig) -> _Preprocessing:
@@ -118,7 +121,7 @@ def _user_preprocessing(config: PipelineConfig) -> _Preprocessing:
         return outputs
 
     why = {name: f"read for preprocessing_fn {config.preprocessing_fn}" for name in wanted}
-    return _Preprocessing(preprocessing_fn, wanted, set(), why, None)
+    return _Preprocessing(preprocessing_fn, wanted, set(), why, None, None)
 
 
 def run_features(config: PipelineConfig, beam_args: list[str] | None = None) -> FeaturesResult:
@@ -144,14 +147,16 @@ def run_features(config: PipelineConfig, beam_args: list[str] | None = None) -> 
             rows = _run_beam(config, raw, prep, staging, make_pipeline(beam_args, _FNAPI_MAX_PHASES + 1))
         FeaturesManifest(
             raw_columns={c.name: c.dtype for c in raw.columns},
+            nullable=tuple(c.name for c in raw.columns if c.nullable),
             label=config.label,
             task=config.task,
+            outputs=_feature_outputs(staging, staging / layout.stats_path.name, config.label, prep.plan),
             rows=rows,
             shards={split: MIN_SHARDS for split in SPLITS},
             versions=versions(),
             config=config.to_dict(),
         ).write(staging / layout.features_manifest_path.name)
-        _replace_dir(staging, layout.features_dir)
+        replace_dir(staging, layout.features_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -172,6 +177,9 @@ def _run_beam(config, raw: inputs.RawData, prep: _Preprocessing, staging: Path,
         # TFT's layout: <dir>/transform_fn and <dir>/transformed_metadata, so that
         # tft.TFTransformOutput(features_dir) reads it.
         _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(str(staging))
+        # The raw schema too (<dir>/metadata), so TFTransformOutput.raw_feature_spec() works downstream.
+        metadata_io.write_metadata(dataset_metadata.DatasetMetadata(raw.tfmd_schema()),
+                                   str(staging / tft.TFTransformOutput.RAW_METADATA_DIR))
         for split in SPLITS:
             (data, metadata) = ((splits[split], adapter), transform_fn) | f"Transform[{split}]" >> (
                 tft_beam.TransformDataset(output_record_batches=True))
@@ -196,6 +204,12 @@ def _run_beam(config, raw: inputs.RawData, prep: _Preprocessing, staging: Path,
     for counter in counters:
         rows[counter.key.metric.name.removeprefix("rows_")] += counter.committed
     return rows
+
+
+def _feature_outputs(features_dir: Path, stats_path: Path, label: str, plan) -> dict:
+    spec = materialized_feature_spec(tft.TFTransformOutput(str(features_dir)).transformed_feature_spec())
+    spec.pop(label, None)
+    return preprocessing.feature_outputs(spec, plan, json.loads(stats_path.read_text()))
 
 
 def _is_stat(name: str) -> bool:
@@ -308,14 +322,3 @@ def _write_empty_shards(directory: Path, split: str, shards: int) -> None:
         if not os.path.exists(path):
             with tf.io.TFRecordWriter(path, options=_GZIP):
                 pass
-
-
-def _replace_dir(staging: Path, final: Path) -> None:
-    """Renames the complete staging directory into place, then drops the previous one."""
-    previous = None
-    if final.exists():
-        previous = final.with_name(f".{final.name}-previous-{uuid.uuid4().hex[:8]}")
-        final.rename(previous)
-    staging.rename(final)
-    if previous is not None:
-        shutil.rmtree(previous, ignore_errors=True)

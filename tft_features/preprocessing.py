@@ -24,8 +24,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from tfbridge.contracts import (ConfigError, PipelineConfig, TransformStep, parse_stat_output_name,
-                                stat_output_name)
+from tfbridge.contracts import (ConfigError, FeatureOutput, PipelineConfig, TransformStep,
+                                parse_stat_output_name, stat_output_name)
 from tft_features import estimators, transformers
 
 NUMBER, TEXT, TOKENS, IDS, TOKEN_IDS, VECTOR = "number", "text", "tokens", "ids", "token_ids", "vector"
@@ -52,6 +52,10 @@ class StepDef:
 
 def _to_number(kind: StepKind, params) -> StepKind:
     return StepKind(NUMBER)
+
+
+def _same_kind(kind: StepKind, params) -> StepKind:
+    return kind
 
 
 def _vocabulary_result(kind: StepKind, params) -> StepKind:
@@ -82,14 +86,14 @@ STEPS: dict[str, StepDef] = {s.name: s for s in [
     StepDef("polynomial", (NUMBER,), ("degree", "with"), lambda k, p: StepKind(VECTOR), None, False),
     StepDef("one_hot", (IDS,), ("depth",), lambda k, p: StepKind(VECTOR), None, False),
     # Full-pass estimators (bucketize with fixed boundaries is per-row, see _build_bucketize).
-    StepDef("z_score", (NUMBER,), (), _to_number, estimators.z_score, True),
-    StepDef("min_max", (NUMBER,), ("output_min", "output_max"), _to_number, estimators.min_max, True),
+    StepDef("z_score", (NUMBER, VECTOR), (), _same_kind, estimators.z_score, True),
+    StepDef("min_max", (NUMBER, VECTOR), ("output_min", "output_max"), _same_kind, estimators.min_max, True),
     StepDef("box_cox", (NUMBER,), (), _to_number, estimators.box_cox, True),
     StepDef("yeo_johnson", (NUMBER,), (), _to_number, estimators.yeo_johnson, True),
     StepDef("bucketize", (NUMBER,), ("num_buckets", "boundaries"), _bucketize_result, _build_bucketize, True),
     StepDef("vocabulary", (TEXT, TOKENS), ("top_k", "frequency_threshold", "num_oov_buckets"),
             _vocabulary_result, estimators.vocabulary, True),
-    StepDef("impute", (NUMBER, TEXT), ("strategy", "value"), lambda k, p: k, estimators.impute, True,
+    StepDef("impute", (NUMBER, TEXT), ("strategy", "value"), _same_kind, estimators.impute, True,
             short="strategy"),
 ]}
 
@@ -347,6 +351,33 @@ def _apply_step(x, col: ColumnPlan, index: int, step: TransformStep, inputs: dic
             depth = params.get("depth") or col.kinds[index - 1].width
             return transformers.one_hot(x, name, depth)
         return STEPS[step.name].build(x, name, **params)
+
+
+def feature_outputs(spec: Mapping[str, Any], plan: FeaturePlan | None,
+                    stats: Mapping[str, Any]) -> dict[str, FeatureOutput]:
+    """What each materialized feature is, for the trainer: kind from the spec, id range from plan and stats.
+
+    `spec` is the transformed feature spec less statistics and label. With no
+    plan (a user's preprocessing_fn) an integer feature's id range is unknown.
+    """
+    chains = {c.column: c for c in plan.columns} if plan else {}
+    outputs = {}
+    for name, feature in spec.items():
+        fixed = isinstance(feature, tf.io.FixedLenFeature)
+        if feature.dtype == tf.string:
+            outputs[name] = FeatureOutput(TEXT if fixed else TOKENS)
+        elif feature.dtype.is_floating:
+            shape = list(feature.shape) if fixed else [None]
+            outputs[name] = FeatureOutput(VECTOR, shape[0]) if shape else FeatureOutput(NUMBER)
+        else:
+            width = None
+            if name in chains:
+                width = chains[name].kinds[-1].width
+                column_stats = stats.get("features", {}).get(name, {})
+                if width is None and "vocabulary_size" in column_stats:
+                    width = int(column_stats["vocabulary_size"]) + max(int(column_stats["num_oov_buckets"]), 1)
+            outputs[name] = FeatureOutput(IDS if fixed and not feature.shape else TOKEN_IDS, width)
+    return outputs
 
 
 def load_user_preprocessing_fn(spec: str, source: str) -> Callable[[dict], dict]:

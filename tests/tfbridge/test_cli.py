@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -49,10 +50,14 @@ def test_console_script_features_against_pandas(tmp_path, python_env):
 
 
 def test_demo_runs_every_built_stage_on_diamonds(tmp_path, monkeypatch, capsys):
+    """README's first command: features, then 2 training workers; the price model reaches R^2 >= 0.97."""
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).resolve().parents[2]),
+                                                      os.environ.get("PYTHONPATH", "")]))
     assert main(["demo", "--output", "runs/demo"]) == 0
     out = capsys.readouterr().out
-    assert "stages not built yet, skipped: train, export, score" in out
+    assert "stages not built yet, skipped: export, score" in out
+    assert "[worker 1]" in out and "[worker 0]" in out
     features = tmp_path / "runs" / "demo" / "features"
     manifest = json.loads((features / "manifest.json").read_text())
     assert sum(manifest["rows"].values()) == DIAMONDS_ROWS
@@ -60,6 +65,11 @@ def test_demo_runs_every_built_stage_on_diamonds(tmp_path, monkeypatch, capsys):
     assert set(stats) == {"carat", "cut", "color", "clarity", "depth", "table", "x", "y", "z"}
     assert -1 < stats["carat"]["box_cox_lambda"] < 1 and stats["cut"]["vocabulary_size"] == 5
     assert (tmp_path / "data" / "diamonds.parquet").exists()
+    model = tmp_path / "runs" / "demo" / "model"
+    metrics = json.loads((model / "metrics.json").read_text())
+    assert metrics["eval"]["r2"] >= 0.97 and metrics["eval"]["rows"] == manifest["rows"]["eval"], metrics
+    assert len(metrics["history"]) == 20
+    assert (model / "saved_model" / "saved_model.pb").exists() and (model / "manifest.json").exists()
 
 
 def test_bad_config_exits_2_with_the_key(tmp_path, capsys):

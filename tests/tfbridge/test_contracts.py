@@ -2,7 +2,8 @@
 
 import pytest
 
-from tfbridge.contracts import ConfigError, PipelineConfig, TransformStep, parse_stat_output_name, stat_output_name
+from tfbridge.contracts import (ConfigError, PipelineConfig, TrainConfig, TransformStep, parse_stat_output_name,
+                                stat_output_name)
 
 BASE = {"data": {"path": "d.parquet"}, "label": "price", "task": "regression",
         "features": {"carat": ["box_cox", "z_score"]}, "output": "runs/x"}
@@ -26,6 +27,13 @@ def test_issue_example_parses():
     assert PipelineConfig.from_dict(cfg.to_dict()).features == cfg.features
 
 
+def test_train_section_defaults_and_round_trip():
+    assert config().train == TrainConfig()
+    cfg = config(train={"hidden_units": [], "epochs": 3, "label_transform": "log", "embedding_dim": 4})
+    assert cfg.train.hidden_units == () and cfg.train.epochs == 3 and cfg.train.batch_size == 256
+    assert PipelineConfig.from_dict(cfg.to_dict()).train == cfg.train
+
+
 @pytest.mark.parametrize("changes, needle", [
     ({"label": None}, "missing required key 'label'"),
     ({"task": "ranking"}, "'task' must be one of"),
@@ -38,6 +46,12 @@ def test_issue_example_parses():
     ({"split": {"eval_fraction": 1.5}}, "split.eval_fraction"),
     ({"colour": 1}, "unknown key(s) ['colour']"),
     ({"data": {"path": "x.txt", "format": "json"}}, "'data.format' must be one of"),
+    ({"train": {"epoch": 3}}, "unknown key(s) train.['epoch']"),
+    ({"train": {"epochs": 0}}, "'train.epochs' must be a positive integer"),
+    ({"train": {"hidden_units": [64, "x"]}}, "'train.hidden_units' must be a list of positive integers"),
+    ({"train": {"learning_rate": -1}}, "'train.learning_rate' must be a positive number"),
+    ({"train": {"label_transform": "sqrt"}}, "'train.label_transform' must be one of"),
+    ({"task": "binary", "train": {"label_transform": "log"}}, "applies to regression only"),
 ])
 def test_bad_config_names_the_key(changes, needle):
     with pytest.raises(ConfigError, match="c.yaml") as err:

@@ -45,7 +45,7 @@ def run_cli(config_path, capsys) -> tuple[int, str]:
     ({"c": ["z_score"]}, {}, ["column 'c'", "expected numbers", "z_score"]),
     ({"x": ["box_cox"]}, {"x": np.r_[[0.0, -2.0], np.ones(198)]}, ["column 'x'", "value -2.0", "box_cox needs values > 0"]),
     ({"x": ["z_score"]}, {"x": np.r_[[np.nan] * 3, np.ones(197)]}, ["column 'x'", "3 missing values", "impute"]),
-    ({"c": ["vocabulary", "z_score"]}, {}, ["features.c", "'z_score' needs number input", "gives ids"]),
+    ({"c": ["vocabulary", "z_score"]}, {}, ["features.c", "'z_score' needs number or vector input", "gives ids"]),
     ({"c": ["vocabulary", "one_hot"]}, {}, ["one_hot needs a fixed width"]),
     ({"x": ["z_score", {"impute": "mean"}]}, {}, ["impute must be the first step"]),
     ({"x": [{"bucketize": {"num_buckets": 4, "boundaries": [1.0]}}]}, {}, ["either num_buckets", "boundaries (fixed)"]),

@@ -44,6 +44,7 @@ FEATURES = {
     "cat_top": [{"vocabulary": {"top_k": 3}}, "one_hot"],
     "text": [{"normalize_text": {"stopwords": "english"}}, {"vocabulary": {"frequency_threshold": 2}}],
     "px": [{"polynomial": {"degree": 3, "with": ["py"]}}],
+    "pz": [{"polynomial": {"degree": 2, "with": ["py"]}}, "z_score"],
 }
 
 
@@ -81,6 +82,7 @@ def make_table(seed: int) -> pa.Table:
         "text": text,
         "px": rng.normal(0, 2, N),
         "py": rng.uniform(-3, 3, N),
+        "pz": rng.lognormal(0, 1, N),
         "unused": rng.normal(0, 1, N),
     })
 
@@ -126,6 +128,15 @@ def test_layout_split_and_manifest(run):
     assert sorted(ids.tolist()) == list(range(N))
     assert manifest.raw_columns["cat"] == "string" and manifest.raw_columns["z"] == "float"
     assert "unused" not in manifest.raw_columns and manifest.raw_columns["py"] == "float"
+    assert set(manifest.nullable) == {"miss_mean", "miss_median", "miss_cat", "miss_const"}
+    # what each feature is to the trainer: kind and id range / vector length
+    outputs = {name: (o.kind, o.width) for name, o in manifest.outputs.items()}
+    assert outputs["z"] == ("number", None) and outputs["thr"] == ("number", None)
+    assert outputs["cat"] == ("ids", run["stats"]["cat"]["vocabulary_size"] + 1)
+    assert outputs["q"] == ("ids", 4) and outputs["edges"] == ("ids", len(FIXED_BOUNDARIES) + 1)
+    assert outputs["cat_top"] == ("vector", 4) and outputs["px"] == ("vector", 9) and outputs["pz"] == ("vector", 5)
+    assert outputs["text"] == ("token_ids", run["stats"]["text"]["vocabulary_size"] + 1)
+    assert "target" not in outputs and len(outputs) == len(FEATURES)
 
 
 def test_z_score_matches_numpy(run):
@@ -262,6 +273,16 @@ def test_polynomial_matches_sklearn(run):
     got = run["train"]["px"].reshape(len(x), -1)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
     assert run["stats"]["px"]["terms"][:5] == ["px", "py", "px px", "px py", "py py"]
+
+
+def test_z_score_of_a_vector_scales_each_element(run):
+    raw = run["train_raw"]
+    terms = PolynomialFeatures(degree=2, include_bias=False).fit_transform(
+        np.column_stack([f32(raw["pz"]), f32(raw["py"])]))
+    got = run["train"]["pz"].reshape(len(terms), -1)
+    np.testing.assert_allclose(run["stats"]["pz"]["mean"], terms.mean(axis=0), rtol=1e-4)
+    np.testing.assert_allclose(run["stats"]["pz"]["std"], terms.std(axis=0), rtol=1e-4)
+    np.testing.assert_allclose(got, (terms - terms.mean(axis=0)) / terms.std(axis=0), rtol=1e-3, atol=1e-4)
 
 
 def test_eval_split_uses_train_statistics(run):

@@ -36,7 +36,7 @@ def test_chains_read_types_and_phases():
 @pytest.mark.parametrize("features, needle", [
     ({"a": ["nope"]}, "unknown transform 'nope'"),
     ({"a": [{"z_score": {"ddof": 1}}]}, "unknown parameter(s) ['ddof']"),
-    ({"a": ["normalize_text", "z_score"]}, "'z_score' needs number input, but the step before it gives tokens"),
+    ({"a": ["normalize_text", "z_score"]}, "'z_score' needs number or vector input, but the step before it gives tokens"),
     ({"a": [{"threshold": "high"}]}, "numeric threshold"),
     ({"a": [{"z_score": 3}]}, "step 'z_score' takes no bare value"),
     ({"a": [{"bucketize": {"num_buckets": 1}}]}, "num_buckets must be an integer >= 2"),

@@ -1,0 +1,272 @@
+"""Training on real worker processes on loopback: parity of 1 vs 2 workers, restarts, export, bad input.
+
+One feature-stage run is shared by the module; each training run copies its
+features into a fresh output directory. Every test that starts workers has a
+hard timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import tensorflow as tf
+import yaml
+
+from tests.conftest import decode_split
+from tf_train.data import load_training_data
+from tf_train.launcher import launch
+from tfbridge.cli import main
+from tfbridge.contracts import DataError, ModelManifest, PipelineConfig
+from tfbridge.datasets import synthetic_table
+
+ROWS = 3000
+FEATURES = {
+    "amount": ["box_cox", "z_score"],
+    "duration": ["log1p", "z_score"],
+    "score": [{"impute": "mean"}, "z_score"],  # nullable: NaN is missing in the serving signature
+    "ratio": [{"bucketize": {"num_buckets": 4}}],
+    "region": [{"vocabulary": {"top_k": 20}}, "one_hot"],
+    "category": [{"vocabulary": {"top_k": 50}}],
+    "comment": ["normalize_text", "vocabulary"],
+}
+
+
+def with_missing_scores(table: pa.Table, seed: int) -> pa.Table:
+    score = table.column("score").to_numpy().copy()
+    score[np.random.default_rng(seed).random(len(score)) < 0.05] = np.nan
+    return table.set_column(table.schema.get_field_index("score"), "score", pa.array(score))
+
+
+@pytest.fixture(scope="module")
+def features_root(tmp_path_factory):
+    """Raw Parquet and one feature-stage run: regression on `target`, plus binary and multiclass labels."""
+    root = tmp_path_factory.mktemp("training")
+    table = with_missing_scores(synthetic_table(ROWS, seed=3, categories=200), seed=3)
+    target = table.column("target").to_numpy()
+    table = table.append_column("above", pa.array((target > np.median(target)).astype(np.int64)))
+    table = table.append_column("level", pa.array(np.array(["low", "mid", "high"])[
+        np.digitize(target, np.quantile(target, [1 / 3, 2 / 3]))]))
+    pq.write_table(table, root / "raw.parquet")
+    for label, task in (("target", "regression"), ("above", "binary"), ("level", "multiclass")):
+        assert main(["features", "--config", str(write_config(root / label, root / "raw.parquet", label, task))]) == 0
+    return root
+
+
+def write_config(out: Path, data: Path, label: str = "target", task: str = "regression", **train) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    config = {"data": {"path": str(data)}, "label": label, "task": task, "features": FEATURES,
+              "output": str(out), "train": {"batch_size": 256, "epochs": 2, "hidden_units": [16], "learning_rate": 0.01, **train}}
+    (out / "config.yaml").write_text(yaml.safe_dump(config))
+    return out / "config.yaml"
+
+
+def training_run(features_root: Path, tmp_path: Path, name: str, label: str = "target", task: str = "regression",
+                 **train) -> PipelineConfig:
+    """A config whose output already holds the shared features."""
+    out = tmp_path / name
+    shutil.copytree(features_root / label / "features", out / "features")
+    return PipelineConfig.from_yaml(write_config(out, features_root / "raw.parquet", label, task, **train))
+
+
+@pytest.fixture(autouse=True)
+def importable_repo(monkeypatch):
+    """Workers are `python -m tf_train` subprocesses: they must import this checkout."""
+    repo = str(Path(__file__).resolve().parents[2])
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")]))
+
+
+def serving_inputs(table: pa.Table, manifest: ModelManifest) -> dict[str, tf.Tensor]:
+    out = {}
+    for name, spec in manifest.inputs.items():
+        column = table.column(name).to_numpy(zero_copy_only=False)
+        out[name] = tf.constant(column.astype(str) if spec["dtype"] == "string" else column.astype(np.float32))
+    return out
+
+
+def fresh_raw_rows(seed: int) -> pa.Table:
+    """New rows: unseen categories (Zipf tail), missing scores, words outside the vocabulary."""
+    return with_missing_scores(synthetic_table(400, seed=seed, categories=5000), seed=seed)
+
+
+def checkpoint_values(saved_model: Path) -> dict[str, np.ndarray]:
+    reader = tf.train.load_checkpoint(str(saved_model / "variables" / "variables"))
+    return {key: reader.get_tensor(key) for key in reader.get_variable_to_shape_map()
+            if key != "_CHECKPOINTABLE_OBJECT_GRAPH"}
+
+
+def test_two_workers_compute_the_same_update_as_one(features_root, tmp_path):
+    runs = {}
+    for workers in (1, 2):
+        config = training_run(features_root, tmp_path, f"w{workers}", seed=5)
+        launch(config, workers=workers)
+        runs[workers] = config.layout
+    one, two = (checkpoint_values(runs[w].saved_model_dir) for w in (1, 2))
+    assert one.keys() == two.keys()
+    kernels = [k for k in one if "kernel" in k and "OPTIMIZER_SLOT" not in k]
+    assert kernels, sorted(one)
+    for key in one:
+        if one[key].dtype.kind == "f":
+            np.testing.assert_allclose(one[key], two[key], atol=1e-4, err_msg=key)
+    # the same model: the same predictions on fresh raw rows, through the exported signature
+    manifest = ModelManifest.read(runs[1].model_manifest_path)
+    inputs = serving_inputs(fresh_raw_rows(seed=41), manifest)
+    predictions = [tf.saved_model.load(str(runs[w].saved_model_dir)).signatures["serving_default"](**inputs)
+                   ["prediction"].numpy() for w in (1, 2)]
+    np.testing.assert_allclose(predictions[0], predictions[1], rtol=1e-4, atol=1e-4)
+    assert np.isfinite(predictions[0]).all()
+    history = json.loads(runs[2].metrics_path.read_text())["history"]
+    assert [h["epoch"] for h in history] == [1, 2] and history[1]["loss"] < history[0]["loss"]
+
+
+def test_export_takes_raw_columns_and_matches_the_trained_model(features_root, tmp_path):
+    """The serving signature (transform inside) agrees with the model fed the feature stage's own eval records."""
+    config = training_run(features_root, tmp_path, "export", epochs=10, seed=2)
+    launch(config, workers=1)
+    layout = config.layout
+    manifest = ModelManifest.read(layout.model_manifest_path)
+    assert manifest.outputs == ("prediction",) and manifest.label == "target" and manifest.classes is None
+    assert manifest.inputs["score"] == {"dtype": "float", "nullable": True}
+    assert manifest.inputs["comment"] == {"dtype": "string", "nullable": False}
+    assert set(manifest.inputs) == set(FEATURES) and "tensorflow_transform" in manifest.versions
+    assert any(path.startswith("saved_model/variables/") for path in manifest.checksums)
+    metrics = json.loads(layout.metrics_path.read_text())
+    assert metrics["task"] == "regression" and set(metrics["eval"]) == {"r2", "rmse", "mae", "rows"}
+    assert metrics["eval"]["r2"] > 0.7, metrics
+    assert not layout.backup_dir.exists()
+
+    # Raw eval rows through the signature give the metrics the trainer computed on transformed records.
+    raw = pq.read_table(features_root / "raw.parquet")
+    eval_targets = decode_split(layout.features_dir, "eval")["target"]
+    index = {v: i for i, v in enumerate(raw.column("target").to_numpy().astype(np.float32))}  # as in the records
+    rows = raw.take([index[v] for v in eval_targets])
+    serve = tf.saved_model.load(str(layout.saved_model_dir)).signatures["serving_default"]
+    prediction = serve(**serving_inputs(rows, manifest))["prediction"].numpy()
+    y = rows.column("target").to_numpy()
+    r2 = 1 - ((y - prediction) ** 2).sum() / ((y - y.mean()) ** 2).sum()
+    assert r2 == pytest.approx(metrics["eval"]["r2"], abs=1e-4)
+
+
+@pytest.mark.parametrize("label,task,classes", [("above", "binary", (0, 1)),
+                                                ("level", "multiclass", ("high", "low", "mid"))])
+def test_classification_exports_labels_and_probabilities(features_root, tmp_path, label, task, classes):
+    config = training_run(features_root, tmp_path, task, label=label, task=task, epochs=6)
+    launch(config, workers=1)
+    manifest = ModelManifest.read(config.layout.model_manifest_path)
+    assert manifest.classes == classes and manifest.outputs == ("label", "probabilities")
+    metrics = json.loads(config.layout.metrics_path.read_text())["eval"]
+    assert set(metrics) == {"accuracy", "auc", "log_loss", "rows"}
+    assert metrics["accuracy"] > 0.6 and metrics["auc"] > 0.75, metrics
+    serve = tf.saved_model.load(str(config.layout.saved_model_dir)).signatures["serving_default"]
+    out = serve(**serving_inputs(fresh_raw_rows(seed=8), manifest))
+    p = out["probabilities"].numpy()
+    assert p.shape == (400, len(classes)) and np.allclose(p.sum(axis=1), 1, atol=1e-5)
+    got = out["label"].numpy()
+    expected = np.array(classes)[p.argmax(axis=1)]
+    assert [v.decode() if isinstance(v, bytes) else v for v in got] == expected.tolist()
+
+
+class LauncherProcess:
+    """`tfbridge train` as a user runs it, its merged output read line by line."""
+
+    def __init__(self, config: Path, workers: int, retries: int):
+        script = os.path.join(os.path.dirname(sys.executable), "tfbridge")
+        command = [script, "train", "--config", str(config), "--workers", str(workers), "--retries", str(retries)]
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                        env=os.environ.copy())
+        self.lines: list[str] = []
+        self.pids: dict[int, int] = {}
+        self._timer = threading.Timer(600, self.process.kill)  # hard limit
+        self._timer.start()
+
+    def wait_for(self, pattern: str) -> re.Match:
+        for line in self.process.stdout:
+            self.lines.append(line)
+            started = re.search(r"worker (\d+) started, pid (\d+)", line)
+            if started:
+                self.pids[int(started.group(1))] = int(started.group(2))
+            match = re.search(pattern, line)
+            if match:
+                return match
+        raise AssertionError(f"never saw {pattern!r}; output:\n{''.join(self.lines[-60:])}")
+
+    def finish(self) -> tuple[int, str]:
+        rest = self.process.stdout.read()
+        code = self.process.wait()
+        self._timer.cancel()
+        return code, "".join(self.lines) + rest
+
+
+def epoch_lines(output: str, worker: int) -> list[int]:
+    return [int(m) for m in re.findall(rf"\[worker {worker}\].*: epoch (\d+)/", output)]
+
+
+def test_killed_worker_is_restarted_and_training_resumes_from_the_backup(features_root, tmp_path):
+    epochs = 6  # of about 1 s each at this batch size: the kill lands inside epoch 3
+    config = training_run(features_root, tmp_path, "fault", epochs=epochs, seed=9, batch_size=32)
+    run = LauncherProcess(Path(config.source), workers=2, retries=1)
+    run.wait_for(r"\[worker 1\].*: epoch 2/")
+    os.kill(run.pids[1], signal.SIGKILL)
+    code, output = run.finish()
+    assert code == 0, output[-5000:]
+    assert "worker 1 exited with -9; restarting all 2 workers from the last backup (retry 1 of 1)" in output
+    before, after = output.split("restarting all 2 workers")
+    assert epoch_lines(after, 0)[0] == 3, after  # resumed after epoch 2, not from scratch
+    assert epoch_lines(after, 0)[-1] == epochs
+    interrupted = json.loads(config.layout.metrics_path.read_text())
+    assert [h["epoch"] for h in interrupted["history"]] == list(range(1, epochs + 1))
+
+    reference = training_run(features_root, tmp_path, "uninterrupted", epochs=epochs, seed=9, batch_size=32)
+    launch(reference, workers=2)
+    uninterrupted = json.loads(reference.layout.metrics_path.read_text())
+    # The data iterator restarts with the workers, so the runs differ slightly; quality must not.
+    assert interrupted["eval"]["r2"] == pytest.approx(uninterrupted["eval"]["r2"], abs=0.03)
+    assert uninterrupted["eval"]["r2"] > 0.7
+
+
+def test_a_dead_worker_without_retries_stops_the_others_and_names_itself(features_root, tmp_path):
+    config = training_run(features_root, tmp_path, "fail", epochs=50)
+    run = LauncherProcess(Path(config.source), workers=2, retries=0)
+    run.wait_for(r"\[worker 1\].*: epoch 1/")
+    os.kill(run.pids[1], signal.SIGKILL)
+    code, output = run.finish()
+    assert code == 1
+    assert "tfbridge: error: worker 1 exited with -9 and no retry is left; its last lines:" in output
+    assert re.search(r"epoch 1/50", output.split("its last lines:")[1])
+    with pytest.raises(ProcessLookupError):
+        os.kill(run.pids[0], 0)  # worker 0 was stopped too
+    assert not config.layout.saved_model_dir.exists()
+
+
+def test_bad_inputs_stop_before_any_worker_starts(features_root, tmp_path, capsys):
+    # no feature-stage output
+    config = write_config(tmp_path / "none", features_root / "raw.parquet")
+    assert main(["train", "--config", str(config)]) == 2
+    assert "no feature-stage manifest" in capsys.readouterr().err
+    # a label the feature stage did not read
+    run = training_run(features_root, tmp_path, "label")
+    raw = yaml.safe_load(Path(run.source).read_text())
+    raw["label"] = "price"
+    Path(run.source).write_text(yaml.safe_dump(raw))
+    assert main(["train", "--config", run.source]) == 2
+    assert "made for label 'target'" in capsys.readouterr().err
+    # multiclass on a continuous label
+    run = training_run(features_root, tmp_path, "continuous")
+    with pytest.raises(DataError, match=r"label 'target'.* is continuous .*multiclass needs class ids"):
+        load_training_data(PipelineConfig.from_dict({**yaml.safe_load(Path(run.source).read_text()),
+                                                     "task": "multiclass"}))
+    # more workers than shard files
+    with pytest.raises(DataError, match="9 workers but 8 training shards"):
+        launch(run, workers=9)
+    assert not run.layout.model_dir.exists()

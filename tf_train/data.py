@@ -1,0 +1,255 @@
+"""What training reads: the feature stage's TFRecords, checked, and the label made ready for a loss.
+
+The input pipeline gives every worker count the same global batches. Each
+shard file is its own stream (seeded shuffle, repeated) cut into sub-batches;
+a worker zips the streams of the files it owns (file i goes to input pipeline
+i mod P) and concatenates one sub-batch of each into its per-replica batch.
+When P divides the shard count and the shard count divides the global batch,
+global batch s holds the same rows for 1, 2, 4 or 8 workers, so the update is
+the same: the single- vs multi-worker parity test relies on it. Records are
+parsed after batching, once per per-replica batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import logging
+import math
+
+import numpy as np
+import tensorflow as tf
+
+from tfbridge.contracts import (ArtifactLayout, DataError, FeatureOutput, FeaturesManifest, PipelineConfig,
+                                TrainConfig)
+
+log = logging.getLogger(__name__)
+
+MODEL_KINDS = ("number", "vector", "ids", "token_ids")
+MAX_CLASSES = 1000
+SHUFFLE_BUFFER = 4096
+PAD_ID = -1  # token_ids pad value in the model's dense [batch, tokens] input
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelSpec:
+    """How the label becomes the training target, and how predictions go back to label units.
+
+    regression: target = (f(label) - mean) / std with f = log or identity;
+    binary / multiclass: target = index of the label in `classes` (sorted).
+    """
+
+    task: str
+    dtype: str  # "float" | "int" | "string", as in the TFRecords
+    transform: str
+    mean: float = 0.0
+    std: float = 1.0
+    classes: tuple | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingData:
+    """The checked inputs of a training run."""
+
+    layout: ArtifactLayout
+    manifest: FeaturesManifest
+    features: dict[str, FeatureOutput]  # the model's inputs
+    label: LabelSpec
+    train_files: tuple[str, ...]
+    eval_files: tuple[str, ...]
+
+    @property
+    def train_rows(self) -> int:
+        return int(self.manifest.rows["train"])
+
+
+def load_training_data(config: PipelineConfig) -> TrainingData:
+    """Everything a worker needs, checked before any worker starts: errors name the file and column."""
+    layout = config.layout
+    manifest = FeaturesManifest.read(layout.features_manifest_path)
+    if manifest.label != config.label:
+        raise DataError(f"{layout.features_manifest_path} was made for label '{manifest.label}', "
+                        f"the config {config.source} says '{config.label}': rerun `tfbridge features`")
+    if config.label not in manifest.raw_columns:
+        raise DataError(f"label '{config.label}' is not among the columns the feature stage read "
+                        f"({sorted(manifest.raw_columns)})")
+    files = {split: tuple(sorted(glob.glob(layout.transformed_pattern(split)))) for split in ("train", "eval")}
+    if not files["train"]:
+        raise DataError(f"no transformed training shards match {layout.transformed_pattern('train')}: "
+                        f"run `tfbridge features` first")
+    features = {}
+    for name, output in sorted(manifest.outputs.items()):
+        if output.kind not in MODEL_KINDS:
+            raise DataError(f"feature '{name}' ends as {output.kind} (strings), which a model cannot take: "
+                            f"end its steps with a vocabulary, in {config.source}")
+        if output.kind in ("ids", "token_ids") and output.width is None:
+            log.warning("train: feature '%s' holds integer ids of unknown range: fed as a number", name)
+            output = FeatureOutput("number")
+        features[name] = output
+    if not features:
+        raise DataError(f"{layout.features_manifest_path} lists no features for the model")
+    train_rows = int(manifest.rows["train"])
+    if train_rows < config.train.batch_size:
+        raise DataError(f"the train split has {train_rows} rows, fewer than train.batch_size "
+                        f"{config.train.batch_size} in {config.source}")
+    label = analyze_label(files["train"], manifest, config.task, config.train)
+    return TrainingData(layout, manifest, features, label, files["train"], files["eval"])
+
+
+def read_labels(files, name: str, dtype: str) -> np.ndarray:
+    spec = {name: tf.io.FixedLenFeature([], _tf_dtype(dtype))}
+    dataset = tf.data.TFRecordDataset(list(files), compression_type="GZIP").batch(65536)
+    parts = [tf.io.parse_example(batch, spec)[name].numpy() for batch in dataset]
+    return np.concatenate(parts) if parts else np.zeros([0])
+
+
+def analyze_label(train_files, manifest: FeaturesManifest, task: str, train: TrainConfig) -> LabelSpec:
+    """One pass over the train split's labels: checks the task against them and fixes the target's scale."""
+    name = manifest.label
+    dtype = manifest.raw_columns[name]
+    values = read_labels(train_files, name, dtype)
+    where = f"label '{name}' (train split, {len(values)} rows)"
+    if task == "regression":
+        if dtype == "string":
+            raise DataError(f"{where} holds strings; regression needs numbers (or set task: multiclass)")
+        target = values.astype(np.float64)
+        if train.label_transform == "log":
+            if (target <= 0).any():
+                raise DataError(f"{where} has values <= 0 (min {target.min()}); train.label_transform: log "
+                                f"needs positive labels")
+            target = np.log(target)
+        std = float(target.std())
+        return LabelSpec(task, dtype, train.label_transform, float(target.mean()), std if std > 0 else 1.0)
+    if dtype != "string":
+        if not np.all(np.isfinite(values)) or not np.all(np.equal(np.mod(values, 1), 0)):
+            bad = values[~np.equal(np.mod(values, 1), 0)][:3]
+            raise DataError(f"{where} is continuous (e.g. {bad.tolist()}); {task} needs class ids or strings "
+                            f"(or set task: regression)")
+        values = values.astype(np.int64)
+    classes = np.unique(values)
+    if task == "binary" and len(classes) != 2:
+        raise DataError(f"{where} has {len(classes)} distinct values {classes[:5].tolist()}...; binary needs "
+                        f"exactly 2")
+    if task == "multiclass" and not 2 <= len(classes) <= MAX_CLASSES:
+        raise DataError(f"{where} has {len(classes)} distinct values; multiclass takes 2 to {MAX_CLASSES}")
+    if dtype == "string":
+        classes = [c.decode() for c in classes]
+    else:
+        classes = [int(c) for c in classes]
+    return LabelSpec(task, dtype, "none", classes=tuple(classes))
+
+
+def _tf_dtype(dtype: str) -> tf.DType:
+    return {"float": tf.float32, "int": tf.int64, "string": tf.string}[dtype]
+
+
+def parse_spec(data: TrainingData) -> dict:
+    spec = {}
+    for name, output in data.features.items():
+        if output.kind == "token_ids":
+            spec[name] = tf.io.VarLenFeature(tf.int64)
+        elif output.kind == "vector":
+            spec[name] = tf.io.FixedLenFeature([output.width], tf.float32)
+        elif output.kind == "ids":
+            spec[name] = tf.io.FixedLenFeature([], tf.int64)
+        else:
+            spec[name] = tf.io.FixedLenFeature([], tf.float32)
+    spec[data.manifest.label] = tf.io.FixedLenFeature([], _tf_dtype(data.label.dtype))
+    return spec
+
+
+def model_inputs(transformed: dict, features: dict[str, FeatureOutput]) -> dict:
+    """Transformed tensors (from parse_example or the TFT layer) as the model's inputs.
+
+    Token ids come as a SparseTensor; the model takes them dense, padded with PAD_ID.
+    Number features the manifest typed as ids of unknown range are cast to float.
+    """
+    out = {}
+    for name, output in features.items():
+        x = transformed[name]
+        if output.kind == "token_ids":
+            x = tf.sparse.to_dense(x, default_value=PAD_ID)
+        elif output.kind == "number":
+            x = tf.cast(x, tf.float32)
+        out[name] = x
+    return out
+
+
+def target(labels: tf.Tensor, label: LabelSpec) -> tf.Tensor:
+    """The label as the loss sees it (see LabelSpec)."""
+    if label.task == "regression":
+        y = tf.cast(labels, tf.float32)
+        if label.transform == "log":
+            y = tf.math.log(y)
+        return (y - label.mean) / label.std
+    keys = (tf.constant([str(c) for c in label.classes]) if label.dtype == "string"
+            else tf.constant(list(label.classes), tf.int64))
+    table = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(keys, tf.range(len(label.classes), dtype=tf.int64)), default_value=-1)
+    return table.lookup(labels if label.dtype == "string" else tf.cast(labels, tf.int64))
+
+
+def sub_batches(batch_size: int, parts: int) -> list[int]:
+    """batch_size split into `parts` sizes as equal as possible (the first ones larger)."""
+    base, extra = divmod(batch_size, parts)
+    return [base + (i < extra) for i in range(parts)]
+
+
+def train_dataset(data: TrainingData, pipeline_id: int, num_pipelines: int, per_replica_batch: int,
+                  seed: int) -> tf.data.Dataset:
+    """The infinite stream of per-replica (features, target) batches of one input pipeline (see module doc)."""
+    files = data.train_files[pipeline_id::num_pipelines]
+    if not files:
+        raise DataError(f"input pipeline {pipeline_id} of {num_pipelines} has no shard file "
+                        f"({len(data.train_files)} shards): use at most {len(data.train_files)} workers")
+    streams = []
+    for file, size in zip(files, sub_batches(per_replica_batch, len(files))):
+        if size == 0:
+            continue
+        index = data.train_files.index(file)
+        streams.append(tf.data.TFRecordDataset(file, compression_type="GZIP")
+                       .shuffle(SHUFFLE_BUFFER, seed=seed + index, reshuffle_each_iteration=True)
+                       .repeat()
+                       .batch(size, drop_remainder=True))
+    dataset = tf.data.Dataset.zip(tuple(streams)).map(lambda *parts: tf.concat(parts, 0))
+    return dataset.map(_parser(data), num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def eval_dataset(data: TrainingData, batch_size: int = 8192) -> tf.data.Dataset:
+    """Every eval row once, in file order: (model inputs, raw label)."""
+    spec = parse_spec(data)
+    label = data.manifest.label
+
+    def parse(serialized):
+        parsed = tf.io.parse_example(serialized, spec)
+        return model_inputs(parsed, data.features), parsed[label]
+
+    return (tf.data.TFRecordDataset(list(data.eval_files), compression_type="GZIP")
+            .batch(batch_size).map(parse).prefetch(2))
+
+
+def _parser(data: TrainingData):
+    spec = parse_spec(data)
+    label_name = data.manifest.label
+
+    def parse(serialized):
+        parsed = tf.io.parse_example(serialized, spec)
+        return model_inputs(parsed, data.features), target(parsed[label_name], data.label)
+
+    return parse
+
+
+def steps_per_epoch(data: TrainingData, global_batch: int) -> int:
+    return max(1, data.train_rows // global_batch)
+
+
+def describe(data: TrainingData) -> str:
+    kinds = {}
+    for output in data.features.values():
+        kinds[output.kind] = kinds.get(output.kind, 0) + 1
+    return (f"{data.train_rows:,} train rows in {len(data.train_files)} shards, "
+            f"{sum(kinds.values())} features ({', '.join(f'{v} {k}' for k, v in sorted(kinds.items()))}), "
+            f"{data.label.task} on '{data.manifest.label}'"
+            + (f" ({len(data.label.classes)} classes)" if data.label.classes else "")
+            + (f" ({data.label.transform})" if data.label.transform != "none" else "")
+            + f"; ~{math.ceil(data.train_rows / 1000)}K rows per epoch")

@@ -1,0 +1,140 @@
+"""The embedded cluster: N worker processes on loopback, each `python -m tf_train --config C`.
+
+Each worker gets a free port and its own TF_CONFIG; their output is streamed
+with a `[worker i]` prefix. When a worker dies, the others are stopped at once
+(they would block in their next collective). With retries left, the whole
+cluster starts again on fresh ports and resumes from the last epoch backup
+(BackupAndRestore); without, the error names the worker, its exit status and
+its last log lines.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import yaml
+
+from tfbridge.contracts import DataError, PipelineConfig, TrainingError
+
+log = logging.getLogger(__name__)
+
+TAIL_LINES = 30
+STOP_GRACE_S = 10
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def tf_config(ports: list[int], index: int) -> str:
+    return json.dumps({"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
+                       "task": {"type": "worker", "index": index}})
+
+
+class _Worker:
+    """One worker process and a thread that streams its output with a prefix, keeping the tail."""
+
+    _print_lock = threading.Lock()  # whole lines from concurrent workers
+
+    def __init__(self, index: int, command: list[str], env: dict[str, str], out):
+        self.index = index
+        self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+        self.process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                        text=True, bufsize=1, start_new_session=True)
+        self._out = out
+        self._thread = threading.Thread(target=self._stream, daemon=True)
+        self._thread.start()
+
+    def _stream(self):
+        for line in self.process.stdout:
+            line = line.rstrip("\n")
+            self.tail.append(line)
+            with self._print_lock:
+                self._out.write(f"[worker {self.index}] {line}\n")
+                self._out.flush()
+
+    def stop(self):
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self._thread.join(5)
+
+
+def launch(config: PipelineConfig, workers: int, retries: int = 0, out=None) -> None:
+    """Trains on `workers` local processes; restarts the cluster from its backup up to `retries` times."""
+    from tf_train.data import describe, load_training_data
+    from tf_train.worker import HISTORY_FILE
+
+    out = out or sys.stdout
+    data = load_training_data(config)  # every check that can fail does so here, before a worker starts
+    if workers > len(data.train_files):
+        raise DataError(f"{workers} workers but {len(data.train_files)} training shards: each worker reads whole "
+                        f"files, so use at most {len(data.train_files)}")
+    log.info("train: %s; %d workers", describe(data), workers)
+    layout = config.layout
+    layout.model_dir.mkdir(parents=True, exist_ok=True)
+    # A fresh run: a backup left by an earlier, different run must not be resumed.
+    shutil.rmtree(layout.backup_dir, ignore_errors=True)
+    (layout.model_dir / HISTORY_FILE).unlink(missing_ok=True)
+    config_path = layout.model_dir / ".launch-config.yaml"
+    config_path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    command = [sys.executable, "-m", "tf_train", "--config", str(config_path)]
+    try:
+        for attempt in range(retries + 1):
+            failed = _run_cluster(command, workers, out)
+            if failed is None:
+                return
+            code, index, tail = failed
+            if attempt < retries:
+                log.warning("train: worker %d exited with %s; restarting all %d workers from the last backup "
+                            "(retry %d of %d)", index, code, workers, attempt + 1, retries)
+                continue
+            raise TrainingError(f"worker {index} exited with {code} and no retry is left; its last lines:\n"
+                                + "\n".join(tail))
+    finally:
+        config_path.unlink(missing_ok=True)
+
+
+def _run_cluster(command: list[str], workers: int, out):
+    """Runs one attempt: None when every worker finished, else (exit status, worker index, its tail)."""
+    ports = free_ports(workers)
+    procs = []
+    for index in range(workers):
+        env = dict(os.environ, TF_CONFIG=tf_config(ports, index), PYTHONUNBUFFERED="1")
+        procs.append(_Worker(index, command, env, out))
+        log.info("train: worker %d started, pid %d, port %d", index, procs[-1].process.pid, ports[index])
+    try:
+        while True:
+            codes = [w.process.poll() for w in procs]
+            for w, code in zip(procs, codes):
+                if code not in (None, 0):
+                    return code, w.index, list(w.tail)
+            if all(code == 0 for code in codes):
+                return None
+            time.sleep(0.2)
+    finally:
+        for w in procs:
+            w.stop()

@@ -1,0 +1,145 @@
+"""The tf_keras model built from the transformed features, and its raw-features export.
+
+One input per transformed feature: numbers and vectors go in as they are,
+ids through an embedding, token ids through a mean-pooled embedding. The
+concatenation feeds `train.hidden_units` ReLU layers (none: a linear model on
+the same inputs, since an embedding followed by a linear layer is linear in the
+one-hot ids) and a head per task. No batch normalisation or dropout: the update
+must not depend on how a global batch is split over workers.
+
+The export wraps TFT's transform layer and the model in one tf.Module whose
+serving signature takes the RAW columns, one tensor [batch] each, and returns
+predictions in label units.
+"""
+
+from __future__ import annotations
+
+import math
+
+import tensorflow as tf
+import tensorflow_transform as tft
+import tf_keras
+
+from tfbridge.contracts import FeatureOutput, FeaturesManifest, TrainConfig
+from tf_train.data import PAD_ID, LabelSpec, model_inputs
+
+
+def embedding_dim(width: int, config: TrainConfig) -> int:
+    return config.embedding_dim or min(16, max(2, math.ceil(1.6 * width ** 0.56)))
+
+
+class IdEmbedding(tf_keras.layers.Layer):
+    """Embeds ids in [0, width); any other id (e.g. -1 for a vocabulary with no OOV bucket) gets its own row."""
+
+    def __init__(self, width: int, dim: int, **kwargs):
+        super().__init__(**kwargs)
+        self.width, self.dim = width, dim
+        self.embedding = tf_keras.layers.Embedding(width + 1, dim)
+
+    def call(self, ids):
+        valid = tf.logical_and(ids >= 0, ids < self.width)
+        return self.embedding(tf.where(valid, ids, self.width))
+
+    def get_config(self):
+        return {**super().get_config(), "width": self.width, "dim": self.dim}
+
+
+class PooledEmbedding(IdEmbedding):
+    """Mean of the embeddings of a row's token ids ([batch, tokens], padded with PAD_ID); zeros for no tokens."""
+
+    def call(self, ids):
+        present = tf.cast(tf.not_equal(ids, PAD_ID), tf.float32)[..., None]
+        total = tf.reduce_sum(super().call(ids) * present, axis=1)
+        return total / tf.maximum(tf.reduce_sum(present, axis=1), 1.0)
+
+
+def build_model(features: dict[str, FeatureOutput], label: LabelSpec, config: TrainConfig) -> tf_keras.Model:
+    inputs, parts = {}, []
+    for name, output in sorted(features.items()):
+        if output.kind == "number":
+            inputs[name] = tf_keras.Input(shape=(), dtype=tf.float32, name=name)
+            parts.append(tf_keras.layers.Reshape((1,), name=f"{name}_column")(inputs[name]))
+        elif output.kind == "vector":
+            inputs[name] = tf_keras.Input(shape=(output.width,), dtype=tf.float32, name=name)
+            parts.append(inputs[name])
+        elif output.kind == "ids":
+            inputs[name] = tf_keras.Input(shape=(), dtype=tf.int64, name=name)
+            layer = IdEmbedding(output.width, embedding_dim(output.width, config), name=f"{name}_embedding")
+            parts.append(layer(inputs[name]))
+        else:  # token_ids
+            inputs[name] = tf_keras.Input(shape=(None,), dtype=tf.int64, name=name)
+            layer = PooledEmbedding(output.width, embedding_dim(output.width, config), name=f"{name}_embedding")
+            parts.append(layer(inputs[name]))
+    x = tf_keras.layers.Concatenate(name="features")(parts) if len(parts) > 1 else parts[0]
+    for i, units in enumerate(config.hidden_units):
+        x = tf_keras.layers.Dense(units, activation="relu", name=f"hidden_{i}")(x)
+    if label.task == "multiclass":
+        out = tf_keras.layers.Dense(len(label.classes), name="logits")(x)
+    else:
+        out = tf_keras.layers.Reshape((), name="output")(tf_keras.layers.Dense(1, name="logit")(x))
+    model = tf_keras.Model(inputs, out)
+    loss = {"regression": tf_keras.losses.MeanSquaredError(),
+            "binary": tf_keras.losses.BinaryCrossentropy(from_logits=True),
+            "multiclass": tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True)}[label.task]
+    model.compile(optimizer=tf_keras.optimizers.Adam(config.learning_rate), loss=loss)
+    return model
+
+
+def predictions(raw_output: tf.Tensor, label: LabelSpec) -> dict[str, tf.Tensor]:
+    """The model's output in label units: `prediction`, or `label` and `probabilities` per class."""
+    if label.task == "regression":
+        y = raw_output * label.std + label.mean
+        return {"prediction": tf.exp(y) if label.transform == "log" else y}
+    if label.task == "binary":
+        p = tf.sigmoid(raw_output)
+        probabilities = tf.stack([1.0 - p, p], axis=1)
+    else:
+        probabilities = tf.nn.softmax(raw_output, axis=1)
+    classes = tf.constant(list(label.classes), tf.string if label.dtype == "string" else tf.int64)
+    return {"label": tf.gather(classes, tf.argmax(probabilities, axis=1)), "probabilities": probabilities}
+
+
+def output_names(label: LabelSpec) -> tuple[str, ...]:
+    return ("prediction",) if label.task == "regression" else ("label", "probabilities")
+
+
+_DTYPES = {"float": tf.float32, "int": tf.int64, "string": tf.string}
+
+
+def raw_inputs(manifest: FeaturesManifest) -> dict[str, dict]:
+    """The serving signature's columns: every raw column the transform reads, less the label."""
+    return {name: {"dtype": dtype, "nullable": name in manifest.nullable}
+            for name, dtype in manifest.raw_columns.items() if name != manifest.label}
+
+
+class RawFeaturesModel(tf.Module):
+    """TFT's transform layer and the trained model behind one signature on raw columns."""
+
+    def __init__(self, features_dir: str, manifest: FeaturesManifest, features: dict[str, FeatureOutput],
+                 model: tf_keras.Model, label: LabelSpec):
+        super().__init__()
+        self.transform = tft.TFTransformOutput(features_dir).transform_features_layer()
+        self.model = model
+        self._features, self._label = features, label
+        self._inputs = raw_inputs(manifest)
+        signature = {name: tf.TensorSpec([None], _DTYPES[col["dtype"]], name=name)
+                     for name, col in self._inputs.items()}
+        self.serve = tf.function(self._serve, input_signature=[signature])
+
+    def _serve(self, raw):
+        transformed = self.transform({name: self._tft_input(name, x) for name, x in raw.items()})
+        out = self.model(model_inputs(transformed, self._features), training=False)
+        return predictions(out, self._label)
+
+    def _tft_input(self, name: str, x: tf.Tensor):
+        """A [batch] column as TFT reads it: [batch, 1] dense, or sparse without the missing values."""
+        if not self._inputs[name]["nullable"]:
+            return tf.expand_dims(x, 1)
+        present = tf.not_equal(x, "") if x.dtype == tf.string else tf.logical_not(tf.math.is_nan(x))
+        rows = tf.where(present)
+        indices = tf.concat([rows, tf.zeros_like(rows)], axis=1)
+        return tf.SparseTensor(indices, tf.boolean_mask(x, present), tf.stack([tf.shape(x, tf.int64)[0], 1]))
+
+
+def save_raw_features_model(module: RawFeaturesModel, path: str) -> None:
+    tf.saved_model.save(module, path, signatures={"serving_default": module.serve.get_concrete_function()})
