@@ -4,9 +4,9 @@
 
 On synthetic rows (tfbridge.datasets.write_synthetic) through the feature stage
 (numbers, ids, a one-hot vector and token ids), then, each `--repeats` times:
-  floor      one worker, the same model and strategy, on per-replica batches
+  floor      one worker, the same model, strategy and thread settings, on per-replica batches
              already parsed and cached in memory (the step-time floor);
-  1 worker   `tfbridge train` on 1 worker: TFRecords read, batched, parsed;
+  1 worker   `tfbridge train` on 1 worker: TFRecords read, batched and parsed every step;
   2 workers  the same on 2 workers on loopback (RING all-reduce over gRPC).
 Throughput is examples/s of the last epoch (the first one traces and warms up),
 as the workers log it. Prints medians and the ratios to the floor.
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import re
 import statistics
 import subprocess
@@ -102,6 +103,7 @@ def main() -> None:
 
     import yaml
 
+    from tf_train.launcher import thread_env
     from tfbridge.contracts import PipelineConfig
     from tfbridge.datasets import write_synthetic
     from tft_features.pipeline import run_features
@@ -114,13 +116,14 @@ def main() -> None:
     (work / "config.yaml").write_text(yaml.safe_dump(config.to_dict()))
     run_features(config)
     steps = 200
-    results: dict[str, list[float]] = {"floor (in memory)": [], "1 worker": [], "2 workers": []}
+    runs = {"1 worker": 1, "2 workers": 2}
+    results: dict[str, list[float]] = {"floor (in memory)": [], **{name: [] for name in runs}}
     for repeat in range(args.repeats):
         done = subprocess.run([sys.executable, __file__, "--floor", str(work / "config.yaml"), str(steps)],
-                              capture_output=True, text=True, check=True)
+                              capture_output=True, text=True, check=True, env={**os.environ, **thread_env(1)})
         results["floor (in memory)"].append(json.loads(done.stdout.strip().splitlines()[-1])["floor"])
-        results["1 worker"].append(trained_throughput(config, 1))
-        results["2 workers"].append(trained_throughput(config, 2))
+        for name, workers in runs.items():
+            results[name].append(trained_throughput(config, workers))
         print(f"repeat {repeat + 1}: " + ", ".join(f"{k} {v[-1]:,.0f}" for k, v in results.items()), flush=True)
 
     base = statistics.median(results["floor (in memory)"])

@@ -202,17 +202,20 @@ def train_dataset(data: TrainingData, pipeline_id: int, num_pipelines: int, per_
     if not files:
         raise DataError(f"input pipeline {pipeline_id} of {num_pipelines} has no shard file "
                         f"({len(data.train_files)} shards): use at most {len(data.train_files)} workers")
-    streams = []
-    for file, size in zip(files, sub_batches(per_replica_batch, len(files))):
-        if size == 0:
-            continue
-        index = data.train_files.index(file)
-        streams.append(tf.data.TFRecordDataset(file, compression_type="GZIP")
-                       .shuffle(SHUFFLE_BUFFER, seed=seed + index, reshuffle_each_iteration=True)
-                       .repeat()
-                       .batch(size, drop_remainder=True))
+    spec = parse_spec(data)
+    streams = [tf.data.TFRecordDataset(file, compression_type="GZIP")
+               .shuffle(SHUFFLE_BUFFER, seed=seed + data.train_files.index(file), reshuffle_each_iteration=True)
+               .repeat()
+               .batch(size, drop_remainder=True)
+               for file, size in zip(files, sub_batches(per_replica_batch, len(files))) if size]
+    label = data.manifest.label
+
+    def parse(serialized):
+        parsed = tf.io.parse_example(serialized, spec)
+        return model_inputs(parsed, data.features), target(parsed[label], data.label)
+
     dataset = tf.data.Dataset.zip(tuple(streams)).map(lambda *parts: tf.concat(parts, 0))
-    return dataset.map(_parser(data), num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    return dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
 def eval_dataset(data: TrainingData, batch_size: int = 8192) -> tf.data.Dataset:
@@ -226,17 +229,6 @@ def eval_dataset(data: TrainingData, batch_size: int = 8192) -> tf.data.Dataset:
 
     return (tf.data.TFRecordDataset(list(data.eval_files), compression_type="GZIP")
             .batch(batch_size).map(parse).prefetch(2))
-
-
-def _parser(data: TrainingData):
-    spec = parse_spec(data)
-    label_name = data.manifest.label
-
-    def parse(serialized):
-        parsed = tf.io.parse_example(serialized, spec)
-        return model_inputs(parsed, data.features), target(parsed[label_name], data.label)
-
-    return parse
 
 
 def steps_per_epoch(data: TrainingData, global_batch: int) -> int:

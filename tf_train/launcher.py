@@ -45,6 +45,14 @@ def free_ports(count: int) -> list[int]:
             s.close()
 
 
+def thread_env(workers: int) -> dict[str, str]:
+    """TF's op thread pools per worker: half of this host's cores shared out, the rest left to input
+    and collectives. On 2 cores, 1 thread each: 1 worker went from ~140K to ~215K examples/s.
+    Settings in the environment win."""
+    threads = str(max(1, (os.cpu_count() or 1) // workers // 2))
+    return {key: os.environ.get(key, threads) for key in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")}
+
+
 def tf_config(ports: list[int], index: int) -> str:
     return json.dumps({"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
                        "task": {"type": "worker", "index": index}})
@@ -93,7 +101,7 @@ def launch(config: PipelineConfig, workers: int, retries: int = 0, out=None) -> 
     if workers > len(data.train_files):
         raise DataError(f"{workers} workers but {len(data.train_files)} training shards: each worker reads whole "
                         f"files, so use at most {len(data.train_files)}")
-    log.info("train: %s; %d workers", describe(data), workers)
+    log.info("train: %s; %d worker(s)", describe(data), workers)
     layout = config.layout
     layout.model_dir.mkdir(parents=True, exist_ok=True)
     # A fresh run: a backup left by an earlier, different run must not be resumed.
@@ -123,7 +131,7 @@ def _run_cluster(command: list[str], workers: int, out):
     ports = free_ports(workers)
     procs = []
     for index in range(workers):
-        env = dict(os.environ, TF_CONFIG=tf_config(ports, index), PYTHONUNBUFFERED="1")
+        env = dict(os.environ, TF_CONFIG=tf_config(ports, index), PYTHONUNBUFFERED="1", **thread_env(workers))
         procs.append(_Worker(index, command, env, out))
         log.info("train: worker %d started, pid %d, port %d", index, procs[-1].process.pid, ports[index])
     try:

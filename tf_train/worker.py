@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -35,6 +34,7 @@ from tfbridge.contracts import ModelManifest, PipelineConfig, replace_dir, write
 log = logging.getLogger(__name__)
 
 HISTORY_FILE = ".history.json"  # under model/: per-epoch loss, kept across restarts
+PACK_BYTES = 32 << 20  # gradients all-reduced in packs up to this size, not one collective per variable
 
 
 def make_strategy() -> tf.distribute.MultiWorkerMirroredStrategy:
@@ -43,7 +43,8 @@ def make_strategy() -> tf.distribute.MultiWorkerMirroredStrategy:
     implementation = (tf.distribute.experimental.CommunicationImplementation.NCCL if gpus
                       else tf.distribute.experimental.CommunicationImplementation.RING)
     return tf.distribute.MultiWorkerMirroredStrategy(
-        communication_options=tf.distribute.experimental.CommunicationOptions(implementation=implementation))
+        communication_options=tf.distribute.experimental.CommunicationOptions(
+            implementation=implementation, bytes_per_pack=PACK_BYTES))
 
 
 def is_chief(strategy) -> bool:
@@ -90,8 +91,12 @@ def run_worker(config: PipelineConfig) -> None:
         shutil.rmtree(target, ignore_errors=True)
         log.info("train: %s done", name)
         return
-    metrics = {"task": data.label.task, "eval": evaluate(model, data), "history": history.losses()}
-    replace_dir(target, layout.saved_model_dir)
+    try:
+        metrics = {"task": data.label.task, "eval": evaluate(model, data), "history": history.losses()}
+        replace_dir(target, layout.saved_model_dir)
+    except BaseException:
+        shutil.rmtree(target, ignore_errors=True)
+        raise
     write_json_atomic(metrics, layout.metrics_path)
     ModelManifest(
         inputs=training_model.raw_inputs(data.manifest),
@@ -116,7 +121,7 @@ class EpochLog(tf_keras.callbacks.Callback):
         self._worker, self._epochs, self._examples = worker, epochs, examples_per_epoch
         self._path, self._chief = path, chief
         self._loss: dict[int, float] = {}
-        self._start = 0.0
+        self._start = self._last_step = 0.0
 
     def on_train_begin(self, logs=None):
         if self._chief and self._path.exists():
@@ -125,9 +130,12 @@ class EpochLog(tf_keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         self._start = time.perf_counter()
 
+    def on_train_batch_end(self, batch, logs=None):
+        self._last_step = time.perf_counter()  # the epoch's time excludes its backup
+
     def on_epoch_end(self, epoch, logs=None):
         loss = float((logs or {}).get("loss", float("nan")))
-        seconds = time.perf_counter() - self._start
+        seconds = self._last_step - self._start
         log.info("train: %s: epoch %d/%d loss %.5f (%.1f s, %s examples/s)", self._worker, epoch + 1,
                  self._epochs, loss, seconds, f"{self._examples / max(seconds, 1e-9):,.0f}")
         if self._chief:

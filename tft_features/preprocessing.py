@@ -22,7 +22,6 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 import tensorflow as tf
-import tensorflow_transform as tft
 
 from tfbridge.contracts import (ConfigError, FeatureOutput, PipelineConfig, TransformStep,
                                 parse_stat_output_name, stat_output_name)
