@@ -61,7 +61,7 @@ class PooledEmbedding(IdEmbedding):
     """Mean of the embeddings of a row's token ids ([batch, tokens], padded with PAD_ID); zeros for no tokens."""
 
     def call(self, ids):
-        present = tf.cast(tf.not_equal(ids, PAD_ID), tf.float32)[..., None]
+        present = tf.expand_dims(tf.cast(tf.not_equal(ids, PAD_ID), tf.float32), -1)
         total = tf.reduce_sum(super().call(ids) * present, axis=1)
         return total / tf.maximum(tf.reduce_sum(present, axis=1), 1.0)
 

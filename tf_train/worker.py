@@ -13,7 +13,6 @@ metrics.json and the model manifest.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -29,7 +28,7 @@ import tf_keras
 from tf_train import data as training_data
 from tf_train import metrics as quality
 from tf_train import model as training_model
-from tfbridge.contracts import ModelManifest, PipelineConfig, replace_dir, write_json_atomic
+from tfbridge.contracts import ModelManifest, PipelineConfig, file_sha256, replace_dir, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -171,11 +170,5 @@ def evaluate(model, data: training_data.TrainingData) -> dict:
 
 
 def checksums(root: Path, directory: Path) -> dict[str, str]:
-    out = {}
-    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-        out[str(path.relative_to(root))] = digest.hexdigest()
-    return out
+    return {str(path.relative_to(root)): file_sha256(path)
+            for path in sorted(p for p in directory.rglob("*") if p.is_file())}

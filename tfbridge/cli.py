@@ -2,6 +2,7 @@
 
     tfbridge features --config C [Beam pipeline options...]
     tfbridge train --config C [--workers N] [--retries R]
+    tfbridge export --config C            (the SavedModel as one ONNX graph: model/model.onnx)
     tfbridge run --config C [--workers N] [Beam pipeline options...]
     tfbridge demo [--output DIR] [--workers N]
     tfbridge train-worker --config C      (one worker; the cluster from TF_CONFIG: what `python -m tf_train` runs)
@@ -26,7 +27,7 @@ import yaml
 from tfbridge.contracts import ConfigError, DataError, PipelineConfig, TrainingError
 
 # Stages that later issues add; `run` says which ones it skipped.
-PENDING_STAGES = ("export", "score")
+PENDING_STAGES = ("score",)
 
 
 def setup_logging() -> None:
@@ -67,12 +68,21 @@ def run_train_stage(config: PipelineConfig, workers: int | None, retries: int) -
           f"eval {json.dumps(metrics['eval'])}")
 
 
+def run_export_stage(config: PipelineConfig) -> None:
+    from tf_train.onnx_export import export_onnx
+
+    start = time.monotonic()
+    path = export_onnx(config)
+    print(f"export: {path} ({time.monotonic() - start:.1f} s)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tfbridge", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     parsers = {}
     for name, help_text in (("features", "run the TFT feature stage (a Beam job)"),
                             ("train", "train on N local workers (MultiWorkerMirroredStrategy) and export"),
+                            ("export", "write the trained model and its transform as one ONNX graph"),
                             ("run", "run every stage that exists, in order"),
                             ("train-worker", "one training worker; the cluster from TF_CONFIG")):
         parsers[name] = sub.add_parser(name, help=help_text)
@@ -84,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         parsers[name].add_argument("--retries", type=int, default=0,
                                    help="restart the workers from the last backup this many times (default 0)")
     args, extra_args = parser.parse_known_args(argv)
-    if extra_args and args.command in ("train", "train-worker"):
+    if extra_args and args.command in ("train", "train-worker", "export"):
         parser.error(f"unrecognized arguments: {' '.join(extra_args)}")
     setup_logging()
     try:
@@ -101,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
             run_features_stage(config, extra_args)
         if args.command in ("train", "run", "demo"):
             run_train_stage(config, args.workers, args.retries)
+        if args.command in ("export", "run", "demo"):
+            run_export_stage(config)
         if args.command in ("run", "demo"):
             print(f"stages not built yet, skipped: {', '.join(PENDING_STAGES)}")
     except (ConfigError, DataError) as e:

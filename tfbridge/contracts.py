@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import hashlib
 import json
 import os
 import shutil
@@ -343,6 +344,11 @@ class ArtifactLayout:
         return self.model_dir / "saved_model"
 
     @property
+    def onnx_path(self) -> Path:
+        """One ONNX graph from raw columns to predictions (the export stage)."""
+        return self.model_dir / "model.onnx"
+
+    @property
     def backup_dir(self) -> Path:
         return self.model_dir / "backup"
 
@@ -417,6 +423,7 @@ class ModelManifest:
     label_transform: str
     versions: Mapping[str, str]
     checksums: Mapping[str, str]  # path under model/ -> sha256, for every exported file
+    onnx: Mapping[str, Any] | None = None  # after `tfbridge export`: see OnnxGraph
 
     def write(self, path: Path) -> None:
         write_json_atomic(dataclasses.asdict(self), path)
@@ -431,6 +438,30 @@ class ModelManifest:
         if raw["classes"] is not None:
             raw["classes"] = tuple(raw["classes"])
         return cls(**raw)
+
+
+@dataclasses.dataclass(frozen=True)
+class OnnxGraph:
+    """The exported ONNX graph (model/model.onnx) as the scorer must feed it: the `onnx` entry of ModelManifest.
+
+    inputs/outputs: name -> {"dtype": ONNX element type ("float", "int64", "string"), "shape": [None, ...]}.
+    custom_ops_library: "onnxruntime_extensions" when the graph uses its ops (register its library).
+    """
+
+    path: str  # under model/
+    opset: int
+    inputs: Mapping[str, Mapping[str, Any]]
+    outputs: Mapping[str, Mapping[str, Any]]
+    custom_ops_library: str | None
+    sha256: str
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def write_json_atomic(value: Any, path: Path) -> None:

@@ -1,0 +1,90 @@
+"""Each ONNX lowering of tf_train.onnx_ops, run in onnxruntime against TF on fresh inputs and edge values."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import onnxruntime_extensions
+import pytest
+import tensorflow as tf
+import tf2onnx
+
+from tf_train.onnx_export import OPSET, allow_opset_20
+from tf_train.onnx_ops import EXTENSIONS_DOMAIN, HANDLERS, UnsupportedOp
+
+
+def convert(fn, *specs):
+    """As the export converts (errors raised, not skipped: tf2onnx's from_function would go on)."""
+    allow_opset_20()
+    concrete = tf.function(fn, input_signature=list(specs)).get_concrete_function()
+    inputs = [t.name for t in concrete.inputs if t.dtype != tf.resource]
+    outputs = [t.name for t in concrete.outputs if t.dtype != tf.resource]
+    graph_def = tf2onnx.tf_loader.from_function(concrete, inputs, outputs)
+    model, _ = tf2onnx.convert._convert_common(graph_def, opset=OPSET, custom_op_handlers=dict(HANDLERS),
+                                               extra_opset=[onnx.helper.make_opsetid(EXTENSIONS_DOMAIN, 1)],
+                                               input_names=inputs, output_names=outputs)
+    ops = {node.op_type for node in model.graph.node}
+    options = ort.SessionOptions()
+    options.register_custom_ops_library(onnxruntime_extensions.get_library_path())
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return session, ops
+
+
+def run(session, *arrays):
+    return session.run(None, {i.name: a for i, a in zip(session.get_inputs(), arrays)})
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_upper_bound_puts_values_on_a_boundary_in_the_bucket_above(seed):
+    rng = np.random.default_rng(seed)
+    boundaries = np.sort(rng.normal(0, 3, 9)).astype(np.float32)
+    values = np.concatenate([rng.normal(0, 4, 500), boundaries, [-1e30, 1e30, boundaries[0] - 1e-6]])
+    values = values.astype(np.float32)
+
+    def buckets(x):
+        return tf.searchsorted(tf.constant(boundaries[None, :]), tf.reshape(x, [1, -1]), side="right")
+
+    session, ops = convert(buckets, tf.TensorSpec([None], tf.float32))
+    assert "ReduceSum" in ops
+    np.testing.assert_array_equal(run(session, values)[0], buckets(values).numpy())
+
+
+def test_log1p_and_expm1_keep_float32_accuracy_near_zero_and_at_extremes():
+    x = np.array([0.0, 1e-30, 1e-12, -1e-9, 3e-8, 1e-4, 0.5, -0.5, -0.999, 1.0, 20.0, 1e6, 3e38], np.float32)
+    for fn, ref in ((tf.math.log1p, np.log1p), (tf.math.expm1, np.expm1)):
+        session, ops = convert(fn, tf.TensorSpec([None], tf.float32))
+        assert not {"Log1p", "Expm1"} & ops
+        values = x if fn is tf.math.log1p else np.concatenate([x[:-3], [-50.0, 80.0, 100.0]]).astype(np.float32)
+        got = run(session, values)[0]
+        want = fn(values).numpy()
+        with np.errstate(over="ignore"):
+            exact = ref(values.astype(np.float64))
+        finite = np.isfinite(exact) & (np.abs(exact) < 3e38)
+        np.testing.assert_allclose(got[finite], want[finite], rtol=2e-6, atol=0)
+        assert np.array_equal(np.isinf(got), np.isinf(want))
+
+
+def test_one_oov_bucket_hashes_everything_to_zero_and_more_buckets_are_refused():
+    session, _ = convert(lambda s: tf.strings.to_hash_bucket_fast(s, 1), tf.TensorSpec([None], tf.string))
+    words = np.array(["", "a", "zzz", "ünï"], object)
+    np.testing.assert_array_equal(run(session, words)[0], [0, 0, 0, 0])
+    with pytest.raises(UnsupportedOp, match="StringToHashBucketFast with 7 buckets"):
+        convert(lambda s: tf.strings.to_hash_bucket_fast(s, 7), tf.TensorSpec([None], tf.string))
+
+
+def test_string_split_matches_tf_whitespace_split():
+    text = np.array(["", "one", "  two  words ", "tab\tand\nnewline\r\n", "many   spaces here", " ", "\v\f"],
+                    object)
+
+    def split(s):
+        sparse = tf.strings.split(s).to_sparse()
+        return sparse.indices, sparse.values, sparse.dense_shape
+
+    session, ops = convert(split, tf.TensorSpec([None], tf.string))
+    assert "StringSplit" in ops and "StringSplitV2" not in ops
+    got = run(session, text)
+    want = split(tf.constant(text.astype(str)))
+    np.testing.assert_array_equal(got[0], want[0].numpy())
+    assert [v.decode() if isinstance(v, bytes) else v for v in got[1]] == [v.decode() for v in want[1].numpy()]
+    np.testing.assert_array_equal(got[2], want[2].numpy())

@@ -1,0 +1,183 @@
+"""ONNX vs SavedModel on fresh raw rows, through the public export, for every transform of the feature library.
+
+One feature run (the feature-stage parity config: every transform), one short
+training run and `tfbridge export` are shared by the module. Fresh rows carry
+the edge cases: unseen categories, empty strings, missing values where the
+config imputes, values exactly on bucket boundaries, huge and tiny magnitudes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import onnxruntime_extensions
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import tensorflow as tf
+import yaml
+
+from tests.tft_features.test_pipeline_parity import FEATURES, FIXED_BOUNDARIES, make_table
+from tf_train.data import model_inputs
+from tf_train.model import RawFeaturesModel, save_raw_features_model
+from tf_train.onnx_export import ExportError, convert_saved_model
+from tfbridge.cli import main
+from tfbridge.contracts import FeaturesManifest, ModelManifest, PipelineConfig
+
+ALL_FEATURES = {**FEATURES, "cat_exact": [{"vocabulary": {"num_oov_buckets": 0}}]}  # unseen -> -1
+
+
+def with_exact_copy(table: pa.Table) -> pa.Table:
+    return table.append_column("cat_exact", table.column("cat"))
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    root = tmp_path_factory.mktemp("onnx")
+    pq.write_table(with_exact_copy(make_table(seed=5)), root / "raw.parquet")
+    config = {"data": {"path": str(root / "raw.parquet")}, "label": "target", "task": "regression",
+              "features": ALL_FEATURES, "output": str(root / "out"),
+              "train": {"epochs": 1, "batch_size": 128, "hidden_units": [8], "workers": 1}}
+    (root / "c.yaml").write_text(yaml.safe_dump(config))
+    repo = str(Path(__file__).resolve().parents[2])
+    os.environ["PYTHONPATH"] = os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")])
+    assert main(["run", "--config", str(root / "c.yaml")]) == 0
+    return PipelineConfig.from_yaml(root / "c.yaml")
+
+
+def session(path) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.register_custom_ops_library(onnxruntime_extensions.get_library_path())
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def edge_rows(stats: dict) -> dict[str, list]:
+    """Edge values per column, written over the first rows of fresh data."""
+    return {
+        "cat": ["zzz-unseen", ""], "cat_top": ["", "never"], "cat_exact": ["unseen", ""], "miss_cat": [None, "new"],
+        "text": ["", "THE and, of!!", "  Colour\twas\ngreat  ", "dont don't DON'T", "naïve café price"],
+        "edges": [*FIXED_BOUNDARIES, -1e30, 1e30], "q": stats["q"]["boundaries"],
+        "pos_a": [1e-30, 1e30, 1.0], "pos_b": [1e-20, 3e20], "signed": [-1e6, 1e6, 0.0, -0.0],
+        "z": [1e20, -1e20], "mm": [-50.0, 50.0, 1e9], "huge": [1e30, -1e30, 0.0],
+        "miss_mean": [np.nan, None], "miss_median": [None], "miss_const": [np.nan],
+        "px": [1e6, -1e-6], "py": [0.0], "pz": [1e-3], "thr": [0.5, 0.50001],
+    }
+
+
+EDGE_ROWS = range(10)  # covers the longest edge list (q's boundaries: 3)
+
+
+def fresh_rows(seed: int, stats: dict) -> pa.Table:
+    """New rows, the first ones replaced by edge cases."""
+    table = with_exact_copy(make_table(seed=seed)).to_pandas()
+    for column, values in edge_rows(stats).items():
+        table.loc[: len(values) - 1, column] = pd_object(values) if table[column].dtype == object else values
+    return pa.Table.from_pandas(table, preserve_index=False)
+
+
+def pd_object(values):
+    return np.array(values, dtype=object)
+
+
+def serving_inputs(table: pa.Table, manifest: ModelManifest) -> dict[str, np.ndarray]:
+    """The signature's inputs: NaN for a missing number, "" for a missing string (nullable columns)."""
+    out = {}
+    for name, spec in manifest.inputs.items():
+        values = table.column(name).to_pylist()
+        if spec["dtype"] == "string":
+            out[name] = np.array(["" if v is None else v for v in values], object)
+        else:
+            out[name] = np.array([np.nan if v is None else v for v in values], np.float32)
+    return out
+
+
+def tf_inputs(feeds: dict[str, np.ndarray]) -> dict[str, tf.Tensor]:
+    return {k: tf.constant(v.astype(str) if v.dtype == object else v) for k, v in feeds.items()}
+
+
+@pytest.mark.parametrize("seed", [11, 12, 13])
+def test_onnx_predictions_match_the_saved_model(exported, seed):
+    layout = exported.layout
+    manifest = ModelManifest.read(layout.model_manifest_path)
+    stats = json.loads(layout.stats_path.read_text())["features"]
+    feeds = serving_inputs(fresh_rows(seed, stats), manifest)
+    got = session(layout.onnx_path).run(["prediction"], feeds)[0]
+    want = tf.saved_model.load(str(layout.saved_model_dir)).signatures["serving_default"](
+        **tf_inputs(feeds))["prediction"].numpy()
+    assert np.isfinite(want).all()
+    # float32 in label units: 1e-5 of the label's spread (here ~900), 1e-4 relative for large values
+    scale = float(np.std(want[len(EDGE_ROWS):]))
+    np.testing.assert_allclose(got, want, atol=1e-5 * scale, rtol=1e-4)
+
+
+class TransformOnly(RawFeaturesModel):
+    """The export's transform half alone, outputs as the model receives them: each feature checked by itself."""
+
+    def _serve(self, raw):
+        transformed = self.transform({name: self._tft_input(name, x) for name, x in raw.items()})
+        return {f"t_{k}": v for k, v in model_inputs(transformed, self._features).items()}  # not input names
+
+
+@pytest.fixture(scope="module")
+def transform_only(exported, tmp_path_factory):
+    layout = exported.layout
+    features = FeaturesManifest.read(layout.features_manifest_path)
+    module = TransformOnly(str(layout.features_dir), features, dict(features.outputs), None, None)
+    path = tmp_path_factory.mktemp("transform") / "saved_model"
+    save_raw_features_model(module, str(path))
+    manifest = ModelManifest.read(layout.model_manifest_path)
+    onnx_path = path.parent / "transform.onnx"
+    onnx.save(convert_saved_model(path, manifest.inputs), str(onnx_path))
+    return path, onnx_path, manifest
+
+
+@pytest.mark.parametrize("seed", [21, 22])
+def test_every_transform_matches_tf_feature_by_feature(exported, transform_only, seed):
+    saved, onnx_path, manifest = transform_only
+    stats = json.loads(exported.layout.stats_path.read_text())["features"]
+    feeds = serving_inputs(fresh_rows(seed, stats), manifest)
+    onnx_session = session(onnx_path)
+    names = [o.name for o in onnx_session.get_outputs()]
+    got = {k[2:]: v for k, v in zip(names, onnx_session.run(names, feeds))}
+    want = {k[2:]: v.numpy() for k, v in tf.saved_model.load(str(saved)).signatures["serving_default"](
+        **tf_inputs(feeds)).items()}
+    assert set(got) == set(want) == set(ALL_FEATURES)
+    for name in ALL_FEATURES:
+        if want[name].dtype.kind in "iu":
+            np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+        else:
+            np.testing.assert_allclose(got[name], want[name], atol=1e-5, rtol=1e-4, err_msg=name)
+    assert want["cat_exact"][0] == -1 and want["edges"][:3].tolist() == [1, 2, 3]
+
+
+def test_manifest_records_the_onnx_signature(exported):
+    layout = exported.layout
+    graph = ModelManifest.read(layout.model_manifest_path).onnx
+    assert graph["path"] == "model.onnx" and graph["opset"] == 20
+    assert graph["custom_ops_library"] == "onnxruntime_extensions"  # text normalisation's regex replace
+    assert graph["inputs"]["text"] == {"dtype": "string", "shape": [None]}
+    assert graph["inputs"]["z"] == {"dtype": "float32", "shape": [None]}
+    assert set(graph["inputs"]) == set(ModelManifest.read(layout.model_manifest_path).inputs)
+    assert graph["outputs"]["prediction"]["dtype"] == "float32"
+
+
+def test_an_op_with_no_lowering_names_the_op_and_the_feature(tmp_path):
+    """A transform graph using tf.strings.length (StringLength: tf2onnx has no handler, nor do we)."""
+
+    class Lengths(tf.Module):
+        @tf.function(input_signature=[{"comment": tf.TensorSpec([None], tf.string, name="comment")}])
+        def serve(self, raw):
+            with tf.name_scope("comment_0_length"):
+                return {"n": tf.strings.length(raw["comment"])}
+
+    module = Lengths()
+    tf.saved_model.save(module, str(tmp_path / "sm"), signatures={"serving_default": module.serve})
+    with pytest.raises(ExportError) as err:
+        convert_saved_model(tmp_path / "sm", {"comment": {}})
+    message = str(err.value)
+    assert "op StringLength (feature 'comment'" in message and "Score with the SavedModel" in message

@@ -1,0 +1,130 @@
+"""The export stage: the raw-features SavedModel (TFT transform + model) as ONE ONNX graph.
+
+tf2onnx converts the SavedModel's serving signature (converting from the saved
+model, not a tf.function, is what lets TFT's vocabulary tables become
+CategoryMapper nodes), with our handlers (`tf_train.onnx_ops`) for the ops it
+lacks. The graph uses opset 20 (standard StringSplit) plus
+onnxruntime-extensions for regex replacement in text normalisation; the
+scorer registers that library. An op nobody lowers stops the export with its
+name and the feature it came from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+from pathlib import Path
+
+import onnx
+
+from tf_train.onnx_ops import EXTENSIONS_DOMAIN, HANDLERS
+from tfbridge.contracts import DataError, ModelManifest, OnnxGraph, PipelineConfig, file_sha256
+
+log = logging.getLogger(__name__)
+
+OPSET = 20
+ONNX_IR_VERSION = 9  # opset 20
+
+
+class ExportError(DataError):
+    """The serving graph has an op with no ONNX lowering: names the op and its feature."""
+
+
+class _Unsupported(logging.Handler):
+    """Collects tf2onnx's 'Tensorflow op [node: type] is not supported' reports."""
+
+    def __init__(self):
+        super().__init__(logging.ERROR)
+        self.ops: list[tuple[str, str]] = []
+
+    def emit(self, record):
+        if record.msg.startswith("Tensorflow op [") and record.args:
+            self.ops.append((str(record.args[0]), str(record.args[1])))
+
+
+def feature_of(node_name: str, columns) -> str | None:
+    """The feature a node belongs to, from the step scopes `<column>_<index>_<step>` of the transform."""
+    for part in node_name.split("/"):
+        for column in sorted(columns, key=len, reverse=True):
+            if re.fullmatch(rf"{re.escape(column)}_\d+_\w+", part):
+                return column
+    return None
+
+
+def allow_opset_20() -> None:
+    """tf2onnx 1.17 lists IR versions up to opset 18; opset 20 (for StringSplit) is IR 9."""
+    from tf2onnx import constants
+
+    constants.OPSET_TO_IR_VERSION.setdefault(19, ONNX_IR_VERSION)
+    constants.OPSET_TO_IR_VERSION.setdefault(OPSET, ONNX_IR_VERSION)
+
+
+def convert_saved_model(saved_model: Path, columns) -> onnx.ModelProto:
+    from tf2onnx import convert, tf_loader
+
+
+    allow_opset_20()
+    graph_def, inputs, outputs, tables, renames = tf_loader.from_saved_model(
+        str(saved_model), None, None, tag="serve", signatures=["serving_default"],
+        return_initialized_tables=True, return_tensors_to_rename=True)
+    unsupported = _Unsupported()
+    tf2onnx_log = logging.getLogger("tf2onnx")
+    tf2onnx_log.addHandler(unsupported)
+    try:
+        model, _ = convert._convert_common(
+            graph_def, name=str(saved_model), opset=OPSET, custom_op_handlers=dict(HANDLERS),
+            extra_opset=[onnx.helper.make_opsetid(EXTENSIONS_DOMAIN, 1)], input_names=inputs,
+            output_names=outputs, initialized_tables=tables, tensors_to_rename=renames)
+    except Exception as e:
+        if not unsupported.ops:
+            raise ExportError(f"ONNX export of {saved_model} failed: {e}") from e
+    finally:
+        tf2onnx_log.removeHandler(unsupported)
+    if unsupported.ops:
+        lines = []
+        for node, op in unsupported.ops:
+            feature = feature_of(node, columns)
+            lines.append(f"op {op} (feature '{feature}', node {node})" if feature else f"op {op} (node {node})")
+        raise ExportError("ONNX export: no lowering for " + "; ".join(lines) + ". Score with the SavedModel "
+                          "instead (spark_infer picks the SavedModel path when there is no model.onnx).")
+    _ascii_lower_case(model)
+    return model
+
+
+def _ascii_lower_case(model: onnx.ModelProto) -> None:
+    """StringNormalizer in the "C" locale: ASCII-only case mapping, as tf.strings.lower does, and no
+    dependency on the locales a host has installed (the default en_US.UTF-8 is missing on many)."""
+    for node in model.graph.node:
+        if node.op_type == "StringNormalizer" and not any(a.name == "locale" for a in node.attribute):
+            node.attribute.append(onnx.helper.make_attribute("locale", "C"))
+
+
+def export_onnx(config: PipelineConfig) -> Path:
+    """Writes <output>/model/model.onnx and records its inputs and outputs in the model manifest."""
+    layout = config.layout
+    manifest = ModelManifest.read(layout.model_manifest_path)
+    model = convert_saved_model(layout.saved_model_dir, manifest.inputs)
+    path = layout.onnx_path
+    tmp = path.with_name(f".{path.name}.tmp")
+    onnx.save(model, str(tmp))
+    tmp.replace(path)
+    uses_extensions = any(node.domain == EXTENSIONS_DOMAIN for node in model.graph.node)
+    graph = OnnxGraph(path=path.name, opset=OPSET, inputs=_signature(model.graph.input),
+                      outputs=_signature(model.graph.output),
+                      custom_ops_library="onnxruntime_extensions" if uses_extensions else None,
+                      sha256=file_sha256(path))
+    dataclasses.replace(manifest, onnx=dataclasses.asdict(graph)).write(layout.model_manifest_path)
+    log.info("export: %s (%d nodes, opset %d%s)", path, len(model.graph.node), OPSET,
+             ", onnxruntime-extensions" if uses_extensions else "")
+    return path
+
+
+def _signature(values) -> dict[str, dict]:
+    out = {}
+    for value in values:
+        tensor = value.type.tensor_type
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type)
+        out[value.name] = {"dtype": "string" if dtype.kind == "O" else dtype.name,
+                           "shape": [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]}
+    return out

@@ -1,0 +1,146 @@
+"""Lowerings tf2onnx 1.17 lacks for the ops our transforms produce: one small handler per TF op.
+
+Each handler rewrites one TF node into standard ONNX nodes in tf2onnx's graph,
+keeping the node's output names so its consumers are untouched. The registry
+`HANDLERS` is what the export passes to tf2onnx as `custom_op_handlers`; each
+handler has its own test running the ONNX result against TF on fresh inputs.
+
+  UpperBound (tft.apply_buckets)      GreaterOrEqual + ReduceSum: a value on a boundary goes up
+  Log1p, Expm1 (log1p, Box-Cox, YJ)   Kahan's forms log(u) * x / (u - 1), (u - 1) * x / log(u):
+                                      full float32 accuracy near 0, where log(1 + x) would lose it
+  StringToHashBucketFast (OOV ids)    one OOV bucket: every unseen value hashes to bucket 0;
+                                      more buckets need FarmHash, which ONNX has not: refused
+  StringSplitV2 (text to tokens)      ONNX StringSplit (opset 20) back to TF's sparse triple; tabs and
+                                      newlines become spaces first, as TF splits on all whitespace
+
+Lower-casing (StringNormalizer), vocabulary lookups (CategoryMapper) and
+regex replacement (onnxruntime-extensions' StringRegexReplace: standard ONNX
+has no regex replace) are tf2onnx's own handlers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx import TensorProto, numpy_helper
+from tf2onnx import utils
+
+
+EXTENSIONS_DOMAIN = "ai.onnx.contrib"  # onnxruntime-extensions
+
+
+class UnsupportedOp(ValueError):
+    """A TF op of the serving graph that no handler lowers to ONNX."""
+
+
+def _const(ctx, value, dtype=np.int64) -> str:
+    return ctx.make_const(utils.make_name("const"), np.array(value, dtype)).output[0]
+
+
+def _node(ctx, op: str, inputs: list[str], **attr) -> str:
+    return ctx.make_node(op, inputs, attr=attr or None).output[0]
+
+
+def _take_over(ctx, node, op: str, inputs: list[str], **attr) -> None:
+    """Replaces `node` by one `op` node that keeps its name, output names, shapes and dtypes."""
+    name, outputs = node.name, list(node.output)
+    shapes = [ctx.get_shape(o) for o in outputs]
+    dtypes = [ctx.get_dtype(o) for o in outputs]
+    ctx.remove_node(name)
+    ctx.make_node(op, inputs, attr=attr or None, outputs=outputs, name=name, shapes=shapes, dtypes=dtypes)
+
+
+def upper_bound(ctx, node, name, args):
+    """searchsorted(boundaries [R, B], values [R, N], side=right) = how many boundaries are <= value."""
+    boundaries, values = node.input
+    column = _node(ctx, "Unsqueeze", [values, _const(ctx, [2])])  # [R, N, 1]
+    row = _node(ctx, "Unsqueeze", [boundaries, _const(ctx, [1])])  # [R, 1, B]
+    counts = _node(ctx, "Cast", [_node(ctx, "GreaterOrEqual", [column, row])], to=TensorProto.INT64)
+    out_type = ctx.get_dtype(node.output[0])
+    if out_type == TensorProto.INT64:
+        _take_over(ctx, node, "ReduceSum", [counts, _const(ctx, [2])], keepdims=0)
+    else:
+        total = _node(ctx, "ReduceSum", [counts, _const(ctx, [2])], keepdims=0)
+        _take_over(ctx, node, "Cast", [total], to=out_type)
+
+
+def log1p(ctx, node, name, args):
+    """log(1 + x) as log(u) * (x / (u - 1)) with u = 1 + x, and x itself where u rounds to 1."""
+    x = node.input[0]
+    dtype = utils.map_onnx_to_numpy_type(ctx.get_dtype(x))
+    one = _const(ctx, 1, dtype)
+    u = _node(ctx, "Add", [x, one])
+    d = _node(ctx, "Sub", [u, one])
+    ratio = _node(ctx, "Div", [x, _node(ctx, "Where", [_node(ctx, "Equal", [d, _const(ctx, 0, dtype)]), one, d])])
+    general = _node(ctx, "Mul", [_node(ctx, "Log", [u]), ratio])
+    _take_over(ctx, node, "Where", [_node(ctx, "Equal", [u, one]), x, general])
+
+
+def expm1(ctx, node, name, args):
+    """exp(x) - 1 as (u - 1) * (x / log(u)) with u = exp(x); x where u rounds to 1, u - 1 where u is 0 or inf."""
+    x = node.input[0]
+    dtype = utils.map_onnx_to_numpy_type(ctx.get_dtype(x))
+    one = _const(ctx, 1, dtype)
+    u = _node(ctx, "Exp", [x])
+    d = _node(ctx, "Sub", [u, one])
+    log_u = _node(ctx, "Log", [u])
+    near_one = _node(ctx, "Equal", [u, one])
+    extreme = _node(ctx, "Or", [_node(ctx, "Equal", [u, _const(ctx, 0, dtype)]), _node(ctx, "IsInf", [u])])
+    safe_log = _node(ctx, "Where", [_node(ctx, "Or", [near_one, extreme]), one, log_u])
+    general = _node(ctx, "Mul", [d, _node(ctx, "Div", [x, safe_log])])
+    _take_over(ctx, node, "Where", [near_one, x, _node(ctx, "Where", [extreme, d, general])])
+
+
+def string_to_hash_bucket_fast(ctx, node, name, args):
+    """With one bucket every string hashes to 0; with more, FarmHash64 would be needed."""
+    buckets = node.get_attr_int("num_buckets")
+    if buckets != 1:
+        raise UnsupportedOp(f"StringToHashBucketFast with {buckets} buckets in node {node.name} (FarmHash64 "
+                            f"has no ONNX op): use num_oov_buckets of 0 or 1 for an ONNX export")
+    shape = _node(ctx, "Shape", [node.input[0]])
+    _take_over(ctx, node, "ConstantOfShape", [shape], value=numpy_helper.from_array(np.zeros([1], np.int64)))
+
+
+def string_split_v2(ctx, node, name, args):
+    """TF's (indices, values, dense_shape) of the split tokens from ONNX StringSplit's padded [N, M] + lengths."""
+    text, sep = node.input
+    sep_node = ctx.get_node_by_output(sep)
+    if not sep_node.is_const():
+        raise UnsupportedOp(f"StringSplitV2 with a separator computed in the graph, in node {node.name}")
+    delimiter = sep_node.get_tensor_value()
+    maxsplit = node.get_attr_int("maxsplit")
+    delimiter = delimiter.decode() if isinstance(delimiter, bytes) else delimiter
+    attr = {"delimiter": delimiter}
+    if maxsplit >= 0:
+        attr["maxsplit"] = maxsplit
+    if not delimiter:
+        # TF splits on any ASCII whitespace, ONNX StringSplit on spaces: other whitespace becomes a
+        # space first (onnxruntime-extensions' regex replace; standard ONNX has none).
+        pattern = ctx.make_const(utils.make_name("whitespace"), np.array(["[\t\n\v\f\r]"], object)).output[0]
+        space = ctx.make_const(utils.make_name("space"), np.array([" "], object)).output[0]
+        text = ctx.make_node("StringRegexReplace", [text, pattern, space], domain=EXTENSIONS_DOMAIN).output[0]
+        ctx.set_dtype(text, TensorProto.STRING)
+    split = ctx.make_node("StringSplit", [text], attr=attr, output_count=2)
+    tokens, lengths = split.output
+    ctx.set_dtype(tokens, TensorProto.STRING)
+    ctx.set_dtype(lengths, TensorProto.INT64)
+    padded_shape = _node(ctx, "Shape", [tokens])  # [N, M]
+    width = _node(ctx, "Gather", [padded_shape, _const(ctx, 1)])
+    positions = _node(ctx, "Unsqueeze", [_node(ctx, "Range", [_const(ctx, 0), width, _const(ctx, 1)]),
+                                         _const(ctx, [0])])  # [1, M]
+    present = _node(ctx, "Less", [positions, _node(ctx, "Unsqueeze", [lengths, _const(ctx, [1])])])
+    indices_out, values_out, shape_out = node.output
+    dtypes = [ctx.get_dtype(o) for o in node.output]
+    ctx.remove_node(node.name)
+    ctx.make_node("Transpose", [_node(ctx, "NonZero", [present])], attr={"perm": [1, 0]}, outputs=[indices_out],
+                  dtypes=[dtypes[0]], shapes=[[-1, 2]])
+    ctx.make_node("GatherND", [tokens, indices_out], outputs=[values_out], dtypes=[dtypes[1]], shapes=[[-1]])
+    ctx.make_node("Identity", [padded_shape], outputs=[shape_out], dtypes=[dtypes[2]], shapes=[[2]])
+
+
+HANDLERS = {
+    "UpperBound": (upper_bound, []),
+    "Log1p": (log1p, []),
+    "Expm1": (expm1, []),
+    "StringToHashBucketFast": (string_to_hash_bucket_fast, []),
+    "StringSplitV2": (string_split_v2, []),
+}
