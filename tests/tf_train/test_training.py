@@ -18,6 +18,8 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
+import onnxruntime_extensions
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -27,6 +29,7 @@ import yaml
 from tests.conftest import decode_split
 from tf_train.data import load_training_data
 from tf_train.launcher import launch
+from tf_train.onnx_export import export_onnx
 from tfbridge.cli import main
 from tfbridge.contracts import DataError, ModelManifest, PipelineConfig
 from tfbridge.datasets import synthetic_table
@@ -175,6 +178,17 @@ def test_classification_exports_labels_and_probabilities(features_root, tmp_path
     got = out["label"].numpy()
     expected = np.array(classes)[p.argmax(axis=1)]
     assert [v.decode() if isinstance(v, bytes) else v for v in got] == expected.tolist()
+
+    # the ONNX export returns the same labels and probabilities
+    export_onnx(config)
+    options = ort.SessionOptions()
+    options.register_custom_ops_library(onnxruntime_extensions.get_library_path())
+    feeds = {k: np.array([b.decode() for b in v.numpy()], object) if v.dtype == tf.string else v.numpy()
+             for k, v in serving_inputs(fresh_raw_rows(seed=8), manifest).items()}
+    onnx_label, onnx_p = ort.InferenceSession(str(config.layout.onnx_path), options).run(
+        ["label", "probabilities"], feeds)
+    np.testing.assert_allclose(onnx_p, p, atol=1e-5)
+    assert [v.decode() if isinstance(v, bytes) else v for v in onnx_label] == expected.tolist()
 
 
 class LauncherProcess:
