@@ -64,7 +64,7 @@ def edge_rows(stats: dict) -> dict[str, list]:
         "edges": [*FIXED_BOUNDARIES, -1e30, 1e30], "q": stats["q"]["boundaries"],
         "pos_a": [1e-30, 1e30, 1.0], "pos_b": [1e-20, 3e20], "signed": [-1e6, 1e6, 0.0, -0.0],
         "z": [1e20, -1e20], "mm": [-50.0, 50.0, 1e9], "huge": [1e30, -1e30, 0.0],
-        "miss_mean": [np.nan, None], "miss_median": [None], "miss_const": [np.nan],
+        "miss_mean": [np.nan, np.nan], "miss_median": [np.nan], "miss_const": [np.nan],
         "px": [1e6, -1e-6], "py": [0.0], "pz": [1e-3], "thr": [0.5, 0.50001],
     }
 
