@@ -1,45 +1,25 @@
-"""Shared fixtures: small datasets made in the test, decoders for the feature stage's outputs."""
+"""Shared fixtures: the exported model of the parity data, one Spark session, the subprocess environment."""
 
 from __future__ import annotations
 
-import glob
 import os
 import sys
-from pathlib import Path
 
-import numpy as np
+import onnxruntime
+import onnxruntime_extensions
 import pytest
 
+# Load onnxruntime-extensions' library before anything imports tensorflow_transform: measured here,
+# with TFT imported first, its StringRegexReplace/text ops in the same process gave other tokens
+# (predictions 2% off on text rows); loaded first, they agree with TF. Spark's Python workers, where
+# scoring runs, never import TF.
+_EXTENSIONS = onnxruntime.SessionOptions()
+_EXTENSIONS.register_custom_ops_library(onnxruntime_extensions.get_library_path())
+
+from tests.helpers import all_features, with_exact_copy  # noqa: E402
+from tests.tft_features.test_pipeline_parity import make_table  # noqa: E402
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-
-def decode_split(features_dir, split: str) -> dict[str, np.ndarray]:
-    """Every row of one split's TFRecords, as arrays (VarLen features as lists of arrays)."""
-    import tensorflow as tf
-    import tensorflow_transform as tft
-
-    from tfbridge.contracts import ArtifactLayout, materialized_feature_spec
-
-    spec = materialized_feature_spec(tft.TFTransformOutput(str(features_dir)).transformed_feature_spec())
-    layout = ArtifactLayout(Path(features_dir).parent)
-    files = sorted(glob.glob(layout.transformed_pattern(split)))
-    dataset = tf.data.TFRecordDataset(files, compression_type="GZIP").batch(1 << 20)
-    columns: dict[str, list] = {k: [] for k in spec}
-    for serialized in dataset:
-        parsed = tf.io.parse_example(serialized, spec)
-        for key, value in parsed.items():
-            if isinstance(value, tf.SparseTensor):
-                dense = tf.RaggedTensor.from_sparse(value)
-                columns[key].extend(row.numpy() for row in dense)
-            else:
-                columns[key].append(value.numpy())
-    out = {}
-    for key, parts in columns.items():
-        if isinstance(spec[key], tf.io.VarLenFeature):
-            out[key] = parts
-        else:
-            out[key] = np.concatenate(parts) if parts else np.array([])
-    return out
 
 
 @pytest.fixture(scope="session")
@@ -48,3 +28,38 @@ def python_env():
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.dirname(__file__)), env.get("PYTHONPATH", "")])
     return env, sys.executable
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory):
+    """`tfbridge run` (features, 1 epoch on 1 worker, ONNX export) on the parity data: its config."""
+    import pyarrow.parquet as pq
+    import yaml
+
+    from tfbridge.cli import main
+    from tfbridge.contracts import PipelineConfig
+
+    root = tmp_path_factory.mktemp("exported")
+    pq.write_table(with_exact_copy(make_table(seed=5)), root / "raw.parquet")
+    config = {"data": {"path": str(root / "raw.parquet")}, "label": "target", "task": "regression",
+              "features": all_features(), "output": str(root / "out"),
+              "train": {"epochs": 1, "batch_size": 128, "hidden_units": [8], "workers": 1}}
+    (root / "c.yaml").write_text(yaml.safe_dump(config))
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    os.environ["PYTHONPATH"] = os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")])
+    assert main(["run", "--config", str(root / "c.yaml")]) == 0
+    return PipelineConfig.from_yaml(root / "c.yaml")
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """One local Spark session for every scoring test: 2 cores, small Arrow batches (several per task)."""
+    os.environ["PYSPARK_PYTHON"] = sys.executable
+    from pyspark.sql import SparkSession
+
+    session = (SparkSession.builder.master("local[2]").appName("tfbridge-tests")
+               .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false")
+               .config("spark.sql.shuffle.partitions", "4")
+               .config("spark.sql.execution.arrow.maxRecordsPerBatch", "500").getOrCreate())
+    yield session
+    session.stop()

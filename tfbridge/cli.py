@@ -3,6 +3,7 @@
     tfbridge features --config C [Beam pipeline options...]
     tfbridge train --config C [--workers N] [--retries R]
     tfbridge export --config C            (the SavedModel as one ONNX graph: model/model.onnx)
+    tfbridge score --model DIR --input PATH --output DIR [--master URL] [--mode error|overwrite]
     tfbridge run --config C [--workers N] [Beam pipeline options...]
     tfbridge demo [--output DIR] [--workers N]
     tfbridge train-worker --config C      (one worker; the cluster from TF_CONFIG: what `python -m tf_train` runs)
@@ -26,8 +27,6 @@ import yaml
 
 from tfbridge.contracts import ConfigError, DataError, PipelineConfig, TrainingError
 
-# Stages that later issues add; `run` says which ones it skipped.
-PENDING_STAGES = ("score",)
 
 
 def setup_logging() -> None:
@@ -76,6 +75,14 @@ def run_export_stage(config: PipelineConfig) -> None:
     print(f"export: {path} ({time.monotonic() - start:.1f} s)")
 
 
+def run_score_stage(model: str, input_path: str, output: str, master: str | None, mode: str,
+                    id_column: str | None = None) -> None:
+    from spark_infer.job import run_score
+
+    result = run_score(model, input_path, output, master, mode, id_column)
+    print(f"score: {result.rows:,} rows -> {result.output} ({result.seconds:.1f} s)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tfbridge", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -87,17 +94,29 @@ def main(argv: list[str] | None = None) -> int:
                             ("train-worker", "one training worker; the cluster from TF_CONFIG")):
         parsers[name] = sub.add_parser(name, help=help_text)
         parsers[name].add_argument("--config", required=True, help="pipeline config (YAML)")
+    parsers["score"] = sub.add_parser("score", help="score raw Parquet/CSV on Spark with the exported model")
+    parsers["score"].add_argument("--model", required=True, help="the training stage's <output>/model")
+    parsers["score"].add_argument("--input", required=True, help="raw Parquet (file, directory, glob) or CSV")
+    parsers["score"].add_argument("--output", required=True, help="Parquet directory to write")
+    parsers["score"].add_argument("--mode", default="error", choices=("error", "overwrite"),
+                                  help="an existing output: stop (default) or replace it")
+    parsers["score"].add_argument("--id-column", help="keep only this input column next to the predictions")
     parsers["demo"] = sub.add_parser("demo", help="`run` on the built-in diamonds dataset")
     parsers["demo"].add_argument("--output", default="runs/demo", help="where the run writes (default: runs/demo)")
+    for name in ("score", "run", "demo"):
+        parsers[name].add_argument("--master", help="Spark master URL (default local[*], or spark-submit's)")
     for name in ("train", "run", "demo"):
         parsers[name].add_argument("--workers", type=int, help="training workers (default: train.workers, 2)")
         parsers[name].add_argument("--retries", type=int, default=0,
                                    help="restart the workers from the last backup this many times (default 0)")
     args, extra_args = parser.parse_known_args(argv)
-    if extra_args and args.command in ("train", "train-worker", "export"):
+    if extra_args and args.command in ("train", "train-worker", "export", "score"):
         parser.error(f"unrecognized arguments: {' '.join(extra_args)}")
     setup_logging()
     try:
+        if args.command == "score":
+            run_score_stage(args.model, args.input, args.output, args.master, args.mode, args.id_column)
+            return 0
         if args.command == "demo":
             config = demo_config(args.output)
         else:
@@ -114,7 +133,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("export", "run", "demo"):
             run_export_stage(config)
         if args.command in ("run", "demo"):
-            print(f"stages not built yet, skipped: {', '.join(PENDING_STAGES)}")
+            # A rerun replaces its scores, as it replaces its features and model.
+            run_score_stage(str(config.layout.model_dir), config.data.path, str(config.layout.scores_dir),
+                            args.master, "overwrite")
     except (ConfigError, DataError) as e:
         print(f"tfbridge: error: {e}", file=sys.stderr)
         return 2

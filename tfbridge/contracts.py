@@ -344,6 +344,11 @@ class ArtifactLayout:
         return self.model_dir / "saved_model"
 
     @property
+    def scores_dir(self) -> Path:
+        """`tfbridge run` scores the config's data here (Parquet: the input's columns and the predictions)."""
+        return self.root / "scores"
+
+    @property
     def onnx_path(self) -> Path:
         """One ONNX graph from raw columns to predictions (the export stage)."""
         return self.model_dir / "model.onnx"

@@ -9,46 +9,21 @@ config imputes, values exactly on bucket boundaries, huge and tiny magnitudes.
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import onnxruntime_extensions
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import tensorflow as tf
-import yaml
 
-from tests.tft_features.test_pipeline_parity import FEATURES, FIXED_BOUNDARIES, make_table
+from tests.helpers import all_features, with_exact_copy
+from tests.tft_features.test_pipeline_parity import FIXED_BOUNDARIES, make_table
 from tf_train.data import model_inputs
 from tf_train.model import RawFeaturesModel, save_raw_features_model
 from tf_train.onnx_export import ExportError, convert_saved_model
-from tfbridge.cli import main
-from tfbridge.contracts import FeaturesManifest, ModelManifest, PipelineConfig
-
-ALL_FEATURES = {**FEATURES, "cat_exact": [{"vocabulary": {"num_oov_buckets": 0}}]}  # unseen -> -1
-
-
-def with_exact_copy(table: pa.Table) -> pa.Table:
-    return table.append_column("cat_exact", table.column("cat"))
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    root = tmp_path_factory.mktemp("onnx")
-    pq.write_table(with_exact_copy(make_table(seed=5)), root / "raw.parquet")
-    config = {"data": {"path": str(root / "raw.parquet")}, "label": "target", "task": "regression",
-              "features": ALL_FEATURES, "output": str(root / "out"),
-              "train": {"epochs": 1, "batch_size": 128, "hidden_units": [8], "workers": 1}}
-    (root / "c.yaml").write_text(yaml.safe_dump(config))
-    repo = str(Path(__file__).resolve().parents[2])
-    os.environ["PYTHONPATH"] = os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")])
-    assert main(["run", "--config", str(root / "c.yaml")]) == 0
-    return PipelineConfig.from_yaml(root / "c.yaml")
-
+from tfbridge.contracts import FeaturesManifest, ModelManifest
 
 def session(path) -> ort.InferenceSession:
     options = ort.SessionOptions()
@@ -146,8 +121,8 @@ def test_every_transform_matches_tf_feature_by_feature(exported, transform_only,
     got = {k[2:]: v for k, v in zip(names, onnx_session.run(names, feeds))}
     want = {k[2:]: v.numpy() for k, v in tf.saved_model.load(str(saved)).signatures["serving_default"](
         **tf_inputs(feeds)).items()}
-    assert set(got) == set(want) == set(ALL_FEATURES)
-    for name in ALL_FEATURES:
+    assert set(got) == set(want) == set(all_features())
+    for name in all_features():
         if want[name].dtype.kind in "iu":
             np.testing.assert_array_equal(got[name], want[name], err_msg=name)
         else:

@@ -26,7 +26,7 @@ import pytest
 import tensorflow as tf
 import yaml
 
-from tests.conftest import decode_split
+from tests.helpers import decode_split
 from tf_train.data import load_training_data
 from tf_train.launcher import launch
 from tf_train.onnx_export import export_onnx

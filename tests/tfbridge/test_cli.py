@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from tests.conftest import decode_split
+from tests.helpers import decode_split
 from tfbridge.cli import main
 from tfbridge.datasets import DIAMONDS_ROWS
 
@@ -56,7 +56,7 @@ def test_demo_runs_every_built_stage_on_diamonds(tmp_path, monkeypatch, capsys):
                                                       os.environ.get("PYTHONPATH", "")]))
     assert main(["demo", "--output", "runs/demo"]) == 0
     out = capsys.readouterr().out
-    assert "stages not built yet, skipped: score" in out
+    assert "score: 53,940 rows -> runs/demo/scores" in out
     assert "[worker 1]" in out and "[worker 0]" in out
     features = tmp_path / "runs" / "demo" / "features"
     manifest = json.loads((features / "manifest.json").read_text())
@@ -88,6 +88,11 @@ def test_demo_runs_every_built_stage_on_diamonds(tmp_path, monkeypatch, capsys):
     want = want["prediction"].numpy()
     assert len(got) == DIAMONDS_ROWS
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * float(np.std(want)))
+
+    # Spark scored every row with the same graph (row order is Spark's: compare the sorted values).
+    scores = pq.read_table(tmp_path / "runs" / "demo" / "scores")
+    assert scores.num_rows == DIAMONDS_ROWS and set(raw.column_names) < set(scores.column_names)
+    np.testing.assert_allclose(np.sort(scores.column("prediction").to_numpy()), np.sort(got), rtol=1e-6)
 
 
 def test_bad_config_exits_2_with_the_key(tmp_path, capsys):

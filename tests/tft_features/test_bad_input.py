@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import decode_split
+from tests.helpers import decode_split
 from tfbridge.cli import main
 from tfbridge.contracts import ConfigError, DataError, PipelineConfig
 from tft_features.pipeline import run_features

@@ -16,7 +16,7 @@ import pytest
 from scipy import stats as scipy_stats
 from sklearn.preprocessing import PolynomialFeatures
 
-from tests.conftest import decode_split
+from tests.helpers import decode_split
 from tfbridge.contracts import FeaturesManifest, PipelineConfig
 from tft_features.estimators import QUANTILE_EPSILON
 from tft_features.pipeline import MIN_SHARDS, run_features
