@@ -65,7 +65,9 @@ def run_score(model_dir: str, input_path: str, output: str, master: str | None =
 
     if mode not in MODES:
         raise DataError(f"--mode must be one of {MODES}, got {mode!r}")
-    final = Path(output)
+    # Absolute paths: Spark's JVM resolves relative ones against its own working directory.
+    model_dir, input_path = os.path.abspath(model_dir), os.path.abspath(input_path)
+    final = Path(output).resolve()
     if final.exists() and mode == "error":
         raise DataError(f"output {output} exists; pass --mode overwrite to replace it")
     if not glob.glob(input_path):

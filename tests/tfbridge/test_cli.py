@@ -56,7 +56,7 @@ def test_demo_runs_every_built_stage_on_diamonds(tmp_path, monkeypatch, capsys):
                                                       os.environ.get("PYTHONPATH", "")]))
     assert main(["demo", "--output", "runs/demo"]) == 0
     out = capsys.readouterr().out
-    assert "score: 53,940 rows -> runs/demo/scores" in out
+    assert f"score: 53,940 rows -> {tmp_path / 'runs' / 'demo' / 'scores'}" in out
     assert "[worker 1]" in out and "[worker 0]" in out
     features = tmp_path / "runs" / "demo" / "features"
     manifest = json.loads((features / "manifest.json").read_text())
