@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, help_text in (("features", "run the TFT feature stage (a Beam job)"),
                             ("train", "train on N local workers (MultiWorkerMirroredStrategy) and export"),
                             ("export", "write the trained model and its transform as one ONNX graph"),
-                            ("run", "run every stage that exists, in order"),
+                            ("run", "run every stage in order: features, train, export, score"),
                             ("train-worker", "one training worker; the cluster from TF_CONFIG")):
         parsers[name] = sub.add_parser(name, help=help_text)
         parsers[name].add_argument("--config", required=True, help="pipeline config (YAML)")
