@@ -21,29 +21,38 @@ def onnx_udf(model_path: str | Path, *, threads: int | None = None, use_gpu: boo
     threads: intra-op threads per session, default `spark.task.cpus` (1).
     use_gpu: use CUDA when the executor's onnxruntime has it.
     """
+    from spark_infer.udf import ScoringModel
+
+    return _udf(ScoringModel.load(model_path), threads, use_gpu)
+
+
+def _udf(model, threads: int | None, use_gpu: bool):
     from pyspark.sql import SparkSession
     from pyspark.sql.functions import pandas_udf
 
-    from spark_infer.udf import ScoringModel, predictor, result_type
+    from spark_infer.udf import predictor, result_type
 
     spark = SparkSession.getActiveSession()
     if spark is None:
         raise RuntimeError("onnx_udf needs an active SparkSession")
-    model = ScoringModel.load(model_path)
     threads = threads or int(spark.conf.get("spark.task.cpus", "1"))
     model_bytes = spark.sparkContext.broadcast(model.onnx_bytes) if model.onnx_bytes is not None else None
     return pandas_udf(predictor(model, model_bytes, threads, use_gpu), result_type(model.manifest))
 
 
-def score(df, model_path: str | Path, output_col: str = "prediction", **udf_options):
-    """df with the model's prediction columns added; raises DataError naming a bad column before any job."""
+def score(df, model, output_col: str = "prediction", *, threads: int | None = None, use_gpu: bool = False):
+    """df with the model's prediction columns added; raises DataError naming a bad column before any job.
+
+    model: the model directory, or a ScoringModel already read from it.
+    """
     from pyspark.sql import functions as F
 
     from spark_infer.udf import ScoringModel
 
-    model = ScoringModel.load(model_path)
-    model.check_schema(df.schema, f"scoring with {model_path}")
-    udf = onnx_udf(model_path, **udf_options)
+    if not isinstance(model, ScoringModel):
+        model = ScoringModel.load(model)
+    model.check_schema(df.schema, f"scoring with {model.directory}")
+    udf = _udf(model, threads, use_gpu)
     scored = df.withColumn(output_col, udf(F.struct(*[F.col(c) for c in model.input_names])))
     if model.manifest.task == "regression":
         return scored

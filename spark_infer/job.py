@@ -62,6 +62,7 @@ def read_input(spark, path: str, manifest: ModelManifest):
 def run_score(model_dir: str, input_path: str, output: str, master: str | None = None, mode: str = "error",
               id_column: str | None = None, spark=None) -> ScoreResult:
     from spark_infer import score
+    from spark_infer.udf import ScoringModel
 
     if mode not in MODES:
         raise DataError(f"--mode must be one of {MODES}, got {mode!r}")
@@ -73,12 +74,12 @@ def run_score(model_dir: str, input_path: str, output: str, master: str | None =
     if not glob.glob(input_path):
         raise DataError(f"input {input_path} does not exist")
     start = time.monotonic()
-    manifest = ModelManifest.read(Path(model_dir) / "manifest.json")
+    model = ScoringModel.load(model_dir)
     spark = spark or spark_session(master)
-    df = read_input(spark, input_path, manifest)
+    df = read_input(spark, input_path, model.manifest)
     if id_column is not None and id_column not in df.columns:
         raise DataError(f"--id-column '{id_column}' is not a column of {input_path}")
-    scored = score(df, model_dir)
+    scored = score(df, model)
     predictions = [c for c in scored.columns if c not in df.columns]
     scored = scored.select(*([id_column] if id_column else df.columns), *predictions)
     staging = final.with_name(f".{final.name}-staging-{uuid.uuid4().hex[:8]}")

@@ -21,7 +21,7 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 
-from tfbridge.contracts import ArtifactLayout, DataError, ModelManifest
+from tfbridge.contracts import DataError, ModelFiles, ModelManifest
 
 _SESSIONS: dict[str, object] = {}  # per Python worker: model key -> session (or loaded SavedModel)
 _NUMERIC = ("tinyint", "smallint", "int", "bigint", "float", "double")
@@ -37,11 +37,10 @@ class ScoringModel:
 
     @classmethod
     def load(cls, model_dir: str | Path) -> "ScoringModel":
-        directory = Path(model_dir)
-        manifest = ModelManifest.read(directory / "manifest.json")
-        onnx_path = directory / ArtifactLayout(directory.parent).onnx_path.name
-        onnx_bytes = onnx_path.read_bytes() if manifest.onnx and onnx_path.exists() else None
-        return cls(directory, manifest, onnx_bytes)
+        files = ModelFiles(Path(model_dir))
+        manifest = ModelManifest.read(files.manifest)
+        onnx_bytes = files.onnx.read_bytes() if manifest.onnx and files.onnx.exists() else None
+        return cls(files.directory, manifest, onnx_bytes)
 
     @property
     def key(self) -> str:
@@ -138,7 +137,7 @@ def predictor(model: ScoringModel, model_bytes, threads: int, use_gpu: bool):
     inputs, task, key = dict(model.manifest.inputs), model.manifest.task, model.key
     outputs = list(model.manifest.outputs)
     extensions = bool(model.manifest.onnx and model.manifest.onnx.get("custom_ops_library"))
-    saved_model = str(ArtifactLayout(model.directory.parent).saved_model_dir)
+    saved_model = str(ModelFiles(model.directory).saved_model)
 
     def run(batch: pd.DataFrame) -> dict[str, np.ndarray]:
         data = feeds(batch, inputs)

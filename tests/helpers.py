@@ -47,3 +47,34 @@ def all_features() -> dict:
 
 def with_exact_copy(table):
     return table.append_column("cat_exact", table.column("cat"))
+
+
+def serving_inputs(table, manifest) -> dict[str, np.ndarray]:
+    """A pyarrow table as the model's raw inputs (ModelManifest.inputs): NaN for a missing number, "" for a
+    missing string (nullable columns), strings as `str` (onnxruntime mangles bytes)."""
+    out = {}
+    for name, spec in manifest.inputs.items():
+        values = table.column(name).to_pylist()
+        if spec["dtype"] == "string":
+            out[name] = np.array(["" if v is None else v for v in values], object)
+        else:
+            out[name] = np.array([np.nan if v is None else v for v in values], np.float32)
+    return out
+
+
+def tf_inputs(feeds: dict[str, np.ndarray]) -> dict:
+    """The same inputs as tensors, for the SavedModel's signature."""
+    import tensorflow as tf
+
+    return {k: tf.constant(v.astype(str) if v.dtype == object else v) for k, v in feeds.items()}
+
+
+def onnx_session(model):
+    """onnxruntime on the CPU with onnxruntime-extensions registered; `model` is a path or serialized bytes."""
+    import onnxruntime
+    import onnxruntime_extensions
+
+    options = onnxruntime.SessionOptions()
+    options.register_custom_ops_library(onnxruntime_extensions.get_library_path())
+    return onnxruntime.InferenceSession(model if isinstance(model, bytes) else str(model), options,
+                                        providers=["CPUExecutionProvider"])

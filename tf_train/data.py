@@ -20,8 +20,7 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from tfbridge.contracts import (ArtifactLayout, DataError, FeatureOutput, FeaturesManifest, PipelineConfig,
-                                TrainConfig)
+from tfbridge.contracts import DataError, FeatureOutput, FeaturesManifest, PipelineConfig, TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +50,6 @@ class LabelSpec:
 class TrainingData:
     """The checked inputs of a training run."""
 
-    layout: ArtifactLayout
     manifest: FeaturesManifest
     features: dict[str, FeatureOutput]  # the model's inputs
     label: LabelSpec
@@ -93,11 +91,11 @@ def load_training_data(config: PipelineConfig) -> TrainingData:
         raise DataError(f"the train split has {train_rows} rows, fewer than train.batch_size "
                         f"{config.train.batch_size} in {config.source}")
     label = analyze_label(files["train"], manifest, config.task, config.train)
-    return TrainingData(layout, manifest, features, label, files["train"], files["eval"])
+    return TrainingData(manifest, features, label, files["train"], files["eval"])
 
 
 def read_labels(files, name: str, dtype: str) -> np.ndarray:
-    spec = {name: tf.io.FixedLenFeature([], _tf_dtype(dtype))}
+    spec = {name: tf.io.FixedLenFeature([], tf_dtype(dtype))}
     dataset = tf.data.TFRecordDataset(list(files), compression_type="GZIP").batch(65536)
     parts = [tf.io.parse_example(batch, spec)[name].numpy() for batch in dataset]
     return np.concatenate(parts) if parts else np.zeros([0])
@@ -139,7 +137,8 @@ def analyze_label(train_files, manifest: FeaturesManifest, task: str, train: Tra
     return LabelSpec(task, dtype, "none", classes=tuple(classes))
 
 
-def _tf_dtype(dtype: str) -> tf.DType:
+def tf_dtype(dtype: str) -> tf.DType:
+    """The TF dtype of a contract dtype ("float", "int", "string")."""
     return {"float": tf.float32, "int": tf.int64, "string": tf.string}[dtype]
 
 
@@ -154,7 +153,7 @@ def parse_spec(data: TrainingData) -> dict:
             spec[name] = tf.io.FixedLenFeature([], tf.int64)
         else:
             spec[name] = tf.io.FixedLenFeature([], tf.float32)
-    spec[data.manifest.label] = tf.io.FixedLenFeature([], _tf_dtype(data.label.dtype))
+    spec[data.manifest.label] = tf.io.FixedLenFeature([], tf_dtype(data.label.dtype))
     return spec
 
 

@@ -21,7 +21,7 @@ import tensorflow_transform as tft
 import tf_keras
 
 from tfbridge.contracts import FeatureOutput, FeaturesManifest, TrainConfig
-from tf_train.data import PAD_ID, LabelSpec, model_inputs
+from tf_train.data import PAD_ID, LabelSpec, model_inputs, tf_dtype
 
 
 DENSE_GRADIENT_MAX_ROWS = 65536
@@ -116,9 +116,6 @@ def output_names(label: LabelSpec) -> tuple[str, ...]:
     return ("prediction",) if label.task == "regression" else ("label", "probabilities")
 
 
-_DTYPES = {"float": tf.float32, "int": tf.int64, "string": tf.string}
-
-
 def raw_inputs(manifest: FeaturesManifest) -> dict[str, dict]:
     """The serving signature's columns: every raw column the transform reads, less the label."""
     return {name: {"dtype": dtype, "nullable": name in manifest.nullable}
@@ -135,7 +132,7 @@ class RawFeaturesModel(tf.Module):
         self.model = model
         self._features, self._label = features, label
         self._inputs = raw_inputs(manifest)
-        signature = {name: tf.TensorSpec([None], _DTYPES[col["dtype"]], name=name)
+        signature = {name: tf.TensorSpec([None], tf_dtype(col["dtype"]), name=name)
                      for name, col in self._inputs.items()}
         self.serve = tf.function(self._serve, input_signature=[signature])
 

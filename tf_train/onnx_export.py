@@ -18,7 +18,7 @@ from pathlib import Path
 
 import onnx
 
-from tf_train.onnx_ops import EXTENSIONS_DOMAIN, HANDLERS
+from tf_train.onnx_ops import EXTENSIONS_DOMAIN, HANDLERS, UnsupportedOp
 from tfbridge.contracts import DataError, ModelManifest, OnnxGraph, PipelineConfig, file_sha256
 
 log = logging.getLogger(__name__)
@@ -61,24 +61,34 @@ def allow_opset_20() -> None:
 
 
 def convert_saved_model(saved_model: Path, columns) -> onnx.ModelProto:
-    from tf2onnx import convert, tf_loader
+    """The SavedModel's serving signature as ONNX; `columns` name the features for error messages."""
+    from tf2onnx import tf_loader
 
-
-    allow_opset_20()
     graph_def, inputs, outputs, tables, renames = tf_loader.from_saved_model(
         str(saved_model), None, None, tag="serve", signatures=["serving_default"],
         return_initialized_tables=True, return_tensors_to_rename=True)
+    return convert_graph(graph_def, inputs, outputs, columns, str(saved_model), tables, renames)
+
+
+def convert_graph(graph_def, inputs, outputs, columns, name: str, tables=None, renames=None) -> onnx.ModelProto:
+    """A frozen TF graph as ONNX with our handlers; an op nobody lowers raises ExportError."""
+    from tf2onnx import convert
+
+    allow_opset_20()
     unsupported = _Unsupported()
     tf2onnx_log = logging.getLogger("tf2onnx")
     tf2onnx_log.addHandler(unsupported)
     try:
+        # Not tf2onnx's from_function/from_saved_model API: those go on past a failed handler.
         model, _ = convert._convert_common(
-            graph_def, name=str(saved_model), opset=OPSET, custom_op_handlers=dict(HANDLERS),
+            graph_def, name=name, opset=OPSET, custom_op_handlers=dict(HANDLERS),
             extra_opset=[onnx.helper.make_opsetid(EXTENSIONS_DOMAIN, 1)], input_names=inputs,
             output_names=outputs, initialized_tables=tables, tensors_to_rename=renames)
+    except UnsupportedOp:
+        raise
     except Exception as e:
         if not unsupported.ops:
-            raise ExportError(f"ONNX export of {saved_model} failed: {e}") from e
+            raise ExportError(f"ONNX export of {name} failed: {e}") from e
     finally:
         tf2onnx_log.removeHandler(unsupported)
     if unsupported.ops:

@@ -24,12 +24,14 @@ import numpy as np
 from onnx import TensorProto, numpy_helper
 from tf2onnx import utils
 
+from tfbridge.contracts import DataError
+
 
 EXTENSIONS_DOMAIN = "ai.onnx.contrib"  # onnxruntime-extensions
 
 
-class UnsupportedOp(ValueError):
-    """A TF op of the serving graph that no handler lowers to ONNX."""
+class UnsupportedOp(DataError):
+    """A TF op of the serving graph that a handler refuses to lower (the message says why and what to change)."""
 
 
 def _const(ctx, value, dtype=np.int64) -> str:

@@ -85,17 +85,16 @@ def run_worker(config: PipelineConfig) -> None:
                                              data.label)
     target = layout.model_dir / f".saved_model-staging-{uuid.uuid4().hex[:8]}" if chief else Path(
         tempfile.mkdtemp(prefix="tfbridge-nonchief-export-"))
-    training_model.save_raw_features_model(module, str(target))
+    try:
+        training_model.save_raw_features_model(module, str(target))
+        if chief:
+            metrics = {"task": data.label.task, "eval": evaluate(model, data), "history": history.losses()}
+            replace_dir(target, layout.saved_model_dir)
+    finally:
+        shutil.rmtree(target, ignore_errors=True)  # a non-chief's copy, or what a failed chief left
     if not chief:
-        shutil.rmtree(target, ignore_errors=True)
         log.info("train: %s done", name)
         return
-    try:
-        metrics = {"task": data.label.task, "eval": evaluate(model, data), "history": history.losses()}
-        replace_dir(target, layout.saved_model_dir)
-    except BaseException:
-        shutil.rmtree(target, ignore_errors=True)
-        raise
     write_json_atomic(metrics, layout.metrics_path)
     ModelManifest(
         inputs=training_model.raw_inputs(data.manifest),

@@ -336,12 +336,12 @@ class ArtifactLayout:
 
     @property
     def model_dir(self) -> Path:
-        """saved_model/, metrics.json, manifest.json; backup/ while training runs."""
+        """saved_model/, model.onnx, metrics.json, manifest.json (see ModelFiles); backup/ while training runs."""
         return self.root / "model"
 
     @property
     def saved_model_dir(self) -> Path:
-        return self.model_dir / "saved_model"
+        return ModelFiles(self.model_dir).saved_model
 
     @property
     def scores_dir(self) -> Path:
@@ -351,7 +351,7 @@ class ArtifactLayout:
     @property
     def onnx_path(self) -> Path:
         """One ONNX graph from raw columns to predictions (the export stage)."""
-        return self.model_dir / "model.onnx"
+        return ModelFiles(self.model_dir).onnx
 
     @property
     def backup_dir(self) -> Path:
@@ -363,10 +363,26 @@ class ArtifactLayout:
 
     @property
     def model_manifest_path(self) -> Path:
-        return self.model_dir / "manifest.json"
+        return ModelFiles(self.model_dir).manifest
 
 
-FEATURE_KINDS = ("number", "vector", "ids", "token_ids", "text", "tokens")
+@dataclasses.dataclass(frozen=True)
+class ModelFiles:
+    """What a model directory holds, wherever it was copied to (the scorer takes any such directory)."""
+
+    directory: Path
+
+    @property
+    def saved_model(self) -> Path:
+        return self.directory / "saved_model"
+
+    @property
+    def onnx(self) -> Path:
+        return self.directory / "model.onnx"
+
+    @property
+    def manifest(self) -> Path:
+        return self.directory / "manifest.json"
 
 
 @dataclasses.dataclass(frozen=True)

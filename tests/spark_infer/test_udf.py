@@ -6,14 +6,13 @@ import json
 import shutil
 
 import numpy as np
-import onnxruntime as ort
-import onnxruntime_extensions
 import pyarrow as pa
 import pytest
 import tensorflow as tf
 
 from spark_infer import score
-from tests.tf_train.test_onnx_parity import fresh_rows, serving_inputs, tf_inputs
+from tests.helpers import onnx_session, serving_inputs, tf_inputs
+from tests.tf_train.test_onnx_parity import fresh_rows
 from tfbridge.contracts import DataError, ModelManifest
 
 
@@ -38,9 +37,7 @@ def test_onnx_udf_equals_onnxruntime_and_the_saved_model(spark, exported, rows):
     table, feeds = rows
     layout = exported.layout
     got = scored(spark, table, layout.model_dir)
-    options = ort.SessionOptions()
-    options.register_custom_ops_library(onnxruntime_extensions.get_library_path())
-    direct = ort.InferenceSession(str(layout.onnx_path), options).run(["prediction"], feeds)[0]
+    direct = onnx_session(layout.onnx_path).run(["prediction"], feeds)[0]
     np.testing.assert_allclose(got, direct, rtol=1e-6, atol=0)
     saved = tf.saved_model.load(str(layout.saved_model_dir)).signatures["serving_default"](
         **tf_inputs(feeds))["prediction"].numpy()

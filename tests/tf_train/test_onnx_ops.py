@@ -3,32 +3,24 @@
 from __future__ import annotations
 
 import numpy as np
-import onnx
-import onnxruntime as ort
-import onnxruntime_extensions
 import pytest
 import tensorflow as tf
 import tf2onnx
 
-from tf_train.onnx_export import OPSET, allow_opset_20
-from tf_train.onnx_ops import EXTENSIONS_DOMAIN, HANDLERS, UnsupportedOp
+from tests.helpers import onnx_session
+from tf_train.onnx_export import convert_graph
+from tf_train.onnx_ops import UnsupportedOp
 
 
 def convert(fn, *specs):
-    """As the export converts (errors raised, not skipped: tf2onnx's from_function would go on)."""
-    allow_opset_20()
+    """A TF function through the export's own conversion (our handlers, opset 20, errors raised)."""
     concrete = tf.function(fn, input_signature=list(specs)).get_concrete_function()
     inputs = [t.name for t in concrete.inputs if t.dtype != tf.resource]
     outputs = [t.name for t in concrete.outputs if t.dtype != tf.resource]
     graph_def = tf2onnx.tf_loader.from_function(concrete, inputs, outputs)
-    model, _ = tf2onnx.convert._convert_common(graph_def, opset=OPSET, custom_op_handlers=dict(HANDLERS),
-                                               extra_opset=[onnx.helper.make_opsetid(EXTENSIONS_DOMAIN, 1)],
-                                               input_names=inputs, output_names=outputs)
+    model = convert_graph(graph_def, inputs, outputs, columns=(), name=fn.__name__)
     ops = {node.op_type for node in model.graph.node}
-    options = ort.SessionOptions()
-    options.register_custom_ops_library(onnxruntime_extensions.get_library_path())
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return session, ops
+    return onnx_session(model.SerializeToString()), ops
 
 
 def run(session, *arrays):

@@ -1,7 +1,7 @@
 """ONNX vs SavedModel on fresh raw rows, through the public export, for every transform of the feature library.
 
-One feature run (the feature-stage parity config: every transform), one short
-training run and `tfbridge export` are shared by the module. Fresh rows carry
+One `tfbridge run` on the feature-stage parity data (every transform: features,
+a short training run, export) is shared through the `exported` fixture. Fresh rows carry
 the edge cases: unseen categories, empty strings, missing values where the
 config imputes, values exactly on bucket boundaries, huge and tiny magnitudes.
 """
@@ -12,23 +12,16 @@ import json
 
 import numpy as np
 import onnx
-import onnxruntime as ort
-import onnxruntime_extensions
 import pyarrow as pa
 import pytest
 import tensorflow as tf
 
-from tests.helpers import all_features, with_exact_copy
+from tests.helpers import all_features, onnx_session, serving_inputs, tf_inputs, with_exact_copy
 from tests.tft_features.test_pipeline_parity import FIXED_BOUNDARIES, make_table
 from tf_train.data import model_inputs
 from tf_train.model import RawFeaturesModel, save_raw_features_model
 from tf_train.onnx_export import ExportError, convert_saved_model
 from tfbridge.contracts import FeaturesManifest, ModelManifest
-
-def session(path) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.register_custom_ops_library(onnxruntime_extensions.get_library_path())
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def edge_rows(stats: dict) -> dict[str, list]:
@@ -59,29 +52,13 @@ def pd_object(values):
     return np.array(values, dtype=object)
 
 
-def serving_inputs(table: pa.Table, manifest: ModelManifest) -> dict[str, np.ndarray]:
-    """The signature's inputs: NaN for a missing number, "" for a missing string (nullable columns)."""
-    out = {}
-    for name, spec in manifest.inputs.items():
-        values = table.column(name).to_pylist()
-        if spec["dtype"] == "string":
-            out[name] = np.array(["" if v is None else v for v in values], object)
-        else:
-            out[name] = np.array([np.nan if v is None else v for v in values], np.float32)
-    return out
-
-
-def tf_inputs(feeds: dict[str, np.ndarray]) -> dict[str, tf.Tensor]:
-    return {k: tf.constant(v.astype(str) if v.dtype == object else v) for k, v in feeds.items()}
-
-
 @pytest.mark.parametrize("seed", [11, 12, 13])
 def test_onnx_predictions_match_the_saved_model(exported, seed):
     layout = exported.layout
     manifest = ModelManifest.read(layout.model_manifest_path)
     stats = json.loads(layout.stats_path.read_text())["features"]
     feeds = serving_inputs(fresh_rows(seed, stats), manifest)
-    got = session(layout.onnx_path).run(["prediction"], feeds)[0]
+    got = onnx_session(layout.onnx_path).run(["prediction"], feeds)[0]
     want = tf.saved_model.load(str(layout.saved_model_dir)).signatures["serving_default"](
         **tf_inputs(feeds))["prediction"].numpy()
     assert np.isfinite(want).all()
@@ -116,9 +93,9 @@ def test_every_transform_matches_tf_feature_by_feature(exported, transform_only,
     saved, onnx_path, manifest = transform_only
     stats = json.loads(exported.layout.stats_path.read_text())["features"]
     feeds = serving_inputs(fresh_rows(seed, stats), manifest)
-    onnx_session = session(onnx_path)
-    names = [o.name for o in onnx_session.get_outputs()]
-    got = {k[2:]: v for k, v in zip(names, onnx_session.run(names, feeds))}
+    runner = onnx_session(onnx_path)
+    names = [o.name for o in runner.get_outputs()]
+    got = {k[2:]: v for k, v in zip(names, runner.run(names, feeds))}
     want = {k[2:]: v.numpy() for k, v in tf.saved_model.load(str(saved)).signatures["serving_default"](
         **tf_inputs(feeds)).items()}
     assert set(got) == set(want) == set(all_features())

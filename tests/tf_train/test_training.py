@@ -18,15 +18,13 @@ import threading
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
-import onnxruntime_extensions
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import tensorflow as tf
 import yaml
 
-from tests.helpers import decode_split
+from tests.helpers import decode_split, onnx_session, serving_inputs, tf_inputs
 from tf_train.data import load_training_data
 from tf_train.launcher import launch
 from tf_train.onnx_export import export_onnx
@@ -90,14 +88,6 @@ def importable_repo(monkeypatch):
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")]))
 
 
-def serving_inputs(table: pa.Table, manifest: ModelManifest) -> dict[str, tf.Tensor]:
-    out = {}
-    for name, spec in manifest.inputs.items():
-        column = table.column(name).to_numpy(zero_copy_only=False)
-        out[name] = tf.constant(column.astype(str) if spec["dtype"] == "string" else column.astype(np.float32))
-    return out
-
-
 def fresh_raw_rows(seed: int) -> pa.Table:
     """New rows: unseen categories (Zipf tail), missing scores, words outside the vocabulary."""
     return with_missing_scores(synthetic_table(400, seed=seed, categories=5000), seed=seed)
@@ -124,7 +114,7 @@ def test_two_workers_compute_the_same_update_as_one(features_root, tmp_path):
             np.testing.assert_allclose(one[key], two[key], atol=1e-4, err_msg=key)
     # the same model: the same predictions on fresh raw rows, through the exported signature
     manifest = ModelManifest.read(runs[1].model_manifest_path)
-    inputs = serving_inputs(fresh_raw_rows(seed=41), manifest)
+    inputs = tf_inputs(serving_inputs(fresh_raw_rows(seed=41), manifest))
     predictions = [tf.saved_model.load(str(runs[w].saved_model_dir)).signatures["serving_default"](**inputs)
                    ["prediction"].numpy() for w in (1, 2)]
     np.testing.assert_allclose(predictions[0], predictions[1], rtol=1e-4, atol=1e-4)
@@ -155,7 +145,7 @@ def test_export_takes_raw_columns_and_matches_the_trained_model(features_root, t
     index = {v: i for i, v in enumerate(raw.column("target").to_numpy().astype(np.float32))}  # as in the records
     rows = raw.take([index[v] for v in eval_targets])
     serve = tf.saved_model.load(str(layout.saved_model_dir)).signatures["serving_default"]
-    prediction = serve(**serving_inputs(rows, manifest))["prediction"].numpy()
+    prediction = serve(**tf_inputs(serving_inputs(rows, manifest)))["prediction"].numpy()
     y = rows.column("target").to_numpy()
     r2 = 1 - ((y - prediction) ** 2).sum() / ((y - y.mean()) ** 2).sum()
     assert r2 == pytest.approx(metrics["eval"]["r2"], abs=1e-4)
@@ -172,7 +162,8 @@ def test_classification_exports_labels_and_probabilities(features_root, tmp_path
     assert set(metrics) == {"accuracy", "auc", "log_loss", "rows"}
     assert metrics["accuracy"] > 0.6 and metrics["auc"] > 0.75, metrics
     serve = tf.saved_model.load(str(config.layout.saved_model_dir)).signatures["serving_default"]
-    out = serve(**serving_inputs(fresh_raw_rows(seed=8), manifest))
+    feeds = serving_inputs(fresh_raw_rows(seed=8), manifest)
+    out = serve(**tf_inputs(feeds))
     p = out["probabilities"].numpy()
     assert p.shape == (400, len(classes)) and np.allclose(p.sum(axis=1), 1, atol=1e-5)
     got = out["label"].numpy()
@@ -181,12 +172,7 @@ def test_classification_exports_labels_and_probabilities(features_root, tmp_path
 
     # the ONNX export returns the same labels and probabilities
     export_onnx(config)
-    options = ort.SessionOptions()
-    options.register_custom_ops_library(onnxruntime_extensions.get_library_path())
-    feeds = {k: np.array([b.decode() for b in v.numpy()], object) if v.dtype == tf.string else v.numpy()
-             for k, v in serving_inputs(fresh_raw_rows(seed=8), manifest).items()}
-    onnx_label, onnx_p = ort.InferenceSession(str(config.layout.onnx_path), options).run(
-        ["label", "probabilities"], feeds)
+    onnx_label, onnx_p = onnx_session(config.layout.onnx_path).run(["label", "probabilities"], feeds)
     np.testing.assert_allclose(onnx_p, p, atol=1e-5)
     assert [v.decode() if isinstance(v, bytes) else v for v in onnx_label] == expected.tolist()
 

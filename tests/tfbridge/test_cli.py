@@ -13,8 +13,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from tests.helpers import decode_split
+from tests.helpers import decode_split, onnx_session, serving_inputs, tf_inputs
 from tfbridge.cli import main
+from tfbridge.contracts import ModelManifest
 from tfbridge.datasets import DIAMONDS_ROWS
 
 
@@ -72,20 +73,13 @@ def test_demo_runs_every_built_stage_on_diamonds(tmp_path, monkeypatch, capsys):
     assert (model / "saved_model" / "saved_model.pb").exists() and (model / "manifest.json").exists()
 
     # The one ONNX graph agrees with the SavedModel on every diamonds row.
-    import onnxruntime as ort
-    import onnxruntime_extensions
     import tensorflow as tf
 
     raw = pq.read_table(tmp_path / "data" / "diamonds.parquet")
-    inputs = json.loads((model / "manifest.json").read_text())["inputs"]
-    feeds = {name: (raw.column(name).to_numpy(zero_copy_only=False).astype(object) if spec["dtype"] == "string"
-                    else raw.column(name).to_numpy().astype(np.float32)) for name, spec in inputs.items()}
-    options = ort.SessionOptions()
-    options.register_custom_ops_library(onnxruntime_extensions.get_library_path())
-    got = ort.InferenceSession(str(model / "model.onnx"), options).run(["prediction"], feeds)[0]
+    feeds = serving_inputs(raw, ModelManifest.read(model / "manifest.json"))
+    got = onnx_session(model / "model.onnx").run(["prediction"], feeds)[0]
     serve = tf.saved_model.load(str(model / "saved_model")).signatures["serving_default"]
-    want = serve(**{k: tf.constant(v.astype(str) if v.dtype == object else v) for k, v in feeds.items()})
-    want = want["prediction"].numpy()
+    want = serve(**tf_inputs(feeds))["prediction"].numpy()
     assert len(got) == DIAMONDS_ROWS
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * float(np.std(want)))
 
