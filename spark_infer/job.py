@@ -2,11 +2,14 @@
 
     tfbridge score --model <output>/model --input raw/ --output scores/ [--master URL] [--mode error|overwrite]
 
-Everything that can be wrong with the input (a missing column, a type that
-does not convert, an existing output with --mode error) stops the job before
-Spark runs a task. The output is written by Spark's committer into a staging
-directory beside the target and renamed into place when the job succeeded, so
-a failed job leaves no partial output and an earlier one stays intact.
+Everything that can be wrong with the input's schema (a missing column, a type
+that does not convert, an existing output with --mode error) stops the job
+before Spark runs a task; a file Spark cannot read, a CSV value that does not
+parse, or nulls in a column the model does not impute fail the job with a
+DataError naming the file or the column. The output is written by Spark's
+committer into a staging directory beside the target and renamed into place
+when the job succeeded, so a failed job leaves no partial output and an
+earlier one stays intact.
 """
 
 from __future__ import annotations
@@ -15,12 +18,17 @@ import dataclasses
 import glob
 import logging
 import os
+import re
 import shutil
 import sys
 import time
 import uuid
 from pathlib import Path
 
+import pyarrow.parquet as pq
+
+from spark_infer import score
+from spark_infer.udf import MissingValues, ScoringModel
 from tfbridge.contracts import DataError, ModelManifest, replace_dir
 
 log = logging.getLogger(__name__)
@@ -47,23 +55,52 @@ def spark_session(master: str | None, app: str = "tfbridge-score"):
 
 
 def read_input(spark, path: str, manifest: ModelManifest):
-    """Parquet (file or directory), or CSV read with the model's types so nothing is guessed."""
+    """Parquet (file or directory), or CSV read with the model's types so nothing is guessed.
+
+    CSV as RFC 4180 writes it (quoted fields may hold commas, quotes as "", newlines) and as the
+    feature stage reads it: an empty field is null in a number column and "" in a string column.
+    """
     if path.lower().endswith(".csv"):
         from pyspark.sql.types import DoubleType, StringType, StructField, StructType
 
-        header = spark.read.option("header", "true").csv(path).schema.names
+        csv = spark.read.option("header", "true").option("escape", '"').option("multiLine", "true")
+        header = csv.csv(path).schema.names
         types = {name: StringType() if spec["dtype"] == "string" else DoubleType()
                  for name, spec in manifest.inputs.items()}
         schema = StructType([StructField(name, types.get(name, StringType())) for name in header])
-        return spark.read.option("header", "true").option("mode", "FAILFAST").schema(schema).csv(path)
+        strings = [name for name, spec in manifest.inputs.items() if spec["dtype"] == "string" and name in header]
+        return csv.option("mode", "FAILFAST").schema(schema).csv(path).fillna("", subset=strings)
     return spark.read.parquet(path)
+
+
+_UNREADABLE_FILE = re.compile(r"Encountered error while reading file (\S+?)\.?(?:\s|$)([^\n]*)")
+_CAUSE = re.compile(r"Caused by: [\w.$]+(?:: (?:\[[A-Z_.]+\] )?([^\n]+))?")
+_MISSING = re.compile(rf"column '([^']+)' {re.escape(MissingValues.MARKER)}")
+
+
+def input_error(error: Exception, df, input_path: str) -> DataError | None:
+    """A failed Spark job as a DataError naming the file or column, when bad input caused it; None otherwise."""
+    text = str(error)
+    missing = _MISSING.search(text)
+    if missing:  # the UDF saw nulls in one batch: count them over the whole input for the message
+        from pyspark.sql import functions as F
+
+        name = missing.group(1)
+        column = F.col(name)
+        is_missing = column.isNull() | F.isnan(column) if df.schema[name].dataType.simpleString() != "string" \
+            else column.isNull()
+        return MissingValues(name, df.filter(is_missing).count(), df.count(), where=f"of {input_path}")
+    unreadable = _UNREADABLE_FILE.search(text)
+    if unreadable:
+        path = re.sub(r"^file:(//)?", "", unreadable.group(1))
+        reasons = [re.sub(r"\s*SQLSTATE: \w+", "", r).strip() for r in (unreadable.group(2), *_CAUSE.findall(text))]
+        reasons = [r for r in reasons if r]
+        return DataError(f"{path}: cannot be read: {'; '.join(reasons[-2:]) or 'no reason given'}")
+    return None
 
 
 def run_score(model_dir: str, input_path: str, output: str, master: str | None = None, mode: str = "error",
               id_column: str | None = None, spark=None) -> ScoreResult:
-    from spark_infer import score
-    from spark_infer.udf import ScoringModel
-
     if mode not in MODES:
         raise DataError(f"--mode must be one of {MODES}, got {mode!r}")
     # Absolute paths: Spark's JVM resolves relative ones against its own working directory.
@@ -76,21 +113,25 @@ def run_score(model_dir: str, input_path: str, output: str, master: str | None =
     start = time.monotonic()
     model = ScoringModel.load(model_dir)
     spark = spark or spark_session(master)
-    df = read_input(spark, input_path, model.manifest)
-    if id_column is not None and id_column not in df.columns:
-        raise DataError(f"--id-column '{id_column}' is not a column of {input_path}")
-    scored = score(df, model)
-    predictions = [c for c in scored.columns if c not in df.columns]
-    scored = scored.select(*([id_column] if id_column else df.columns), *predictions)
+    df = None
     staging = final.with_name(f".{final.name}-staging-{uuid.uuid4().hex[:8]}")
-    final.parent.mkdir(parents=True, exist_ok=True)
     try:
+        df = read_input(spark, input_path, model.manifest)
+        if id_column is not None and id_column not in df.columns:
+            raise DataError(f"--id-column '{id_column}' is not a column of {input_path}")
+        scored = score(df, model)
+        predictions = [c for c in scored.columns if c not in df.columns]
+        scored = scored.select(*([id_column] if id_column else df.columns), *predictions)
+        final.parent.mkdir(parents=True, exist_ok=True)
         scored.write.parquet(str(staging))
-        rows = spark.read.parquet(str(staging)).count()
+        rows = sum(pq.ParquetFile(part).metadata.num_rows for part in staging.glob("*.parquet"))
         replace_dir(staging, final)
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(staging, ignore_errors=True)
-        raise
+        explained = input_error(error, df, input_path) if isinstance(error, Exception) else None
+        if explained is None:
+            raise
+        raise explained from None
     seconds = time.monotonic() - start
     log.info("score: %s rows -> %s in %.1f s", f"{rows:,}", final, seconds)
     return ScoreResult(final, rows, seconds)

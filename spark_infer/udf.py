@@ -8,7 +8,9 @@ concurrent tasks do not oversubscribe the host. No TensorFlow is imported on
 the ONNX path.
 
 Inputs follow the model manifest: numbers as float32 (null -> NaN), strings
-as Python str (null -> ""); onnxruntime would mangle `bytes`.
+as Python str (null -> ""); onnxruntime would mangle `bytes`. Missing values
+reach the model only in columns whose feature steps impute them; anywhere
+else a batch with one stops the job with MissingValues naming the column.
 """
 
 from __future__ import annotations
@@ -63,15 +65,34 @@ class ScoringModel:
                 raise DataError(f"{where}: column '{name}' has type {found[name]}; the model expects {expected}")
 
 
+class MissingValues(DataError):
+    """Nulls (or NaN) in a column whose feature steps do not impute: the model cannot score those rows."""
+
+    MARKER = "has missing values the model cannot score"
+
+    def __init__(self, column: str, count: int, rows: int, where: str = "in one batch"):
+        super().__init__(f"column '{column}' {self.MARKER}: {count:,} of {rows:,} rows {where} are null or NaN, "
+                         f"and its feature steps have no impute step. Fill or drop them before scoring, or make "
+                         f"{{impute: ...}} the column's first step and train again")
+        self.column = column
+
+
 def feeds(batch: pd.DataFrame, inputs) -> dict[str, np.ndarray]:
-    """A pandas batch as the model's inputs (see module doc)."""
+    """A pandas batch as the model's inputs (see module doc); MissingValues for nulls the model cannot take."""
     out = {}
     for name, spec in inputs.items():
         column = batch[name]
         if spec["dtype"] == "string":
-            out[name] = column.where(column.notna(), "").astype(str).to_numpy(dtype=object)
+            missing = column.isna()
+            values = column.to_numpy(dtype=object)
+            if missing.any():
+                values = np.where(missing.to_numpy(), "", values)
         else:
-            out[name] = pd.to_numeric(column).to_numpy(dtype=np.float32, na_value=np.nan)
+            values = pd.to_numeric(column).to_numpy(dtype=np.float32, na_value=np.nan)
+            missing = np.isnan(values)
+        if not spec["nullable"] and missing.any():
+            raise MissingValues(name, int(missing.sum()), len(batch))
+        out[name] = values
     return out
 
 

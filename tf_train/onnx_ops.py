@@ -1,4 +1,4 @@
-"""Lowerings tf2onnx 1.17 lacks for the ops our transforms produce: one small handler per TF op.
+"""Lowerings tf2onnx 1.17 lacks or makes slow, for the ops our transforms produce: one handler per TF op.
 
 Each handler rewrites one TF node into standard ONNX nodes in tf2onnx's graph,
 keeping the node's output names so its consumers are untouched. The registry
@@ -12,6 +12,10 @@ handler has its own test running the ONNX result against TF on fresh inputs.
                                       more buckets need FarmHash, which ONNX has not: refused
   StringSplitV2 (text to tokens)      ONNX StringSplit (opset 20) back to TF's sparse triple; tabs and
                                       newlines become spaces first, as TF splits on all whitespace
+  UnsortedSegmentSum, DenseBincount   ScatterND / ScatterElements with reduction "add" (opset 16+),
+  (ragged row lengths of tokens)      ids outside [0, n) dropped (TF drops negative segment ids
+                                      and bincount values >= size, refuses the rest). tf2onnx's own
+                                      lowering sorts (TopK + Unique): a quarter of the graph's time
 
 Lower-casing (StringNormalizer), vocabulary lookups (CategoryMapper) and
 regex replacement (onnxruntime-extensions' StringRegexReplace: standard ONNX
@@ -102,6 +106,19 @@ def string_to_hash_bucket_fast(ctx, node, name, args):
     _take_over(ctx, node, "ConstantOfShape", [shape], value=numpy_helper.from_array(np.zeros([1], np.int64)))
 
 
+def _whitespace_already_spaces(ctx, text: str) -> bool:
+    """Whether `text` comes from normalize_text's punctuation pass, which already turned tabs and newlines into
+    spaces (saves a regex pass over every string, ~5% of the graph's time)."""
+    from tft_features.transformers import PUNCTUATION_AND_WHITESPACE
+
+    producer = ctx.get_node_by_output(text)
+    if producer is None or producer.type != "StringRegexReplace":  # tf2onnx's lowering of StaticRegexReplace
+        return False
+    pattern, rewrite = (ctx.get_node_by_output(i) for i in producer.input[1:])
+    return (pattern.is_const() and rewrite.is_const()
+            and pattern.get_tensor_value() == [PUNCTUATION_AND_WHITESPACE] and rewrite.get_tensor_value() == [" "])
+
+
 def string_split_v2(ctx, node, name, args):
     """TF's (indices, values, dense_shape) of the split tokens from ONNX StringSplit's padded [N, M] + lengths."""
     text, sep = node.input
@@ -114,7 +131,7 @@ def string_split_v2(ctx, node, name, args):
     attr = {"delimiter": delimiter}
     if maxsplit >= 0:
         attr["maxsplit"] = maxsplit
-    if not delimiter:
+    if not delimiter and not _whitespace_already_spaces(ctx, text):
         # TF splits on any ASCII whitespace, ONNX StringSplit on spaces: other whitespace becomes a
         # space first (onnxruntime-extensions' regex replace; standard ONNX has none).
         pattern = ctx.make_const(utils.make_name("whitespace"), np.array(["[\t\n\v\f\r]"], object)).output[0]
@@ -139,10 +156,58 @@ def string_split_v2(ctx, node, name, args):
     ctx.make_node("Identity", [padded_shape], outputs=[shape_out], dtypes=[dtypes[2]], shapes=[[2]])
 
 
+def _in_range_or_spill(ctx, ids: str, n: str) -> str:
+    """int64 ids, with those outside [0, n) sent to row n (a spill row cut off afterwards)."""
+    valid = _node(ctx, "And", [_node(ctx, "GreaterOrEqual", [ids, _const(ctx, 0)]), _node(ctx, "Less", [ids, n])])
+    return _node(ctx, "Where", [valid, ids, n])
+
+
+def _filled(ctx, shape: str, value, dtype) -> str:
+    return _node(ctx, "ConstantOfShape", [shape], value=numpy_helper.from_array(np.full([1], value, dtype)))
+
+
+def unsorted_segment_sum(ctx, node, name, args):
+    """Sums of data rows per segment id, for rank-1 ids (TF's RaggedReduceSum); other ranks: tf2onnx's lowering."""
+    from tf2onnx.onnx_opset.reduction import SegmentSum
+
+    data, segment_ids, num_segments = node.input
+    if ctx.get_rank(segment_ids) != 1:
+        return SegmentSum.any_version(ctx.opset, ctx, node)
+    n = _node(ctx, "Reshape", [_node(ctx, "Cast", [num_segments], to=TensorProto.INT64), _const(ctx, [1])])
+    ids = _in_range_or_spill(ctx, _node(ctx, "Cast", [segment_ids], to=TensorProto.INT64), n)
+    rows = _node(ctx, "Concat", [_node(ctx, "Add", [n, _const(ctx, [1])]),
+                                 _node(ctx, "Slice", [_node(ctx, "Shape", [data]), _const(ctx, [1]),
+                                                      _const(ctx, [np.iinfo(np.int64).max])])], axis=0)
+    zeros = _filled(ctx, rows, 0, utils.map_onnx_to_numpy_type(ctx.get_dtype(data)))
+    summed = _node(ctx, "ScatterND", [zeros, _node(ctx, "Unsqueeze", [ids, _const(ctx, [1])]), data],
+                   reduction="add")
+    _take_over(ctx, node, "Slice", [summed, _const(ctx, [0]), n, _const(ctx, [0])])
+
+
+def dense_bincount(ctx, node, name, args):
+    """Counts of each value in [0, size) of a rank-1 input, unweighted (TF's ragged row lengths from row ids);
+    other ranks and weights: tf2onnx's lowering."""
+    from tf2onnx.onnx_opset.tensor import Bincount
+
+    values, size, weights = node.input
+    if ctx.get_rank(values) != 1 or ctx.get_shape(weights) != [0]:
+        return Bincount.any_version(ctx.opset, ctx, node)
+    n = _node(ctx, "Reshape", [_node(ctx, "Cast", [size], to=TensorProto.INT64), _const(ctx, [1])])
+    ids = _in_range_or_spill(ctx, _node(ctx, "Cast", [values], to=TensorProto.INT64), n)
+    dtype = utils.map_onnx_to_numpy_type(ctx.get_dtype(node.output[0]))
+    zeros = _filled(ctx, _node(ctx, "Add", [n, _const(ctx, [1])]), 0, dtype)
+    ones = _filled(ctx, _node(ctx, "Shape", [ids]), 1, dtype)
+    reduction = "max" if node.get_attr_value("binary_output", False) else "add"
+    counts = _node(ctx, "ScatterElements", [zeros, ids, ones], axis=0, reduction=reduction)
+    _take_over(ctx, node, "Slice", [counts, _const(ctx, [0]), n, _const(ctx, [0])])
+
+
 HANDLERS = {
     "UpperBound": (upper_bound, []),
     "Log1p": (log1p, []),
     "Expm1": (expm1, []),
     "StringToHashBucketFast": (string_to_hash_bucket_fast, []),
     "StringSplitV2": (string_split_v2, []),
+    "UnsortedSegmentSum": (unsorted_segment_sum, []),
+    "DenseBincount": (dense_bincount, []),
 }

@@ -33,8 +33,10 @@ ENGLISH_STOP_WORDS = tuple(sorted({
     "youll", "youre", "youve", "your", "yours", "yourself", "yourselves",
 }))
 
-# ASCII punctuation; apostrophes are deleted (don't -> dont), the rest become spaces.
-_PUNCTUATION = r"""[!"#$%&()*+,\-./:;<=>?@\[\\\]^_`{|}~]"""
+# ASCII punctuation; apostrophes are deleted (don't -> dont), the rest become spaces. Tabs and
+# newlines become spaces in the same pass: the split does not change, and the ONNX export, whose
+# split breaks on spaces only, needs no replace pass of its own (tf_train.onnx_ops.string_split_v2).
+PUNCTUATION_AND_WHITESPACE = r"""[!"#$%&()*+,\-./:;<=>?@\[\\\]^_`{|}~\t\n\v\f\r]"""
 
 
 def stop_words(spec) -> tuple[str, ...]:
@@ -57,7 +59,7 @@ def normalize_text(x: tf.Tensor, name: str, stopwords="english", lowercase: bool
     del name
     text = tf.strings.lower(x) if lowercase else x
     text = tf.strings.regex_replace(text, "'", "")
-    text = tf.strings.regex_replace(text, _PUNCTUATION, " ")
+    text = tf.strings.regex_replace(text, PUNCTUATION_AND_WHITESPACE, " ")
     tokens = tf.strings.split(text)
     words = stop_words(stopwords)
     if words:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -19,7 +21,7 @@ def convert(fn, *specs):
     outputs = [t.name for t in concrete.outputs if t.dtype != tf.resource]
     graph_def = tf2onnx.tf_loader.from_function(concrete, inputs, outputs)
     model = convert_graph(graph_def, inputs, outputs, columns=(), name=fn.__name__)
-    ops = {node.op_type for node in model.graph.node}
+    ops = collections.Counter(node.op_type for node in model.graph.node)
     return onnx_session(model.SerializeToString()), ops
 
 
@@ -46,7 +48,7 @@ def test_log1p_and_expm1_keep_float32_accuracy_near_zero_and_at_extremes():
     x = np.array([0.0, 1e-30, 1e-12, -1e-9, 3e-8, 1e-4, 0.5, -0.5, -0.999, 1.0, 20.0, 1e6, 3e38], np.float32)
     for fn, ref in ((tf.math.log1p, np.log1p), (tf.math.expm1, np.expm1)):
         session, ops = convert(fn, tf.TensorSpec([None], tf.float32))
-        assert not {"Log1p", "Expm1"} & ops
+        assert not {"Log1p", "Expm1"} & set(ops)
         values = x if fn is tf.math.log1p else np.concatenate([x[:-3], [-50.0, 80.0, 100.0]]).astype(np.float32)
         got = run(session, values)[0]
         want = fn(values).numpy()
@@ -80,3 +82,45 @@ def test_string_split_matches_tf_whitespace_split():
     np.testing.assert_array_equal(got[0], want[0].numpy())
     assert [v.decode() if isinstance(v, bytes) else v for v in got[1]] == [v.decode() for v in want[1].numpy()]
     np.testing.assert_array_equal(got[2], want[2].numpy())
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_segment_sum_and_bincount_drop_ids_out_of_range_as_tf_does(seed):
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(-2, 9, 300).astype(np.int32)  # -2, -1 and 7, 8 fall outside [0, 7)
+    segments = np.where(ids < 7, ids, 0)  # TF drops negative segment ids and refuses ids >= 7
+    values = np.abs(ids)  # bincount refuses negative values and drops those >= maxlength
+    data = rng.normal(0, 1, (300, 3)).astype(np.float32)
+
+    def segment_sums(x, i):
+        return tf.math.unsorted_segment_sum(x, i, 7)
+
+    def counts(i):
+        return (tf.math.bincount(i, minlength=7, maxlength=7, dtype=tf.int64),
+                tf.math.bincount(i, minlength=7, maxlength=7, dtype=tf.int64, binary_output=True))
+
+    session, ops = convert(segment_sums, tf.TensorSpec([None, 3], tf.float32), tf.TensorSpec([None], tf.int32))
+    assert "ScatterND" in ops and "Unique" not in ops
+    for x, i in ((data, segments), (data[:0], segments[:0])):
+        np.testing.assert_allclose(run(session, x, i)[0], segment_sums(x, i).numpy(), rtol=1e-6, atol=1e-6)
+    session, ops = convert(counts, tf.TensorSpec([None], tf.int32))
+    assert "ScatterElements" in ops and "Unique" not in ops
+    for i in (values, values[:0], np.full(5, 3, np.int32)):
+        for got, want in zip(run(session, i), counts(i)):
+            np.testing.assert_array_equal(got, want.numpy())
+
+
+def test_normalized_text_is_split_without_a_whitespace_pass_of_its_own():
+    from tft_features.transformers import normalize_text
+
+    text = np.array(["Tab\there, new\nline", "it's   A don't\r\n", "", "\v\f", "x-y_z"], object)
+
+    def tokens(s):
+        sparse = normalize_text(s, "t", stopwords="none")[0].to_sparse()
+        return sparse.indices, sparse.values
+
+    session, ops = convert(tokens, tf.TensorSpec([None], tf.string))
+    assert ops["StringRegexReplace"] == 2  # apostrophes; punctuation and whitespace
+    got, want = run(session, text), tokens(tf.constant(text.astype(str)))
+    np.testing.assert_array_equal(got[0], want[0].numpy())
+    assert got[1].tolist() == [v.decode() for v in want[1].numpy()]
