@@ -13,6 +13,9 @@ by maximum likelihood in one distributed pass.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import apache_beam as beam
 import numpy as np
@@ -148,7 +151,13 @@ def yeo_johnson(x: tf.Tensor, name: str):
 # candidate is exactly 0. The maximum is refined by a quartic through the five
 # grid points around it; this agrees with scipy's Brent search to ~1e-5.
 LAMBDA_GRID = np.arange(-4.0, 4.0 + 1e-9, 0.05)[:-1] + 0.025
-_CHUNK = 4096  # rows per vectorised step: bounds memory at len(LAMBDA_GRID) * _CHUNK floats
+_CHUNK = 4096  # rows per vectorised step: bounds memory at len(LAMBDA_GRID) * _CHUNK floats per thread
+
+
+@functools.cache
+def _chunk_pool() -> ThreadPoolExecutor:
+    """One pool per process for the power-transform chunks (a combiner instance is pickled; a pool is not)."""
+    return ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="power-moments")
 
 
 @dataclasses.dataclass
@@ -271,8 +280,10 @@ class PowerLambdaCombineFn(beam.CombineFn):
 
     def add_input(self, acc, batch):
         values = np.asarray(batch[0]).reshape(-1)
-        for start in range(0, len(values), _CHUNK):
-            acc = acc.merge(PowerMoments.of_chunk(self._kind, values[start:start + _CHUNK]), self._kind)
+        chunks = [values[start:start + _CHUNK] for start in range(0, len(values), _CHUNK)]
+        # Chunks on a thread per core (numpy releases the GIL on these array sizes), merged in order.
+        for moments in _chunk_pool().map(functools.partial(PowerMoments.of_chunk, self._kind), chunks):
+            acc = acc.merge(moments, self._kind)
         return acc
 
     def merge_accumulators(self, accumulators):
