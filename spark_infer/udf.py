@@ -74,7 +74,6 @@ class MissingValues(DataError):
         super().__init__(f"column '{column}' {self.MARKER}: {count:,} of {rows:,} rows {where} are null or NaN, "
                          f"and its feature steps have no impute step. Fill or drop them before scoring, or make "
                          f"{{impute: ...}} the column's first step and train again")
-        self.column = column
 
 
 def feeds(batch: pd.DataFrame, inputs) -> dict[str, np.ndarray]:

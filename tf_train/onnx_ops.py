@@ -156,10 +156,17 @@ def string_split_v2(ctx, node, name, args):
     ctx.make_node("Identity", [padded_shape], outputs=[shape_out], dtypes=[dtypes[2]], shapes=[[2]])
 
 
-def _in_range_or_spill(ctx, ids: str, n: str) -> str:
-    """int64 ids, with those outside [0, n) sent to row n (a spill row cut off afterwards)."""
+def _spill_row(ctx, ids: str, count: str) -> tuple[str, str]:
+    """(n, ids): the scalar `count` as an int64 [1] tensor, and the ids as int64 with those outside [0, n)
+    sent to row n, a spill row that `_without_spill_row` cuts off after the scatter."""
+    n = _node(ctx, "Reshape", [_node(ctx, "Cast", [count], to=TensorProto.INT64), _const(ctx, [1])])
+    ids = _node(ctx, "Cast", [ids], to=TensorProto.INT64)
     valid = _node(ctx, "And", [_node(ctx, "GreaterOrEqual", [ids, _const(ctx, 0)]), _node(ctx, "Less", [ids, n])])
-    return _node(ctx, "Where", [valid, ids, n])
+    return n, _node(ctx, "Where", [valid, ids, n])
+
+
+def _without_spill_row(ctx, node, scattered: str, n: str) -> None:
+    _take_over(ctx, node, "Slice", [scattered, _const(ctx, [0]), n, _const(ctx, [0])])
 
 
 def _filled(ctx, shape: str, value, dtype) -> str:
@@ -173,15 +180,14 @@ def unsorted_segment_sum(ctx, node, name, args):
     data, segment_ids, num_segments = node.input
     if ctx.get_rank(segment_ids) != 1:
         return SegmentSum.any_version(ctx.opset, ctx, node)
-    n = _node(ctx, "Reshape", [_node(ctx, "Cast", [num_segments], to=TensorProto.INT64), _const(ctx, [1])])
-    ids = _in_range_or_spill(ctx, _node(ctx, "Cast", [segment_ids], to=TensorProto.INT64), n)
+    n, ids = _spill_row(ctx, segment_ids, num_segments)
     rows = _node(ctx, "Concat", [_node(ctx, "Add", [n, _const(ctx, [1])]),
                                  _node(ctx, "Slice", [_node(ctx, "Shape", [data]), _const(ctx, [1]),
                                                       _const(ctx, [np.iinfo(np.int64).max])])], axis=0)
     zeros = _filled(ctx, rows, 0, utils.map_onnx_to_numpy_type(ctx.get_dtype(data)))
     summed = _node(ctx, "ScatterND", [zeros, _node(ctx, "Unsqueeze", [ids, _const(ctx, [1])]), data],
                    reduction="add")
-    _take_over(ctx, node, "Slice", [summed, _const(ctx, [0]), n, _const(ctx, [0])])
+    _without_spill_row(ctx, node, summed, n)
 
 
 def dense_bincount(ctx, node, name, args):
@@ -192,14 +198,13 @@ def dense_bincount(ctx, node, name, args):
     values, size, weights = node.input
     if ctx.get_rank(values) != 1 or ctx.get_shape(weights) != [0]:
         return Bincount.any_version(ctx.opset, ctx, node)
-    n = _node(ctx, "Reshape", [_node(ctx, "Cast", [size], to=TensorProto.INT64), _const(ctx, [1])])
-    ids = _in_range_or_spill(ctx, _node(ctx, "Cast", [values], to=TensorProto.INT64), n)
+    n, ids = _spill_row(ctx, values, size)
     dtype = utils.map_onnx_to_numpy_type(ctx.get_dtype(node.output[0]))
     zeros = _filled(ctx, _node(ctx, "Add", [n, _const(ctx, [1])]), 0, dtype)
     ones = _filled(ctx, _node(ctx, "Shape", [ids]), 1, dtype)
     reduction = "max" if node.get_attr_value("binary_output", False) else "add"
     counts = _node(ctx, "ScatterElements", [zeros, ids, ones], axis=0, reduction=reduction)
-    _take_over(ctx, node, "Slice", [counts, _const(ctx, [0]), n, _const(ctx, [0])])
+    _without_spill_row(ctx, node, counts, n)
 
 
 HANDLERS = {

@@ -288,9 +288,9 @@ class _WriteShard(beam.DoFn):
     Shards are written on a thread per core: the encoder and the gzip writer
     release the GIL, so two shards take about the time of one on 2 cores
     (measured: 1M rows of the `wide` benchmark config, 29.4 s -> 28.1 s for the
-    whole feature stage). The files go into the run's
-    staging directory, which is renamed into place only when the whole job
-    succeeded, so a retried bundle simply rewrites its files.
+    whole feature stage). The files go into the run's staging directory, which
+    is renamed into place only when the whole job succeeded, so a retried
+    bundle simply rewrites its files.
     """
 
     def __init__(self, schema: schema_pb2.Schema, directory: str, split: str, shards: int):
