@@ -315,7 +315,7 @@ class MostFrequent(beam.PTransform):
             if not counts:
                 raise ValueError("impute most_frequent: the column has no present value")
             value, _ = min(counts, key=lambda kv: (-kv[1], kv[0]))
-            return [np.asarray(value)]
+            return [value]
 
         return (
             batches

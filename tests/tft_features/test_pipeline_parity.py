@@ -115,10 +115,15 @@ def f32(values) -> np.ndarray:
 
 def test_layout_split_and_manifest(run):
     d = run["dir"]
-    for split in ("train", "eval"):
-        assert len(list((d / "transformed").glob(f"{split}-*.tfrecord.gz"))) == MIN_SHARDS
-    assert (d / "transform_fn" / "saved_model.pb").exists()
     manifest = FeaturesManifest.read(d / "manifest.json")
+    for split in ("train", "eval"):
+        files = sorted(p.name for p in (d / "transformed").glob(f"{split}-*.tfrecord.gz"))
+        count = manifest.shards[split]
+        assert count >= MIN_SHARDS
+        assert files == [f"{split}-{i:05d}-of-{count:05d}.tfrecord.gz" for i in range(count)]
+    assert sorted(p.name for p in d.iterdir()) == ["manifest.json", "metadata", "stats.json", "transform_fn",
+                                                   "transformed", "transformed_metadata"]  # no temporary files
+    assert (d / "transform_fn" / "saved_model.pb").exists()
     assert manifest.rows == run["result"].rows == {"train": len(run["train"]["target"]),
                                                   "eval": len(run["eval"]["target"])}
     assert sum(manifest.rows.values()) == N
