@@ -34,9 +34,9 @@ import tensorflow_transform.beam as tft_beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
-from apache_beam.transforms.window import GlobalWindows
 from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+from apache_beam.transforms.window import GlobalWindows
 from tensorflow_metadata.proto.v0 import schema_pb2
 from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io
 from tfx_bsl.coders import example_coder
@@ -354,4 +354,5 @@ def _name_shards(written: list[str], directory: Path, split: str) -> int:
     for shard in range(len(written), count):
         with tf.io.TFRecordWriter(shard_path(str(directory), split, shard, count), options=_GZIP):
             pass
+    log.info("features: %s: %d shard files (%d written, %d empty)", split, count, len(written), count - len(written))
     return count

@@ -25,6 +25,7 @@ def _read_x(paths) -> list[float]:
 def test_only_files_of_reported_bundles_become_shards(tmp_path):
     schema = schema_utils.schema_from_feature_spec({"x": tf.io.FixedLenFeature([], tf.float32),
                                                    "__stat__x__mean": tf.io.FixedLenFeature([], tf.float32)})
+
     def column(values):  # as TFT's transform outputs them: a one-value list per row
         return pa.array([[v] for v in values], pa.list_(pa.float32()))
 
