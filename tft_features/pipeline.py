@@ -304,6 +304,8 @@ class _WriteShards(beam.DoFn):
 
     def process(self, element):
         batch, _ = element
+        if not batch.num_rows:
+            return
         batch = batch.select(self._columns)
         self._wait()  # a file takes one slice at a time; at most one batch is held here
         size = -(-batch.num_rows // self._shards)

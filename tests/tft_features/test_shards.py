@@ -31,7 +31,7 @@ def test_only_files_of_reported_bundles_become_shards(tmp_path):
 
     batches = [pa.RecordBatch.from_arrays([column(np.arange(start, start + n)), column(np.zeros(n))],
                                           ["x", "__stat__x__mean"])
-               for start, n in ((0, 20), (100, 3))]
+               for start, n in ((0, 20), (100, 3), (200, 0))]  # an empty batch writes nothing
     bundles = tmp_path / "bundles"
     with beam.Pipeline(runner=FnApiRunner()) as p:
         _ = (p
