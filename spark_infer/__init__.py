@@ -6,13 +6,30 @@
 `score` checks the DataFrame against the model manifest before any job runs and
 adds the prediction (regression: `prediction`; classification: `prediction`,
 the label, and `prediction_probabilities`, one per class in the manifest's
-order). The model path decides the engine: the ONNX graph when the export
-exists, else the SavedModel (TensorFlow inside the UDF).
+order). Columns keep the user's names, whatever they are (`Home Team`,
+`sample.yr`): the model manifest maps each to its graph input. The model
+path decides the engine: the ONNX graph when the export exists, else the
+SavedModel (TensorFlow inside the UDF). `load_model` reads a model for
+scoring outside Spark (onnxruntime in this process).
+
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+
+from tfbridge.contracts import DataError
+
+
+def load_model(model_dir: str | Path):
+    """The exported model, checked against its manifest (sha256), for `predict(batch)` in this process:
+
+        model = load_model("runs/demo/model")
+        outputs = model.predict(pandas_frame_or_arrow_table)   # {"prediction": ...}
+    """
+    from spark_infer.udf import ScoringModel
+
+    return ScoringModel.load(model_dir)
 
 
 def onnx_udf(model_path: str | Path, *, threads: int | None = None, use_gpu: bool = False):
@@ -52,9 +69,35 @@ def score(df, model, output_col: str = "prediction", *, threads: int | None = No
     if not isinstance(model, ScoringModel):
         model = ScoringModel.load(model)
     model.check_schema(df.schema, f"scoring with {model.directory}")
+    added = [output_col] if model.manifest.task == "regression" else [output_col, f"{output_col}_probabilities"]
+    taken = [c for c in added if c in df.columns]
+    if taken:
+        raise DataError(f"scoring with {model.directory}: the input already has the column(s) {taken}, which the "
+                        f"predictions would replace; rename them or pass another output_col")
     udf = _udf(model, threads, use_gpu)
-    scored = df.withColumn(output_col, udf(F.struct(*[F.col(c) for c in model.input_names])))
+    scored = df.withColumn(output_col, udf(model_inputs(model)))
     if model.manifest.task == "regression":
         return scored
-    return (scored.withColumn(f"{output_col}_probabilities", F.col(f"{output_col}.probabilities"))
-            .withColumn(output_col, F.col(f"{output_col}.label")))
+    return (scored.withColumn(added[1], F.col(f"{column_ref(output_col)}.probabilities"))
+            .withColumn(output_col, F.col(f"{column_ref(output_col)}.label")))
+
+
+def column_ref(name: str) -> str:
+    """A column name as Spark expressions read it literally: `sample.yr` is a column, not a field of `sample`."""
+    return "`" + name.replace("`", "``") + "`"
+
+
+def model_inputs(model):
+    """The struct the UDF of `onnx_udf` takes (model: a directory or ScoringModel): each input column in the model's type, named by its graph input name.
+
+    Integers and booleans feeding a category become strings as the feature stage wrote them ("3",
+    "true"); numbers and booleans become doubles (float32 in the graph).
+    """
+    from pyspark.sql import functions as F
+
+    from spark_infer.udf import ScoringModel
+
+    if not isinstance(model, ScoringModel):
+        model = ScoringModel.load(model)
+    return F.struct(*[F.col(column_ref(name)).cast("string" if spec["dtype"] == "string" else "double")
+                      .alias(model.manifest.input_names[name]) for name, spec in model.manifest.inputs.items()])

@@ -26,10 +26,11 @@ import uuid
 from pathlib import Path
 
 import pyarrow.parquet as pq
+from pyspark.sql import functions as F
 
-from spark_infer import score
+from spark_infer import column_ref, score
 from spark_infer.udf import MissingValues, ScoringModel
-from tfbridge.contracts import DataError, ModelManifest, replace_dir
+from tfbridge.contracts import CSV_NULL_VALUES, DataError, ModelManifest, replace_dir
 
 log = logging.getLogger(__name__)
 
@@ -55,24 +56,32 @@ def spark_session(master: str | None, app: str = "tfbridge-score"):
 
 
 def read_input(spark, path: str, manifest: ModelManifest):
-    """Parquet (file or directory), or CSV read with the model's types so nothing is guessed.
+    """Parquet (file or directory), or CSV read as the feature stage reads it, so that nothing is guessed.
 
-    CSV as RFC 4180 writes it (quoted fields may hold commas, quotes as "", newlines) and as the
-    feature stage reads it: an empty field is null in a number column and "" in a string column.
+    CSV as RFC 4180 writes it (quoted fields may hold commas, quotes as "", newlines), every field as
+    text; the model's number columns then take CSV_NULL_VALUES (empty, NA, NaN, ...) as missing and any
+    other value that is not a number fails the job naming the column and the value.
     """
-    if path.lower().endswith(".csv"):
-        from pyspark.sql.types import DoubleType, StringType, StructField, StructType
+    if not path.lower().endswith(".csv"):
+        return spark.read.parquet(path)
+    from pyspark.sql.types import StringType, StructField, StructType
 
-        csv = spark.read.option("header", "true").option("escape", '"').option("multiLine", "true")
-        header = csv.csv(path).schema.names
-        types = {name: StringType() if spec["dtype"] == "string" else DoubleType()
-                 for name, spec in manifest.inputs.items()}
-        schema = StructType([StructField(name, types.get(name, StringType())) for name in header])
-        strings = [name for name, spec in manifest.inputs.items() if spec["dtype"] == "string" and name in header]
-        return csv.option("mode", "FAILFAST").schema(schema).csv(path).fillna("", subset=strings)
-    return spark.read.parquet(path)
+    csv = spark.read.option("header", "true").option("escape", '"').option("multiLine", "true")
+    header = csv.csv(path).schema.names
+    df = csv.option("mode", "FAILFAST").schema(StructType([StructField(n, StringType()) for n in header])).csv(path)
+    numbers = [name for name, spec in manifest.inputs.items() if spec["dtype"] != "string" and name in header]
+    for name in numbers:
+        text = F.col(column_ref(name))
+        number = text.try_cast("double")
+        df = df.withColumn(name, F.when(text.isNull() | text.isin(*CSV_NULL_VALUES), F.lit(None).cast("double"))
+                           .when(number.isNull(), F.raise_error(F.concat(
+                               F.lit(f"column '{name}' of {path} {NOT_A_NUMBER} '"), text, F.lit("'"))))
+                           .otherwise(number))
+    return df
 
 
+NOT_A_NUMBER = "has a value that is not a number:"
+_NOT_A_NUMBER = re.compile(rf"(column '[^']+' of .*? {re.escape(NOT_A_NUMBER)} '[^'\n]*')")
 _UNREADABLE_FILE = re.compile(r"Encountered error while reading file (\S+?)\.?(?:\s|$)([^\n]*)")
 _CAUSE = re.compile(r"Caused by: [\w.$]+(?:: (?:\[[A-Z_.]+\] )?([^\n]+))?")
 _MISSING = re.compile(rf"column '([^']+)' {re.escape(MissingValues.MARKER)}")
@@ -81,12 +90,13 @@ _MISSING = re.compile(rf"column '([^']+)' {re.escape(MissingValues.MARKER)}")
 def input_error(error: Exception, df, input_path: str) -> DataError | None:
     """A failed Spark job as a DataError naming the file or column, when bad input caused it; None otherwise."""
     text = str(error)
+    not_a_number = _NOT_A_NUMBER.search(text)
+    if not_a_number:
+        return DataError(not_a_number.group(1))
     missing = _MISSING.search(text)
     if missing:  # the UDF saw nulls in one batch: count them over the whole input for the message
-        from pyspark.sql import functions as F
-
         name = missing.group(1)
-        column = F.col(name)
+        column = F.col(column_ref(name))
         is_missing = column.isNull() | F.isnan(column) if df.schema[name].dataType.simpleString() != "string" \
             else column.isNull()
         return MissingValues(name, df.filter(is_missing).count(), df.count(), where=f"of {input_path}")
@@ -121,7 +131,8 @@ def run_score(model_dir: str, input_path: str, output: str, master: str | None =
             raise DataError(f"--id-column '{id_column}' is not a column of {input_path}")
         scored = score(df, model)
         predictions = [c for c in scored.columns if c not in df.columns]
-        scored = scored.select(*([id_column] if id_column else df.columns), *predictions)
+        kept = [id_column] if id_column else df.columns
+        scored = scored.select(*[F.col(column_ref(c)) for c in [*kept, *predictions]])
         final.parent.mkdir(parents=True, exist_ok=True)
         scored.write.parquet(str(staging))
         rows = sum(pq.ParquetFile(part).metadata.num_rows for part in staging.glob("*.parquet"))

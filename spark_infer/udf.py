@@ -7,15 +7,18 @@ intra-op threads set to the cores a task owns and thread spinning off, so
 concurrent tasks do not oversubscribe the host. No TensorFlow is imported on
 the ONNX path.
 
-Inputs follow the model manifest: numbers as float32 (null -> NaN), strings
-as Python str (null -> ""); onnxruntime would mangle `bytes`. Missing values
-reach the model only in columns whose feature steps impute them; anywhere
-else a batch with one stops the job with MissingValues naming the column.
+Inputs follow the model manifest: each raw column (the user's name) feeds the
+graph input the manifest maps it to; numbers as float32 (null -> NaN),
+strings as Python str (null -> "", the same value); onnxruntime would mangle
+`bytes`. A missing number reaches the model only in columns whose feature
+steps impute it; anywhere else a batch with one stops the job with
+MissingValues naming the column.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 from pathlib import Path
 from typing import Iterator
@@ -23,15 +26,16 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 
-from tfbridge.contracts import DataError, ModelFiles, ModelManifest
+from tfbridge.contracts import DataError, ModelFiles, ModelManifest, file_sha256
 
 _SESSIONS: dict[str, object] = {}  # per Python worker: model key -> session (or loaded SavedModel)
-_NUMERIC = ("tinyint", "smallint", "int", "bigint", "float", "double")
+_INTEGERS = ("tinyint", "smallint", "int", "bigint")
+_NUMERIC = (*_INTEGERS, "float", "double", "boolean")
 
 
 @dataclasses.dataclass(frozen=True)
 class ScoringModel:
-    """The exported model as the scorer uses it, read on the driver."""
+    """The exported model as the scorer uses it, read on the driver and checked against its manifest."""
 
     directory: Path
     manifest: ModelManifest
@@ -39,9 +43,21 @@ class ScoringModel:
 
     @classmethod
     def load(cls, model_dir: str | Path) -> "ScoringModel":
+        """Reads the manifest and the graph; DataError naming the file when one is missing, replaced or damaged."""
         files = ModelFiles(Path(model_dir))
         manifest = ModelManifest.read(files.manifest)
-        onnx_bytes = files.onnx.read_bytes() if manifest.onnx and files.onnx.exists() else None
+        if manifest.onnx is None:
+            verify_files(files, manifest.checksums)
+            return cls(files.directory, manifest, None)
+        try:
+            onnx_bytes = files.onnx.read_bytes()
+        except FileNotFoundError as e:
+            raise DataError(f"{files.onnx} is missing, but {files.manifest} records an ONNX graph: copy the whole "
+                            f"model directory, or export again") from e
+        found = hashlib.sha256(onnx_bytes).hexdigest()
+        if found != manifest.onnx["sha256"]:
+            raise DataError(f"{files.onnx} has sha256 {found}, not the {manifest.onnx['sha256']} that "
+                            f"{files.manifest} records: the file was replaced or damaged; export the model again")
         return cls(files.directory, manifest, onnx_bytes)
 
     @property
@@ -50,19 +66,77 @@ class ScoringModel:
 
     @property
     def input_names(self) -> list[str]:
+        """The raw columns the model reads, by the user's names."""
         return list(self.manifest.inputs)
 
+    @property
+    def text_ops(self) -> bool:
+        return bool(self.manifest.onnx and self.manifest.onnx.get("custom_ops_library"))
+
     def check_schema(self, schema, where: str) -> None:
-        """Every input column present with a type that converts without loss of meaning."""
+        """Every input column present with a type that converts without loss of meaning.
+
+        A string input (a category or text) also takes integers and booleans, read as the feature stage
+        read them ("3", "true"); a number input takes any number or boolean.
+        """
         found = {f.name: f.dataType.simpleString() for f in schema.fields}
         for name, spec in self.manifest.inputs.items():
             if name not in found:
                 raise DataError(f"{where}: column '{name}' is missing; the model takes {self.input_names}")
-            expected = "string" if spec["dtype"] == "string" else "a number"
-            ok = found[name] == "string" if spec["dtype"] == "string" else (
-                found[name] in _NUMERIC or found[name].startswith("decimal"))
+            if spec["dtype"] == "string":
+                ok, expected = found[name] in ("string", "boolean", *_INTEGERS), "strings, integers or booleans"
+            else:
+                ok, expected = found[name] in _NUMERIC or found[name].startswith("decimal"), "a number"
             if not ok:
                 raise DataError(f"{where}: column '{name}' has type {found[name]}; the model expects {expected}")
+
+    def session(self, threads: int | None = None):
+        """An onnxruntime session on this machine (outside Spark), its text ops checked."""
+        from spark_infer.session import make_session
+
+        if self.onnx_bytes is None:
+            raise DataError(f"{self.directory} has no ONNX graph (model.onnx); score it with Spark, which runs "
+                            f"the SavedModel")
+        return make_session(self.onnx_bytes, threads, self.text_ops)
+
+    def feeds(self, batch) -> dict[str, np.ndarray]:
+        """A pandas DataFrame or pyarrow Table of raw rows (the user's column names) as the graph's inputs."""
+        if not isinstance(batch, pd.DataFrame):
+            batch = batch.to_pandas()
+        frame = pd.DataFrame({self.manifest.input_names[name]: _as_model_type(batch[name], spec["dtype"])
+                              for name, spec in self.manifest.inputs.items()})
+        return feeds(frame, graph_inputs(self.manifest))
+
+    def predict(self, batch, session=None) -> dict[str, np.ndarray]:
+        """The graph's outputs (`prediction`, or `label` and `probabilities`) for a pandas/Arrow batch."""
+        session = session or self.session()
+        outputs = list(self.manifest.outputs)
+        return dict(zip(outputs, session.run(outputs, self.feeds(batch))))
+
+
+def verify_files(files: ModelFiles, checksums) -> None:
+    """Every file the manifest lists under the model directory is there with its recorded sha256."""
+    for relative, digest in checksums.items():
+        path = files.directory / relative
+        if not path.is_file():
+            raise DataError(f"{path} is missing; {files.manifest} lists it: copy the whole model directory")
+        if file_sha256(path) != digest:
+            raise DataError(f"{path} does not match the sha256 that {files.manifest} records: the file was "
+                            f"replaced or damaged; train or copy the model again")
+
+
+def graph_inputs(manifest: ModelManifest) -> dict[str, dict]:
+    """The inputs by graph input name, each with the user's column name under "column"."""
+    return {manifest.input_names[name]: {**spec, "column": name} for name, spec in manifest.inputs.items()}
+
+
+def _as_model_type(column: pd.Series, dtype: str) -> pd.Series:
+    """A pandas column as the model's type, as the feature stage and Spark convert it (ints "3", bools "true")."""
+    if dtype != "string" or column.dtype == object or pd.api.types.is_string_dtype(column):
+        return column
+    if pd.api.types.is_bool_dtype(column):
+        return column.map({True: "true", False: "false"})
+    return column.astype("Int64").astype("string")
 
 
 class MissingValues(DataError):
@@ -77,7 +151,11 @@ class MissingValues(DataError):
 
 
 def feeds(batch: pd.DataFrame, inputs) -> dict[str, np.ndarray]:
-    """A pandas batch as the model's inputs (see module doc); MissingValues for nulls the model cannot take."""
+    """A pandas batch keyed by graph input name as the graph's feeds (see module doc).
+
+    A null string is "" (one meaning for both, as in the feature stage); a null or NaN number is NaN,
+    and MissingValues where the column's steps do not impute it.
+    """
     out = {}
     for name, spec in inputs.items():
         column = batch[name]
@@ -89,31 +167,19 @@ def feeds(batch: pd.DataFrame, inputs) -> dict[str, np.ndarray]:
         else:
             values = pd.to_numeric(column).to_numpy(dtype=np.float32, na_value=np.nan)
             missing = np.isnan(values)
-        if not spec["nullable"] and missing.any():
-            raise MissingValues(name, int(missing.sum()), len(batch))
+            if not spec["nullable"] and missing.any():
+                raise MissingValues(spec["column"], int(missing.sum()), len(batch))
         out[name] = values
     return out
 
 
-def onnx_session(key: str, model_bytes: bytes, threads: int, use_gpu: bool, extensions: bool):
+def onnx_session(key: str, model_bytes: bytes, threads: int, use_gpu: bool, text_ops: bool):
     """This worker's session for the model: built on first use, then reused for every batch and task."""
     session = _SESSIONS.get(key)
     if session is None:
-        import onnxruntime as ort
+        from spark_infer.session import make_session
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        if extensions:
-            import onnxruntime_extensions
-
-            options.register_custom_ops_library(onnxruntime_extensions.get_library_path())
-        providers = ["CPUExecutionProvider"]
-        if use_gpu and "CUDAExecutionProvider" in ort.get_available_providers():
-            providers.insert(0, "CUDAExecutionProvider")
-        session = ort.InferenceSession(model_bytes, options, providers=providers)
+        session = make_session(model_bytes, threads, text_ops, use_gpu)
         _SESSIONS[key] = session
     return session
 
@@ -154,15 +220,15 @@ def result_type(manifest: ModelManifest) -> str:
 
 def predictor(model: ScoringModel, model_bytes, threads: int, use_gpu: bool):
     """The function a Spark pandas UDF runs: Iterator[pd.DataFrame] -> Iterator[pd.Series] (or of frames)."""
-    inputs, task, key = dict(model.manifest.inputs), model.manifest.task, model.key
+    inputs, task, key = graph_inputs(model.manifest), model.manifest.task, model.key
     outputs = list(model.manifest.outputs)
-    extensions = bool(model.manifest.onnx and model.manifest.onnx.get("custom_ops_library"))
+    text_ops = model.text_ops
     saved_model = str(ModelFiles(model.directory).saved_model)
 
     def run(batch: pd.DataFrame) -> dict[str, np.ndarray]:
         data = feeds(batch, inputs)
         if model_bytes is not None:
-            session = onnx_session(key, model_bytes.value, threads, use_gpu, extensions)
+            session = onnx_session(key, model_bytes.value, threads, use_gpu, text_ops)
             return dict(zip(outputs, session.run(outputs, data)))
         import tensorflow as tf
 

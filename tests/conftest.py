@@ -5,19 +5,10 @@ from __future__ import annotations
 import os
 import sys
 
-import onnxruntime
-import onnxruntime_extensions
 import pytest
 
-# Load onnxruntime-extensions' library before anything imports tensorflow_transform: measured here,
-# with TFT imported first, its StringRegexReplace/text ops in the same process gave other tokens
-# (predictions 2% off on text rows); loaded first, they agree with TF. Spark's Python workers, where
-# scoring runs, never import TF.
-_EXTENSIONS = onnxruntime.SessionOptions()
-_EXTENSIONS.register_custom_ops_library(onnxruntime_extensions.get_library_path())
-
-from tests.helpers import all_features, with_exact_copy  # noqa: E402
-from tests.tft_features.test_pipeline_parity import make_table  # noqa: E402
+from tests.helpers import all_features, with_exact_copy
+from tests.tft_features.test_pipeline_parity import make_table
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 

@@ -50,15 +50,16 @@ def with_exact_copy(table):
 
 
 def serving_inputs(table, manifest) -> dict[str, np.ndarray]:
-    """A pyarrow table as the model's raw inputs (ModelManifest.inputs): NaN for a missing number, "" for a
-    missing string (nullable columns), strings as `str` (onnxruntime mangles bytes)."""
+    """A pyarrow table as the graph's raw inputs, keyed by graph input name (ModelManifest.input_names): NaN for a
+    missing number, "" for a missing string, strings as `str` (onnxruntime mangles bytes)."""
     out = {}
     for name, spec in manifest.inputs.items():
         values = table.column(name).to_pylist()
         if spec["dtype"] == "string":
-            out[name] = np.array(["" if v is None else v for v in values], object)
+            values = np.array(["" if v is None else v for v in values], object)
         else:
-            out[name] = np.array([np.nan if v is None else v for v in values], np.float32)
+            values = np.array([np.nan if v is None else v for v in values], np.float32)
+        out[manifest.input_names[name]] = values
     return out
 
 
@@ -70,11 +71,7 @@ def tf_inputs(feeds: dict[str, np.ndarray]) -> dict:
 
 
 def onnx_session(model):
-    """onnxruntime on the CPU with onnxruntime-extensions registered; `model` is a path or serialized bytes."""
-    import onnxruntime
-    import onnxruntime_extensions
+    """onnxruntime on the CPU with the text-op library loaded as the scorer loads it; `model` is a path or bytes."""
+    from spark_infer.session import make_session
 
-    options = onnxruntime.SessionOptions()
-    options.register_custom_ops_library(onnxruntime_extensions.get_library_path())
-    return onnxruntime.InferenceSession(model if isinstance(model, bytes) else str(model), options,
-                                        providers=["CPUExecutionProvider"])
+    return make_session(model, text_ops=True)

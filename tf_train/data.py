@@ -105,7 +105,7 @@ def analyze_label(train_files, manifest: FeaturesManifest, task: str, train: Tra
     """One pass over the train split's labels: checks the task against them and fixes the target's scale."""
     name = manifest.label
     dtype = manifest.raw_columns[name]
-    values = read_labels(train_files, name, dtype)
+    values = read_labels(train_files, manifest.label_key, dtype)
     where = f"label '{name}' (train split, {len(values)} rows)"
     if task == "regression":
         if dtype == "string":
@@ -153,7 +153,7 @@ def parse_spec(data: TrainingData) -> dict:
             spec[name] = tf.io.FixedLenFeature([], tf.int64)
         else:
             spec[name] = tf.io.FixedLenFeature([], tf.float32)
-    spec[data.manifest.label] = tf.io.FixedLenFeature([], tf_dtype(data.label.dtype))
+    spec[data.manifest.label_key] = tf.io.FixedLenFeature([], tf_dtype(data.label.dtype))
     return spec
 
 
@@ -207,7 +207,7 @@ def train_dataset(data: TrainingData, pipeline_id: int, num_pipelines: int, per_
                .repeat()
                .batch(size, drop_remainder=True)
                for file, size in zip(files, sub_batches(per_replica_batch, len(files))) if size]
-    label = data.manifest.label
+    label = data.manifest.label_key
 
     def parse(serialized):
         parsed = tf.io.parse_example(serialized, spec)
@@ -220,7 +220,7 @@ def train_dataset(data: TrainingData, pipeline_id: int, num_pipelines: int, per_
 def eval_dataset(data: TrainingData, batch_size: int = 8192) -> tf.data.Dataset:
     """Every eval row once, in file order: (model inputs, raw label)."""
     spec = parse_spec(data)
-    label = data.manifest.label
+    label = data.manifest.label_key
 
     def parse(serialized):
         parsed = tf.io.parse_example(serialized, spec)

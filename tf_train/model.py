@@ -117,9 +117,14 @@ def output_names(label: LabelSpec) -> tuple[str, ...]:
 
 
 def raw_inputs(manifest: FeaturesManifest) -> dict[str, dict]:
-    """The serving signature's columns: every raw column the transform reads, less the label."""
+    """The raw columns the model reads, by the user's names: every one the transform reads, less the label."""
     return {name: {"dtype": dtype, "nullable": name in manifest.nullable}
             for name, dtype in manifest.raw_columns.items() if name != manifest.label}
+
+
+def graph_inputs(manifest: FeaturesManifest) -> dict[str, str]:
+    """Each raw input column's name in the serving signature (and so in the ONNX graph)."""
+    return {name: manifest.input_names[name] for name in raw_inputs(manifest)}
 
 
 class RawFeaturesModel(tf.Module):
@@ -131,7 +136,8 @@ class RawFeaturesModel(tf.Module):
         self.transform = tft.TFTransformOutput(features_dir).transform_features_layer()
         self.model = model
         self._features, self._label = features, label
-        self._inputs = raw_inputs(manifest)
+        # Keyed by graph input name: the user's column names need not be valid TF names.
+        self._inputs = {manifest.input_names[name]: col for name, col in raw_inputs(manifest).items()}
         signature = {name: tf.TensorSpec([None], tf_dtype(col["dtype"]), name=name)
                      for name, col in self._inputs.items()}
         self.serve = tf.function(self._serve, input_signature=[signature])

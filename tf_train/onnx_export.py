@@ -114,16 +114,23 @@ def export_onnx(config: PipelineConfig) -> Path:
     """Writes <output>/model/model.onnx and records its inputs and outputs in the model manifest."""
     layout = config.layout
     manifest = ModelManifest.read(layout.model_manifest_path)
-    model = convert_saved_model(layout.saved_model_dir, manifest.inputs)
+    model = convert_saved_model(layout.saved_model_dir, list(manifest.input_names.values()))
+    lacking = sorted(set(manifest.input_names.values()) - {value.name for value in model.graph.input})
+    if lacking:
+        raise ExportError(f"the ONNX graph of {layout.saved_model_dir} lacks the inputs {lacking}")
     path = layout.onnx_path
     tmp = path.with_name(f".{path.name}.tmp")
     onnx.save(model, str(tmp))
-    tmp.replace(path)
     uses_extensions = any(node.domain == EXTENSIONS_DOMAIN for node in model.graph.node)
     graph = OnnxGraph(path=path.name, opset=OPSET, inputs=_signature(model.graph.input),
                       outputs=_signature(model.graph.output),
                       custom_ops_library="onnxruntime_extensions" if uses_extensions else None,
-                      sha256=file_sha256(path))
+                      sha256=file_sha256(tmp))
+    # The manifest is the commit point: it stops naming a graph before the file changes and names the new
+    # one after, so a crash in between leaves the SavedModel as the model, never a graph the manifest
+    # does not describe.
+    dataclasses.replace(manifest, onnx=None).write(layout.model_manifest_path)
+    tmp.replace(path)
     dataclasses.replace(manifest, onnx=dataclasses.asdict(graph)).write(layout.model_manifest_path)
     log.info("export: %s (%d nodes, opset %d%s)", path, len(model.graph.node), OPSET,
              ", onnxruntime-extensions" if uses_extensions else "")

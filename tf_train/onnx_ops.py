@@ -28,7 +28,7 @@ import numpy as np
 from onnx import TensorProto, numpy_helper
 from tf2onnx import utils
 
-from tfbridge.contracts import DataError
+from tfbridge.contracts import PUNCTUATION_AND_WHITESPACE, DataError
 
 
 EXTENSIONS_DOMAIN = "ai.onnx.contrib"  # onnxruntime-extensions
@@ -109,8 +109,6 @@ def string_to_hash_bucket_fast(ctx, node, name, args):
 def _whitespace_already_spaces(ctx, text: str) -> bool:
     """Whether `text` comes from normalize_text's punctuation pass, which already turned tabs and newlines into
     spaces (saves a regex pass over every string, ~5% of the graph's time)."""
-    from tft_features.transformers import PUNCTUATION_AND_WHITESPACE
-
     producer = ctx.get_node_by_output(text)
     if producer is None or producer.type != "StringRegexReplace":  # tf2onnx's lowering of StaticRegexReplace
         return False

@@ -98,6 +98,7 @@ def run_worker(config: PipelineConfig) -> None:
     write_json_atomic(metrics, layout.metrics_path)
     ModelManifest(
         inputs=training_model.raw_inputs(data.manifest),
+        input_names=training_model.graph_inputs(data.manifest),
         outputs=training_model.output_names(data.label),
         label=data.manifest.label,
         task=data.label.task,

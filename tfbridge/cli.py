@@ -25,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-from tfbridge.contracts import ConfigError, DataError, PipelineConfig, TrainingError
+from tfbridge.contracts import BrokenRuntimeError, ConfigError, DataError, PipelineConfig, TrainingError
 
 
 
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError) as e:
         print(f"tfbridge: error: {e}", file=sys.stderr)
         return 2
-    except TrainingError as e:
+    except (TrainingError, BrokenRuntimeError) as e:
         print(f"tfbridge: error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -11,7 +11,9 @@ import dataclasses
 import glob
 import hashlib
 import json
+import keyword
 import os
+import re
 import shutil
 import uuid
 from pathlib import Path
@@ -21,6 +23,15 @@ import yaml
 
 TASKS = ("regression", "binary", "multiclass")
 DATA_FORMATS = ("parquet", "csv")
+# In a CSV number column these fields are missing values (R writes NA, pandas an empty field); in a
+# string column every field is text, and only an empty one is missing (see README, "Empty strings").
+CSV_NULL_VALUES = ("", "NA", "N/A", "NaN", "nan", "null", "NULL")
+
+# normalize_text's punctuation pass, shared by the transform, its ONNX lowering and the scorer's self-check.
+# ASCII punctuation; apostrophes are deleted first (don't -> dont), the rest become spaces. Tabs and
+# newlines become spaces in the same pass: the split does not change, and the ONNX export, whose
+# split breaks on spaces only, needs no replace pass of its own (tf_train.onnx_ops.string_split_v2).
+PUNCTUATION_AND_WHITESPACE = r"""[!"#$%&()*+,\-./:;<=>?@\[\\\]^_`{|}~\t\n\v\f\r]"""
 
 # Analyzer results travel inside the transform_fn as outputs with this prefix
 # (one value repeated per row). They are statistics, not model inputs: the
@@ -55,6 +66,39 @@ class DataError(ValueError):
 
 class TrainingError(RuntimeError):
     """A training worker died with no retry left: the message names it and quotes its last log lines."""
+
+
+class BrokenRuntimeError(RuntimeError):
+    """A library misbehaves in this process, so a stage would give wrong results: the message says which and why."""
+
+
+def graph_input_name(column: str) -> str:
+    """The name a raw column has inside the transform, the SavedModel signature and the ONNX graph.
+
+    The user's column names are theirs (`Home Team`, `sample.yr`, `price ($)`, `2nd_visit`, `class`,
+    `Größe`); TF accepts only some names (the signature lower-cases them, a Python keyword is not a
+    valid parameter name, an op name cannot hold spaces). Inside, a column is lower-case ASCII letters,
+    digits and single underscores, starting with a letter and never a keyword; the manifests map each
+    raw column to it, and every consumer feeds the graph through that mapping.
+    """
+    name = re.sub(r"[^a-z0-9]+", "_", column.lower()).strip("_")
+    if not name or not name[0].isalpha() or keyword.iskeyword(name) or keyword.issoftkeyword(name):
+        name = f"c_{name}".rstrip("_")
+    return name
+
+
+def graph_input_names(columns, where: str) -> dict[str, str]:
+    """{column: graph_input_name(column)}; ConfigError naming both columns when two map to one name."""
+    names: dict[str, str] = {}
+    taken: dict[str, str] = {}
+    for column in columns:
+        name = graph_input_name(column)
+        if name in taken and taken[name] != column:
+            raise ConfigError(f"{where}: columns '{taken[name]}' and '{column}' both become '{name}' inside the "
+                              f"model (names are lower-cased and punctuation becomes '_'); rename one of them")
+        taken[name] = column
+        names[column] = name
+    return names
 
 
 @dataclasses.dataclass(frozen=True)
@@ -265,6 +309,9 @@ class PipelineConfig:
                 if not isinstance(steps, list) or not steps:
                     raise ConfigError(f"{where}: expected a non-empty list of transform steps")
                 features[str(column)] = tuple(TransformStep.parse(s, where) for s in steps)
+        partners = [str(o) for steps in features.values() for s in steps if s.name == "polynomial"
+                    and isinstance(s.params.get("with"), list) for o in s.params["with"]]
+        graph_input_names([label, *features, *partners], f"{source}: features")
 
         split_raw = raw.get("split") or {}
         if not isinstance(split_raw, dict) or set(split_raw) - {"eval_fraction"}:
@@ -405,6 +452,7 @@ class FeaturesManifest:
 
     raw_columns: Mapping[str, str]  # column -> "float" | "int" | "string", as read by the transform
     nullable: tuple[str, ...]  # raw columns whose missing values the transform imputes
+    input_names: Mapping[str, str]  # raw column (label too) -> its name inside the transform (graph_input_name)
     label: str
     task: str
     outputs: Mapping[str, FeatureOutput]  # transformed feature -> what it is, less the label
@@ -412,6 +460,11 @@ class FeaturesManifest:
     shards: Mapping[str, int]  # split -> file count
     versions: Mapping[str, str]
     config: Mapping[str, Any]
+
+    @property
+    def label_key(self) -> str:
+        """The label's name in the transformed data."""
+        return self.input_names[self.label]
 
     def write(self, path: Path) -> None:
         write_json_atomic(dataclasses.asdict(self), path)
@@ -431,12 +484,15 @@ class FeaturesManifest:
 class ModelManifest:
     """What the training stage exported (model/manifest.json): enough to score raw data with it.
 
-    `inputs` are the serving signature's raw columns, one tensor [batch] each:
-    dtype "float" (float32), "int" (int64) or "string"; a nullable column takes
-    NaN (numbers) or "" (strings) for a missing value, which the transform imputes.
+    `inputs` are the raw columns the model reads, by the user's names, one tensor
+    [batch] each: dtype "float" (float32), "int" (int64) or "string"; a nullable
+    column takes NaN (numbers) or "" (strings) for a missing value, which the
+    transform imputes. `input_names` gives each one's name in the SavedModel
+    signature and the ONNX graph (`graph_input_name`).
     """
 
     inputs: Mapping[str, Mapping[str, Any]]  # column -> {"dtype": ..., "nullable": bool}
+    input_names: Mapping[str, str]  # column -> graph input name
     outputs: tuple[str, ...]  # the signature's outputs: prediction, or label and probabilities
     label: str
     task: str

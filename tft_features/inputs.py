@@ -31,11 +31,12 @@ from apache_beam.metrics import Metrics
 from tensorflow_metadata.proto.v0 import schema_pb2
 from tfx_bsl.tfxio import tensor_adapter, tensor_representation_util
 
-from tfbridge.contracts import DataError, DataSource
+from tfbridge.contracts import CSV_NULL_VALUES, DataError, DataSource, graph_input_name
 
 _ARROW_TYPES = {"float": pa.float32(), "int": pa.int64(), "string": pa.large_binary()}
 _TFMD_TYPES = {"float": schema_pb2.FLOAT, "int": schema_pb2.INT, "string": schema_pb2.BYTES}
 _SPLIT_BUCKETS = 10_000
+_CONVERT_HINT = "; convert dates and times to numbers first (e.g. a year, or days since a start date)"
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +45,14 @@ log = logging.getLogger(__name__)
 class RawColumn:
     """A column as the transform reads it: its type there, and whether missing values are kept."""
 
-    name: str
+    name: str  # as the data names it
     dtype: str  # "float" | "int" | "string"
     nullable: bool
+
+    @property
+    def key(self) -> str:
+        """Its name inside the transform (see `tfbridge.contracts.graph_input_name`)."""
+        return graph_input_name(self.name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,14 +67,14 @@ class RawData:
     def tfmd_schema(self) -> schema_pb2.Schema:
         schema = schema_pb2.Schema()
         for col in self.columns:
-            feature = schema.feature.add(name=col.name, type=_TFMD_TYPES[col.dtype])
+            feature = schema.feature.add(name=col.key, type=_TFMD_TYPES[col.dtype])
             if not col.nullable:
                 feature.shape.dim.add(size=1)
                 feature.presence.min_fraction = 1.0
         return schema
 
     def arrow_schema(self) -> pa.Schema:
-        return pa.schema([(c.name, pa.large_list(_ARROW_TYPES[c.dtype])) for c in self.columns])
+        return pa.schema([(c.key, pa.large_list(_ARROW_TYPES[c.dtype])) for c in self.columns])
 
     def tensor_adapter_config(self) -> tensor_adapter.TensorAdapterConfig:
         representations = tensor_representation_util.InferTensorRepresentationsFromSchema(self.tfmd_schema())
@@ -113,22 +119,24 @@ def resolve_columns(source: DataSource, wanted: dict[str, tuple[str, bool]], lab
             if name not in schema.names:
                 raise DataError(f"column '{name}' ({why.get(name, 'the label')}) is missing from {path}; "
                                 f"it has {schema.names}")
-            found = kind_of(schema.field(name).type)
+            arrow_type = schema.field(name).type
+            found = kind_of(arrow_type)
+            if found is None:
+                what = "the label" if name == label else why[name]
+                raise DataError(f"column '{name}' in {path} has type {arrow_type}; expected numbers, booleans or "
+                                f"strings ({what}){_CONVERT_HINT if pa.types.is_temporal(arrow_type) else ''}")
             if name == label:
-                if found is None:
-                    raise DataError(f"label '{label}' in {path} has type {schema.field(name).type}; "
-                                    f"expected numbers or strings")
                 columns.setdefault(name, RawColumn(name, found, False))
                 continue
             read_as, nullable = wanted[name]
             if read_as == "float" and found == "string" and source.format == "csv":
                 read_csv(path, (RawColumn(name, "float", True),))  # raises, naming the row and the value
-            if read_as == "float" and found not in ("float", "int"):
-                raise DataError(f"column '{name}' in {path} has type {schema.field(name).type}; "
-                                f"expected numbers ({why[name]})")
-            if found is None:
-                raise DataError(f"column '{name}' in {path} has type {schema.field(name).type}; "
-                                f"expected numbers or strings ({why[name]})")
+            if read_as == "float" and found != "float" and found != "int":
+                raise DataError(f"column '{name}' in {path} has type {arrow_type}; expected numbers ({why[name]})")
+            if read_as == "string" and found == "float" and source.format == "parquet":
+                # "3.0" or "3"? Spark and Arrow print floats differently: no category may depend on it.
+                raise DataError(f"column '{name}' in {path} has type {arrow_type}; categories and text are read "
+                                f"from strings, integers or booleans ({why[name]}): cast the column first")
             columns[name] = RawColumn(name, read_as, nullable)
     return files, tuple(columns[n] for n in [*wanted, label])
 
@@ -143,7 +151,7 @@ def read_csv(path: str, columns: tuple[RawColumn, ...]) -> pa.Table:
     try:
         return pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(
             column_types=_csv_types(columns), include_columns=[c.name for c in columns],
-            strings_can_be_null=False))
+            null_values=list(CSV_NULL_VALUES), strings_can_be_null=False))
     except pa.ArrowInvalid as e:
         message = str(e)
         match = re.search(r"CSV column #(\d+)", message)
@@ -166,7 +174,8 @@ def check_data(source: DataSource, files: tuple[str, ...], columns: tuple[RawCol
                positive: set[str], why: dict[str, str]) -> int:
     """One streaming pass on the driver: row count, missing values, and positivity for Box-Cox."""
     names = [c.name for c in columns]
-    nullable = {c.name for c in columns if c.nullable}
+    # Missing is an error where nothing imputes it; a null string is "" (see to_list_batch), the label excepted.
+    checked = {c.name for c in columns if not c.nullable and (c.dtype != "string" or c.name not in why)}
     missing = dict.fromkeys(names, 0)
     first_missing: dict[str, str] = {}
     rows = 0
@@ -175,7 +184,7 @@ def check_data(source: DataSource, files: tuple[str, ...], columns: tuple[RawCol
             rows += table.num_rows
             for name in names:
                 count = pc.sum(_missing_mask(table.column(name))).as_py() or 0
-                if count and name not in nullable:
+                if count and name in checked:
                     missing[name] += count
                     first_missing.setdefault(name, path)
             for name in positive:
@@ -187,8 +196,11 @@ def check_data(source: DataSource, files: tuple[str, ...], columns: tuple[RawCol
     if rows == 0:
         raise DataError(f"data.path '{source.path}' has no rows")
     for name, count in missing.items():
+        if count and name not in why:
+            raise DataError(f"the label '{name}' has {count} missing values (null or NaN) out of {rows} rows, "
+                            f"first in {first_missing[name]}; a model cannot learn from them: drop those rows")
         if count:
-            what = f"({why[name]})" if name in why else "(the label)"
+            what = f"({why[name]})"
             raise DataError(
                 f"column '{name}' {what} has {count} missing values (null or NaN) out of {rows} rows, "
                 f"first in {first_missing[name]}; add an impute step as its first transform, "
@@ -225,18 +237,30 @@ def to_list_batch(table: pa.Table, columns: tuple[RawColumn, ...], schema: pa.Sc
         values = table.column(col.name).combine_chunks()
         if pa.types.is_dictionary(values.type):
             values = values.dictionary_decode()
+        if col.dtype == "string":
+            values = as_text(values)
         if col.nullable:
-            present = pc.invert(_missing_mask(values))
+            present = pc.invert(pc.equal(values, "") if col.dtype == "string" else _missing_mask(values))
             offsets = np.zeros(n + 1, np.int64)
             np.cumsum(present.to_numpy(zero_copy_only=False), out=offsets[1:])
             values = values.filter(present)
         else:
             offsets = np.arange(n + 1, dtype=np.int64)
-        if col.dtype == "string" and not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
-            values = pc.cast(values, pa.string())
         values = pc.cast(values, _ARROW_TYPES[col.dtype])
         arrays.append(pa.LargeListArray.from_arrays(pa.array(offsets), values))
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def as_text(values: pa.Array) -> pa.Array:
+    """A column read as text: integers and booleans printed as Spark prints them ("3", "true"), null as "".
+
+    One meaning for an empty string everywhere: a null string and "" are the
+    same value, missing where the column's first step imputes, else the empty
+    text (no tokens) or the category "".
+    """
+    if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
+        values = pc.cast(values, pa.string())
+    return pc.fill_null(values, "")
 
 
 def eval_rows(table: pa.Table, eval_fraction: float) -> np.ndarray:

@@ -41,8 +41,8 @@ from tensorflow_metadata.proto.v0 import schema_pb2
 from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io
 from tfx_bsl.coders import example_coder
 
-from tfbridge.contracts import (FeaturesManifest, PipelineConfig, materialized_feature_spec, parse_stat_output_name,
-                                replace_dir)
+from tfbridge.contracts import (FeaturesManifest, PipelineConfig, graph_input_name, graph_input_names,
+                                materialized_feature_spec, parse_stat_output_name, replace_dir)
 from tft_features import inputs, preprocessing
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,11 @@ def _preprocessing(config: PipelineConfig) -> _Preprocessing:
 
 
 def _user_preprocessing(config: PipelineConfig) -> _Preprocessing:
-    """The escape hatch: every numeric or string column of the data, read dense with no missing values."""
+    """The escape hatch: every numeric or string column of the data, read dense with no missing values.
+
+    The user's function sees the columns by their own names; inside the transform they travel under
+    their graph input names, and the label is passed through under its graph name.
+    """
     user_fn = preprocessing.load_user_preprocessing_fn(config.preprocessing_fn, config.source)
     files, _ = inputs.resolve_columns(config.data, {}, config.label, {})
     wanted = {}
@@ -121,10 +125,11 @@ def _user_preprocessing(config: PipelineConfig) -> _Preprocessing:
         kind = inputs.kind_of(field.type)
         if field.name != config.label and kind is not None:
             wanted[field.name] = ("string" if kind == "string" else "float", False)
+    keys = graph_input_names([config.label, *wanted], f"{config.source}: data columns")
 
     def preprocessing_fn(features):
-        outputs = dict(user_fn({k: v for k, v in features.items() if k != config.label}))
-        outputs.setdefault(config.label, tf.squeeze(features[config.label], 1))
+        outputs = dict(user_fn({column: features[keys[column]] for column in wanted}))
+        outputs.setdefault(keys[config.label], tf.squeeze(features[keys[config.label]], 1))
         return outputs
 
     why = {name: f"read for preprocessing_fn {config.preprocessing_fn}" for name in wanted}
@@ -155,6 +160,7 @@ def run_features(config: PipelineConfig, beam_args: list[str] | None = None) -> 
         FeaturesManifest(
             raw_columns={c.name: c.dtype for c in raw.columns},
             nullable=tuple(c.name for c in raw.columns if c.nullable),
+            input_names={c.name: c.key for c in raw.columns},
             label=config.label,
             task=config.task,
             outputs=_feature_outputs(staging, staging / layout.stats_path.name, config.label, prep.plan),
@@ -204,7 +210,7 @@ def _run_beam(config, raw: inputs.RawData, prep: _Preprocessing, staging: Path,
                  | f"ReportShards[{split}]" >> beam.Map(_write_json, str(bundle_files / f"{split}.json")))
             if split == "train":
                 _ = (data
-                     | "StatsRow" >> beam.Map(_first_row_stats, schema)
+                     | "StatsRow" >> beam.Map(_first_row_stats, schema, {c.key: c.name for c in raw.columns})
                      | "OneStatsRow" >> beam.CombineGlobally(_AnyFn()).without_defaults()
                      | "WriteStats" >> beam.Map(_write_json, str(stats_path)))
     shutil.rmtree(tft_temp, ignore_errors=True)
@@ -222,7 +228,7 @@ def _run_beam(config, raw: inputs.RawData, prep: _Preprocessing, staging: Path,
 
 def _feature_outputs(features_dir: Path, stats_path: Path, label: str, plan) -> dict:
     spec = materialized_feature_spec(tft.TFTransformOutput(str(features_dir)).transformed_feature_spec())
-    spec.pop(label, None)
+    spec.pop(graph_input_name(label), None)
     return preprocessing.feature_outputs(spec, plan, json.loads(stats_path.read_text()))
 
 
@@ -230,7 +236,7 @@ def _is_stat(name: str) -> bool:
     return parse_stat_output_name(name) is not None
 
 
-def _first_row_stats(element, schema) -> dict:
+def _first_row_stats(element, schema, columns: dict[str, str]) -> dict:
     """The statistics of the transform, read off the first row of a transformed batch."""
     batch, _ = element
     scalars = {f.name for f in schema.feature if not f.shape.dim}
@@ -239,7 +245,7 @@ def _first_row_stats(element, schema) -> dict:
         if _is_stat(name):
             values = batch.column(name)[0].as_py()
             row[name] = values[0] if name in scalars else values
-    return preprocessing.stats_from_row(row)
+    return preprocessing.stats_from_row(row, columns)
 
 
 class _AnyFn(beam.CombineFn):

@@ -23,7 +23,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import tensorflow as tf
 
-from tfbridge.contracts import (ConfigError, FeatureOutput, PipelineConfig, TransformStep,
+from tfbridge.contracts import (ConfigError, FeatureOutput, PipelineConfig, TransformStep, graph_input_name,
                                 parse_stat_output_name, stat_output_name)
 from tft_features import estimators, transformers
 
@@ -114,6 +114,11 @@ class ColumnPlan:
     @property
     def output_kind(self) -> str:
         return self.kinds[-1].kind
+
+    @property
+    def key(self) -> str:
+        """The column's name inside the transform, its input and its output (`graph_input_name`)."""
+        return graph_input_name(self.column)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -292,15 +297,18 @@ class StatsReport:
                 self.outputs[name] = tf.tile(flat, [batch_size, 1])
 
 
-def stats_from_row(row: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """`{"features": {column: {key: value}}}` from one transformed row's `__stat__` columns."""
+def stats_from_row(row: Mapping[str, Any], columns: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    """`{"features": {column: {key: value}}}` from one transformed row's `__stat__` columns.
+
+    `columns` maps a column's name inside the transform to the user's name, which stats.json uses.
+    """
     features: dict[str, dict[str, Any]] = {}
     for name, value in row.items():
         parsed = parse_stat_output_name(name)
         if parsed is None:
             continue
         column, key = parsed
-        features.setdefault(column, {})[key] = _to_json(value)
+        features.setdefault(columns.get(column, column), {})[key] = _to_json(value)
     return {"features": features}
 
 
@@ -320,19 +328,20 @@ def make_preprocessing_fn(plan: FeaturePlan) -> Callable[[dict], dict]:
     def preprocessing_fn(inputs: dict) -> dict:
         report = StatsReport()
         outputs = {}
-        label = tf.squeeze(inputs[plan.label], 1)
+        label_key = graph_input_name(plan.label)
+        label = tf.squeeze(inputs[label_key], 1)
         batch_size = tf.shape(label)[0]
         for col in plan.columns:
-            x = inputs[col.column]
+            x = inputs[col.key]
             if not col.nullable:
                 x = tf.squeeze(x, 1)
             for i, step in enumerate(col.steps):
                 x, stats = _apply_step(x, col, i, step, inputs)
-                report.add(col.column, stats, batch_size)
+                report.add(col.key, stats, batch_size)
             if isinstance(x, tf.RaggedTensor):
                 x = x.to_sparse()
-            outputs[col.column] = x
-        outputs[plan.label] = label
+            outputs[col.key] = x
+        outputs[label_key] = label
         outputs.update(report.outputs)
         return outputs
 
@@ -340,11 +349,11 @@ def make_preprocessing_fn(plan: FeaturePlan) -> Callable[[dict], dict]:
 
 
 def _apply_step(x, col: ColumnPlan, index: int, step: TransformStep, inputs: dict):
-    name = _scope(col.column, index, step.name)
+    name = _scope(col.key, index, step.name)
     params = dict(step.params)
     with tf.name_scope(name):
         if step.name == "polynomial":
-            others = {o: tf.squeeze(inputs[o], 1) for o in params.get("with", [])}
+            others = {o: tf.squeeze(inputs[graph_input_name(o)], 1) for o in params.get("with", [])}
             return transformers.polynomial(x, col.column, params.get("degree", 2), others)
         if step.name == "one_hot":
             depth = params.get("depth") or col.kinds[index - 1].width
@@ -359,7 +368,7 @@ def feature_outputs(spec: Mapping[str, Any], plan: FeaturePlan | None,
     `spec` is the transformed feature spec less statistics and label. With no
     plan (a user's preprocessing_fn) an integer feature's id range is unknown.
     """
-    chains = {c.column: c for c in plan.columns} if plan else {}
+    chains = {c.key: c for c in plan.columns} if plan else {}
     outputs = {}
     for name, feature in spec.items():
         fixed = isinstance(feature, tf.io.FixedLenFeature)
@@ -372,7 +381,7 @@ def feature_outputs(spec: Mapping[str, Any], plan: FeaturePlan | None,
             width = None
             if name in chains:
                 width = chains[name].kinds[-1].width
-                column_stats = stats.get("features", {}).get(name, {})
+                column_stats = stats.get("features", {}).get(chains[name].column, {})
                 if width is None and "vocabulary_size" in column_stats:
                     width = int(column_stats["vocabulary_size"]) + max(int(column_stats["num_oov_buckets"]), 1)
             outputs[name] = FeatureOutput(IDS if fixed and not feature.shape else TOKEN_IDS, width)

@@ -13,6 +13,8 @@ import itertools
 import tensorflow as tf
 import tensorflow_transform as tft
 
+from tfbridge.contracts import PUNCTUATION_AND_WHITESPACE
+
 # NLTK's English stop-word list (179 words), lower case, without punctuation:
 # normalisation strips apostrophes before stop words are removed.
 ENGLISH_STOP_WORDS = tuple(sorted({
@@ -33,10 +35,6 @@ ENGLISH_STOP_WORDS = tuple(sorted({
     "youll", "youre", "youve", "your", "yours", "yourself", "yourselves",
 }))
 
-# ASCII punctuation; apostrophes are deleted (don't -> dont), the rest become spaces. Tabs and
-# newlines become spaces in the same pass: the split does not change, and the ONNX export, whose
-# split breaks on spaces only, needs no replace pass of its own (tf_train.onnx_ops.string_split_v2).
-PUNCTUATION_AND_WHITESPACE = r"""[!"#$%&()*+,\-./:;<=>?@\[\\\]^_`{|}~\t\n\v\f\r]"""
 
 
 def stop_words(spec) -> tuple[str, ...]:
