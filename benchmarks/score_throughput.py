@@ -52,19 +52,14 @@ TRAIN_ROWS = 100_000
 def floor(model_dir: str, data: str, batch: int, threads: int, concurrent: int, repeats: int) -> list[float]:
     """rows/s of onnxruntime alone on inputs already in memory (run in a process without TensorFlow):
     one session with `threads` intra-op threads, `concurrent` batches run at once."""
-    import onnxruntime as ort
-    import onnxruntime_extensions
     import pyarrow.parquet as pq
 
-    from spark_infer.udf import ScoringModel, feeds
+    from spark_infer.udf import ScoringModel
 
     model = ScoringModel.load(model_dir)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.register_custom_ops_library(onnxruntime_extensions.get_library_path())
-    session = ort.InferenceSession(model.onnx_bytes, options, providers=["CPUExecutionProvider"])
+    session = model.session(threads)
     frame = pq.read_table(data, columns=model.input_names).to_pandas()
-    chunks = [feeds(frame.iloc[i:i + batch], model.manifest.inputs) for i in range(0, len(frame), batch)]
+    chunks = [model.feeds(frame.iloc[i:i + batch]) for i in range(0, len(frame), batch)]
     session.run(["prediction"], chunks[0])
     rates = []
     for _ in range(repeats):
@@ -102,8 +97,9 @@ def predict_batch_column(model_dir: Path, batch: int):
         signature = tf.saved_model.load(path).signatures["serving_default"]
 
         def predict(*arrays):
-            tensors = {name: tf.constant(a.astype(str) if inputs[name]["dtype"] == "string" else a.astype(np.float32))
-                       for name, a in zip(names, arrays)}
+            tensors = {model.manifest.input_names[name]: tf.constant(
+                a.astype(str) if inputs[name]["dtype"] == "string" else a.astype(np.float32))
+                for name, a in zip(names, arrays)}
             return signature(**tensors)["prediction"].numpy().astype(np.float64)
 
         # predict_batch_udf passes one array per column and counts the function's parameters.

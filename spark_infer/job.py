@@ -1,6 +1,6 @@
 """The scoring job: raw Parquet or CSV in, the input's columns plus predictions out, as Parquet.
 
-    tfbridge score --model <output>/model --input raw/ --output scores/ [--master URL] [--mode error|overwrite]
+    tfbridge score --model <output>/model --input raw/ --output scores/ [--master URL] [--mode error|overwrite] [--format csv|parquet]
 
 Everything that can be wrong with the input's schema (a missing column, a type
 that does not convert, an existing output with --mode error) stops the job
@@ -30,7 +30,7 @@ from pyspark.sql import functions as F
 
 from spark_infer import column_ref, score
 from spark_infer.udf import MissingValues, ScoringModel
-from tfbridge.contracts import CSV_NULL_VALUES, DataError, ModelManifest, replace_dir
+from tfbridge.contracts import CSV_NULL_VALUES, DATA_FORMATS, DataError, ModelManifest, replace_dir
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +55,21 @@ def spark_session(master: str | None, app: str = "tfbridge-score"):
     return builder.getOrCreate()
 
 
-def read_input(spark, path: str, manifest: ModelManifest):
-    """Parquet (file or directory), or CSV read as the feature stage reads it, so that nothing is guessed.
+def input_format(path: str, fmt: str | None = None) -> str:
+    """"csv" or "parquet": as given, else CSV for a path ending in .csv."""
+    if fmt is not None and fmt not in DATA_FORMATS:
+        raise DataError(f"--format must be one of {DATA_FORMATS}, got {fmt!r}")
+    return fmt or ("csv" if path.lower().endswith(".csv") else "parquet")
+
+
+def read_input(spark, path: str, manifest: ModelManifest, fmt: str | None = None):
+    """Parquet (file, directory or glob), or CSV read as the feature stage reads it, so that nothing is guessed.
 
     CSV as RFC 4180 writes it (quoted fields may hold commas, quotes as "", newlines), every field as
     text; the model's number columns then take CSV_NULL_VALUES (empty, NA, NaN, ...) as missing and any
     other value that is not a number fails the job naming the column and the value.
     """
-    if not path.lower().endswith(".csv"):
+    if input_format(path, fmt) == "parquet":
         return spark.read.parquet(path)
     from pyspark.sql.types import StringType, StructField, StructType
 
@@ -110,7 +117,7 @@ def input_error(error: Exception, df, input_path: str) -> DataError | None:
 
 
 def run_score(model_dir: str, input_path: str, output: str, master: str | None = None, mode: str = "error",
-              id_column: str | None = None, spark=None) -> ScoreResult:
+              id_column: str | None = None, spark=None, fmt: str | None = None) -> ScoreResult:
     if mode not in MODES:
         raise DataError(f"--mode must be one of {MODES}, got {mode!r}")
     # Absolute paths: Spark's JVM resolves relative ones against its own working directory.
@@ -126,7 +133,7 @@ def run_score(model_dir: str, input_path: str, output: str, master: str | None =
     df = None
     staging = final.with_name(f".{final.name}-staging-{uuid.uuid4().hex[:8]}")
     try:
-        df = read_input(spark, input_path, model.manifest)
+        df = read_input(spark, input_path, model.manifest, fmt)
         if id_column is not None and id_column not in df.columns:
             raise DataError(f"--id-column '{id_column}' is not a column of {input_path}")
         scored = score(df, model)

@@ -77,14 +77,16 @@ def onnx_session(model):
     return make_session(model, text_ops=True)
 
 
-def check_hand_offs(layout, raw, id_column: str, scores_id_column: str, task: str, spread: float) -> None:
+def check_hand_offs(layout, raw, id_column: str, scores_id_column: str, task: str, spread: float,
+                    spark=None, parquet=None) -> None:
     """After `tfbridge run`: SavedModel vs ONNX on every raw row (regression within 1e-5 of the label's spread
     or 1e-4 relative; labels equal, probabilities within 1e-5), then the Spark scores the run wrote vs ONNX,
-    joined by id (1e-6 relative). `raw` is a pandas frame of the raw rows with the user's column names."""
+    joined by id (1e-6 relative); with `spark` and a `parquet` input, also `spark_infer.score()` on it.
+    `raw` is a pandas frame of the raw rows with the user's column names."""
     import pyarrow.parquet as pq
     import tensorflow as tf
 
-    from spark_infer import load_model
+    from spark_infer import load_model, score
 
     model = load_model(layout.model_dir)
     onnx_out = _decoded(model.predict(raw))
@@ -92,14 +94,17 @@ def check_hand_offs(layout, raw, id_column: str, scores_id_column: str, task: st
     saved_out = _decoded({k: v.numpy() for k, v in signature(**tf_inputs(model.feeds(raw))).items()})
     _assert_outputs_agree(onnx_out, saved_out, task, 1e-4, spread)
 
-    scores = pq.read_table(layout.scores_dir).to_pandas()
-    assert len(scores) == len(raw)
     position = {str(v): i for i, v in enumerate(raw[id_column])}
     assert len(position) == len(raw), "ids must be unique"
-    order = [position[str(v)] for v in scores[scores_id_column]]
-    spark_out = {"prediction": scores["prediction"].to_numpy()} if task == "regression" else {
-        "label": scores["prediction"].to_numpy(), "probabilities": list(scores["prediction_probabilities"])}
-    _assert_outputs_agree(spark_out, {k: np.asarray(v)[order] for k, v in onnx_out.items()}, task, 1e-6, spread)
+    frames = [pq.read_table(layout.scores_dir).to_pandas()]
+    if spark is not None and parquet is not None:
+        frames.append(score(spark.read.parquet(str(parquet)), model).toPandas())
+    for scores in frames:
+        assert len(scores) == len(raw)
+        order = [position[str(v)] for v in scores[scores_id_column]]
+        spark_out = {"prediction": scores["prediction"].to_numpy()} if task == "regression" else {
+            "label": scores["prediction"].to_numpy(), "probabilities": list(scores["prediction_probabilities"])}
+        _assert_outputs_agree(spark_out, {k: np.asarray(v)[order] for k, v in onnx_out.items()}, task, 1e-6, spread)
 
 
 def _assert_outputs_agree(got: dict, want: dict, task: str, rtol: float, spread: float) -> None:

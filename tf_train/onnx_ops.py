@@ -16,6 +16,8 @@ handler has its own test running the ONNX result against TF on fresh inputs.
   (ragged row lengths of tokens)      ids outside [0, n) dropped (TF drops negative segment ids
                                       and bincount values >= size, refuses the rest). tf2onnx's own
                                       lowering sorts (TopK + Unique): a quarter of the graph's time
+  RaggedTensorToSparse (token ids     row of each value by CumSum of scattered row starts; tf2onnx's
+  to the model's sparse input)        divided by the longest row: 0 in a batch of empty texts
 
 Lower-casing (StringNormalizer), vocabulary lookups (CategoryMapper) and
 regex replacement (onnxruntime-extensions' StringRegexReplace: standard ONNX
@@ -205,6 +207,49 @@ def dense_bincount(ctx, node, name, args):
     _without_spill_row(ctx, node, counts, n)
 
 
+def ragged_tensor_to_sparse(ctx, node, name, args):
+    """The sparse triple of a ragged [rows, (tokens)] tensor from its row splits, in O(rows + values).
+
+    tf2onnx's lowering enumerates rows x longest row and divides by the longest
+    row's length: a batch whose rows are all empty (every text empty or stop
+    words) made onnxruntime fail with "Integer division by zero". Here each
+    value's row is a running count of the row starts at or before it (a
+    scatter-add of the interior splits, then CumSum), its column is its
+    position minus its row's start; dense_shape is [rows, longest row], as TF
+    gives it. Deeper ragged tensors: tf2onnx's lowering.
+    """
+    from tf2onnx.onnx_opset.tensor import RaggedTensorToSparse
+
+    if len(node.input) != 2:
+        return RaggedTensorToSparse.version_11(ctx, node)
+    splits = _node(ctx, "Cast", [node.input[0]], to=TensorProto.INT64)
+    values = node.input[1]
+    end = _const(ctx, [np.iinfo(np.int64).max])
+    starts = _node(ctx, "Slice", [splits, _const(ctx, [0]), _const(ctx, [-1]), _const(ctx, [0])])
+    lengths = _node(ctx, "Sub", [_node(ctx, "Slice", [splits, _const(ctx, [1]), end, _const(ctx, [0])]), starts])
+    count = _node(ctx, "Shape", [values])  # [1]
+    interior = _node(ctx, "Slice", [splits, _const(ctx, [1]), _const(ctx, [-1]), _const(ctx, [0])])
+    n, ids = _spill_row(ctx, interior, _node(ctx, "Squeeze", [count]))  # trailing empty rows start at the end
+    ones = _filled(ctx, _node(ctx, "Shape", [ids]), 1, np.int64)
+    zeros = _filled(ctx, _node(ctx, "Add", [n, _const(ctx, [1])]), 0, np.int64)
+    marks = _node(ctx, "ScatterElements", [zeros, ids, ones], axis=0, reduction="add")
+    marks = _node(ctx, "Slice", [marks, _const(ctx, [0]), n, _const(ctx, [0])])
+    rows = _node(ctx, "CumSum", [marks, _const(ctx, 0)])
+    positions = _node(ctx, "Range", [_const(ctx, 0), _node(ctx, "Squeeze", [count]), _const(ctx, 1)])
+    columns = _node(ctx, "Sub", [positions, _node(ctx, "Gather", [starts, rows])])
+    longest = _node(ctx, "ReduceMax", [lengths], keepdims=1)  # [0] for no rows: TF gives 0 too
+    longest = _node(ctx, "Max", [longest, _const(ctx, [0])])
+    indices_out, values_out, shape_out = node.output
+    dtypes = [ctx.get_dtype(o) for o in node.output]
+    ctx.remove_node(node.name)
+    ctx.make_node("Concat", [_node(ctx, "Unsqueeze", [rows, _const(ctx, [1])]),
+                             _node(ctx, "Unsqueeze", [columns, _const(ctx, [1])])], attr={"axis": 1},
+                  outputs=[indices_out], dtypes=[dtypes[0]], shapes=[[-1, 2]])
+    ctx.make_node("Identity", [values], outputs=[values_out], dtypes=[dtypes[1]], shapes=[[-1]])
+    ctx.make_node("Concat", [_node(ctx, "Shape", [lengths]), longest], attr={"axis": 0}, outputs=[shape_out],
+                  dtypes=[dtypes[2]], shapes=[[2]])
+
+
 HANDLERS = {
     "UpperBound": (upper_bound, []),
     "Log1p": (log1p, []),
@@ -213,4 +258,5 @@ HANDLERS = {
     "StringSplitV2": (string_split_v2, []),
     "UnsortedSegmentSum": (unsorted_segment_sum, []),
     "DenseBincount": (dense_bincount, []),
+    "RaggedTensorToSparse": (ragged_tensor_to_sparse, []),
 }

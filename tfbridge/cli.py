@@ -3,7 +3,7 @@
     tfbridge features --config C [Beam pipeline options...]
     tfbridge train --config C [--workers N] [--retries R]
     tfbridge export --config C            (the SavedModel as one ONNX graph: model/model.onnx)
-    tfbridge score --model DIR --input PATH --output DIR [--master URL] [--mode error|overwrite]
+    tfbridge score --model DIR --input PATH --output DIR [--master URL] [--mode error|overwrite] [--format csv|parquet]
     tfbridge run --config C [--workers N] [Beam pipeline options...]
     tfbridge demo [--output DIR] [--workers N]
     tfbridge train-worker --config C      (one worker; the cluster from TF_CONFIG: what `python -m tf_train` runs)
@@ -76,10 +76,10 @@ def run_export_stage(config: PipelineConfig) -> None:
 
 
 def run_score_stage(model: str, input_path: str, output: str, master: str | None, mode: str,
-                    id_column: str | None = None) -> None:
+                    id_column: str | None = None, fmt: str | None = None) -> None:
     from spark_infer.job import run_score
 
-    result = run_score(model, input_path, output, master, mode, id_column)
+    result = run_score(model, input_path, output, master, mode, id_column, fmt=fmt)
     print(f"score: {result.rows:,} rows -> {result.output} ({result.seconds:.1f} s)")
 
 
@@ -101,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     parsers["score"].add_argument("--mode", default="error", choices=("error", "overwrite"),
                                   help="an existing output: stop (default) or replace it")
     parsers["score"].add_argument("--id-column", help="keep only this input column next to the predictions")
+    parsers["score"].add_argument("--format", choices=("parquet", "csv"),
+                                  help="the input's format (default: csv for a path ending in .csv, else parquet)")
     parsers["demo"] = sub.add_parser("demo", help="`run` on the built-in diamonds dataset")
     parsers["demo"].add_argument("--output", default="runs/demo", help="where the run writes (default: runs/demo)")
     for name in ("score", "run", "demo"):
@@ -115,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     try:
         if args.command == "score":
-            run_score_stage(args.model, args.input, args.output, args.master, args.mode, args.id_column)
+            run_score_stage(args.model, args.input, args.output, args.master, args.mode, args.id_column, args.format)
             return 0
         if args.command == "demo":
             config = demo_config(args.output)
@@ -134,8 +136,8 @@ def main(argv: list[str] | None = None) -> int:
             run_export_stage(config)
         if args.command in ("run", "demo"):
             # A rerun replaces its scores, as it replaces its features and model.
-            run_score_stage(str(config.layout.model_dir), config.data.path, str(config.layout.scores_dir),
-                            args.master, "overwrite")
+            run_score_stage(str(config.layout.model_dir), config.data.pattern(), str(config.layout.scores_dir),
+                            args.master, "overwrite", fmt=config.data.format)
     except (ConfigError, DataError) as e:
         print(f"tfbridge: error: {e}", file=sys.stderr)
         return 2

@@ -15,6 +15,7 @@ import keyword
 import os
 import re
 import shutil
+import unicodedata
 import uuid
 from pathlib import Path
 from typing import Any, Mapping
@@ -76,12 +77,21 @@ def graph_input_name(column: str) -> str:
     """The name a raw column has inside the transform, the SavedModel signature and the ONNX graph.
 
     The user's column names are theirs (`Home Team`, `sample.yr`, `price ($)`, `2nd_visit`, `class`,
-    `Größe`); TF accepts only some names (the signature lower-cases them, a Python keyword is not a
-    valid parameter name, an op name cannot hold spaces). Inside, a column is lower-case ASCII letters,
-    digits and single underscores, starting with a letter and never a keyword; the manifests map each
-    raw column to it, and every consumer feeds the graph through that mapping.
+    `Größe`, `価格`); TF accepts only some names (the signature lower-cases them, a Python keyword is
+    not a valid parameter name, an op name cannot hold spaces). Inside, a column is lower-case ASCII
+    letters, digits and single underscores, starting with a letter and never a keyword: accents are
+    dropped, other letters become their code point (`u4fa1`), anything else `_`. The manifests map
+    each raw column to it, and every consumer feeds the graph through that mapping.
     """
-    name = re.sub(r"[^a-z0-9]+", "_", column.lower()).strip("_")
+    letters = []
+    for char in unicodedata.normalize("NFKD", column.lower()):
+        if unicodedata.category(char) == "Mn":  # accents: é -> e
+            continue
+        if char.isascii():
+            letters.append(char if char.isalnum() else "_")
+        else:  # other scripts keep their identity: 価格 -> u4fa1_u683c, ß -> udf
+            letters.append(f"_u{ord(char):x}_" if char.isalnum() else "_")
+    name = re.sub(r"_+", "_", "".join(letters)).strip("_")
     if not name or not name[0].isalpha() or keyword.iskeyword(name) or keyword.issoftkeyword(name):
         name = f"c_{name}".rstrip("_")
     return name

@@ -239,6 +239,9 @@ def to_list_batch(table: pa.Table, columns: tuple[RawColumn, ...], schema: pa.Sc
             values = values.dictionary_decode()
         if col.dtype == "string":
             values = as_text(values)
+        elif pa.types.is_decimal(values.type):
+            # Through float64, as Spark converts them: Arrow's direct cast to float32 gives -3.5000002 for -3.5.
+            values = pc.cast(values, pa.float64())
         if col.nullable:
             present = pc.invert(pc.equal(values, "") if col.dtype == "string" else _missing_mask(values))
             offsets = np.zeros(n + 1, np.int64)

@@ -64,3 +64,94 @@ def test_schema_is_checked_before_any_job(spark, exported, rows):
         score(df.drop("text"), str(exported.layout.model_dir))
     with pytest.raises(DataError, match=r"column 'z' has type string; the model expects a number"):
         score(df.withColumn("z", df["text"]), str(exported.layout.model_dir))
+
+
+def test_integers_and_booleans_feed_categories_and_numbers(spark, tmp_path):
+    """An int64 id column and a boolean column as categories, a boolean and an int8 as numbers: trained from
+    Parquet, then scored by Spark from the same types, joined by id against onnxruntime."""
+    import pyarrow.parquet as pq
+    import yaml
+
+    from tests.helpers import check_hand_offs
+    from tfbridge.cli import main
+    from tfbridge.contracts import PipelineConfig
+
+    rng = np.random.default_rng(3)
+    n = 400
+    table = pa.table({"id": np.arange(n), "Shop ID": rng.integers(100, 110, n), "member": rng.random(n) < 0.5,
+                      "Promo": rng.random(n) < 0.2, "qty": pa.array(rng.integers(0, 9, n), pa.int8()),
+                      "y": rng.normal(0, 1, n)})
+    pq.write_table(table, tmp_path / "raw.parquet")
+    config = {"data": str(tmp_path / "raw.parquet"), "label": "y", "task": "regression", "output": str(tmp_path / "o"),
+              "features": {"Shop ID": ["vocabulary"], "member": ["vocabulary"], "Promo": ["z_score"], "qty": ["min_max"]},
+              "train": {"epochs": 1, "batch_size": 64, "hidden_units": [4], "workers": 1}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    assert main(["run", "--config", str(tmp_path / "c.yaml")]) == 0
+    layout = PipelineConfig.from_yaml(tmp_path / "c.yaml").layout
+    manifest = ModelManifest.read(layout.model_manifest_path)
+    assert manifest.inputs["Shop ID"]["dtype"] == "string" and manifest.input_names["Shop ID"] == "shop_id"
+    stats = json.loads(layout.stats_path.read_text())["features"]
+    assert stats["Shop ID"]["vocabulary_size"] == 10 and stats["member"]["vocabulary_size"] == 2
+    check_hand_offs(layout, table.to_pandas(), "id", "id", "regression", float(np.std(table.column("y"))))
+
+
+def copy_model(exported, tmp_path):
+    model_dir = tmp_path / "model"
+    shutil.copytree(exported.layout.model_dir, model_dir)
+    return model_dir
+
+
+def test_a_replaced_or_missing_graph_stops_scoring_naming_the_file(exported, tmp_path):
+    from spark_infer import load_model
+
+    model_dir = copy_model(exported, tmp_path)
+    graph = model_dir / "model.onnx"
+    graph.write_bytes(graph.read_bytes() + b"\0")
+    with pytest.raises(DataError, match=rf"{graph} has sha256 \w+, not the \w+ that .*manifest.json records"):
+        load_model(model_dir)
+    graph.unlink()
+    with pytest.raises(DataError, match=rf"{graph} is missing, but .*manifest.json records an ONNX graph"):
+        load_model(model_dir)
+
+
+def test_the_saved_model_path_checks_every_file(exported, tmp_path):
+    from spark_infer import load_model
+
+    model_dir = copy_model(exported, tmp_path)
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    manifest["onnx"] = None
+    (model_dir / "manifest.json").write_text(json.dumps(manifest))
+    assert load_model(model_dir).onnx_bytes is None
+    variables = next((model_dir / "saved_model" / "variables").glob("variables.data-*"))
+    variables.write_bytes(variables.read_bytes()[:-1] + b"\x01")
+    with pytest.raises(DataError, match=rf"{variables} does not match the sha256"):
+        load_model(model_dir)
+
+
+def test_a_crash_mid_export_leaves_the_saved_model_as_the_model(exported, tmp_path, monkeypatch):
+    """The manifest drops the old graph's entry before the new graph replaces it: a crash in between
+    leaves a manifest without a graph (scored by the SavedModel), never a graph it does not describe."""
+    import dataclasses
+    from pathlib import Path
+
+    from spark_infer import load_model
+    from tf_train.onnx_export import export_onnx
+
+    shutil.copytree(exported.layout.root, tmp_path / "out", ignore=shutil.ignore_patterns("scores"))
+    config = dataclasses.replace(exported, output=str(tmp_path / "out"))
+    before = config.layout.onnx_path.read_bytes()
+    rename = Path.replace
+
+    def crash(self, target):
+        if self.name.startswith(".model.onnx"):
+            raise OSError("crashed")
+        return rename(self, target)
+
+    monkeypatch.setattr(Path, "replace", crash)
+    with pytest.raises(OSError, match="crashed"):
+        export_onnx(config)
+    assert config.layout.onnx_path.read_bytes() == before
+    assert load_model(config.layout.model_dir).onnx_bytes is None
+    monkeypatch.setattr(Path, "replace", rename)
+    export_onnx(config)
+    assert load_model(config.layout.model_dir).onnx_bytes is not None

@@ -124,3 +124,23 @@ def test_normalized_text_is_split_without_a_whitespace_pass_of_its_own():
     got, want = run(session, text), tokens(tf.constant(text.astype(str)))
     np.testing.assert_array_equal(got[0], want[0].numpy())
     assert got[1].tolist() == [v.decode() for v in want[1].numpy()]
+
+
+@pytest.mark.parametrize("texts", [
+    ["a b c", "", "d", "", ""],  # trailing empty rows
+    ["", "", ""],  # no token in the whole batch: tf2onnx's lowering divided by zero here
+    ["", "x y", "z"],
+    ["one"],
+])
+def test_ragged_to_sparse_matches_tf_with_empty_rows_and_empty_batches(texts):
+    def to_sparse(x):
+        sparse = tf.strings.split(x).to_sparse()
+        return sparse.indices, sparse.values, sparse.dense_shape
+
+    session, ops = convert(to_sparse, tf.TensorSpec([None], tf.string))
+    assert "Div" not in ops and "ScatterElements" in ops
+    got = run(session, np.array(texts, object))
+    want = [t.numpy() for t in to_sparse(tf.constant(texts))]
+    np.testing.assert_array_equal(got[0], want[0])
+    assert [v.decode() if isinstance(v, bytes) else v for v in got[1]] == [v.decode() for v in want[1]]
+    np.testing.assert_array_equal(got[2], want[2])

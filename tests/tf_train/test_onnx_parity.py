@@ -84,7 +84,7 @@ def transform_only(exported, tmp_path_factory):
     save_raw_features_model(module, str(path))
     manifest = ModelManifest.read(layout.model_manifest_path)
     onnx_path = path.parent / "transform.onnx"
-    onnx.save(convert_saved_model(path, manifest.inputs), str(onnx_path))
+    onnx.save(convert_saved_model(path, manifest.input_names.values()), str(onnx_path))
     return path, onnx_path, manifest
 
 

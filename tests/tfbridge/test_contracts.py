@@ -2,8 +2,8 @@
 
 import pytest
 
-from tfbridge.contracts import (ConfigError, PipelineConfig, TrainConfig, TransformStep, parse_stat_output_name,
-                                stat_output_name)
+from tfbridge.contracts import (ConfigError, PipelineConfig, TrainConfig, TransformStep, graph_input_name,
+                                parse_stat_output_name, stat_output_name)
 
 BASE = {"data": {"path": "d.parquet"}, "label": "price", "task": "regression",
         "features": {"carat": ["box_cox", "z_score"]}, "output": "runs/x"}
@@ -69,3 +69,16 @@ def test_yaml_is_read_with_safe_load(tmp_path):
 def test_stat_output_names_round_trip():
     assert parse_stat_output_name(stat_output_name("my__col", "mean")) == ("my__col", "mean")
     assert parse_stat_output_name("carat") is None
+
+
+@pytest.mark.parametrize("column, name", [
+    ("Home Team", "home_team"), ("sample.yr", "sample_yr"), ("price ($)", "price"), ("2nd_visit", "c_2nd_visit"),
+    ("class", "c_class"), ("lambda", "c_lambda"), ("match", "c_match"), ("Größe", "gro_udf_e"), ("café", "cafe"),
+    ("価格", "u4fa1_u683c"), ("", "c"), ("_private", "private"), ("Action", "action"),
+])
+def test_graph_input_names_are_valid_tf_and_python_names(column, name):
+    import keyword
+
+    assert graph_input_name(column) == name
+    assert name.isidentifier() and name.isascii() and name == name.lower() and name[0].isalpha()
+    assert not keyword.iskeyword(name) and not keyword.issoftkeyword(name)

@@ -10,7 +10,8 @@ first (R's NA as null), so both readers are on the path. Per table:
 - raw -> TFT: each step's statistics in stats.json against pandas on the raw rows;
 - SavedModel vs ONNX on every raw row: regression within 1e-5 of the label's spread or 1e-4
   relative, classification labels equal and probabilities within 1e-5;
-- ONNX vs the Spark scores that `tfbridge run` wrote, joined by row name: the same, 1e-6.
+- ONNX vs the Spark scores that `tfbridge run` wrote (and, for Parquet, `spark_infer.score()`),
+  joined by row name: the same, 1e-6.
 """
 
 from __future__ import annotations
@@ -153,7 +154,8 @@ def test_real_table_through_every_hand_off(name, tmp_path, spark):
     assert check_statistics(raw, spec["features"], stats) >= 2
 
     spread = float(raw[spec["label"]].std()) if spec["task"] == "regression" else 1.0
-    check_hand_offs(layout, raw, "" if id_column == "_c0" else id_column, id_column, spec["task"], spread)
+    check_hand_offs(layout, raw, "" if id_column == "_c0" else id_column, id_column, spec["task"], spread,
+                    spark, data if spec["format"] == "parquet" else None)
 
 
 def test_a_label_with_missing_values_is_named(tmp_path, capsys):

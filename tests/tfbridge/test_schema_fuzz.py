@@ -1,8 +1,8 @@
 """A schema fuzzer: random tables (names, dtypes, nulls, empty strings, unicode) through `tfbridge run`.
 
-Each example is a Parquet table of a few hundred rows whose column names mix case, dots, spaces,
-unicode, leading digits and Python keywords, with float, int, bool and string columns holding
-nulls, NaN, "" and non-ASCII text. A config is built from the dtypes; names that collide once
+Each example is a Parquet or CSV table of a few hundred rows whose column names mix case, dots,
+spaces, unicode, leading digits and Python keywords, with float, decimal, int, bool and string
+columns holding nulls, NaN, "" and non-ASCII text. A config is built from the dtypes; names that collide once
 sanitised must stop at config time naming both; otherwise features -> 1-epoch training -> export ->
 Spark scoring runs and every hand-off agrees (tests.helpers.check_hand_offs).
 
@@ -11,10 +11,12 @@ CI runs a few seeded examples; TFBRIDGE_FUZZ_EXAMPLES=N runs N (e.g. 100 for a l
 
 from __future__ import annotations
 
+import decimal
 import os
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -22,12 +24,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.helpers import check_hand_offs
+from tests.tfbridge.test_real_tables import read_raw
 from tfbridge.cli import main
-from tfbridge.contracts import ConfigError, PipelineConfig, graph_input_names
+from tfbridge.contracts import ConfigError, PipelineConfig, graph_input_name, graph_input_names
 
 ROWS = 240
 EXAMPLES = int(os.environ.get("TFBRIDGE_FUZZ_EXAMPLES", "3"))
-KINDS = ("float", "float_nulls", "int_number", "int_category", "bool", "category", "category_nulls", "text")
+KINDS = ("float", "float_nulls", "decimal", "int_number", "int_category", "bool", "category", "category_nulls", "text")
 WORDS = ["Good", "price!", "don't", "naïve", "café", "Größe", "été", "x.y", "a,b", "\ttab", "ÆØÅ", "the", ""]
 
 name_part = st.one_of(st.sampled_from(["class", "lambda", "Price", "sample.yr", "Home Team", "2nd_visit", "Größe",
@@ -37,8 +40,8 @@ columns = st.lists(st.tuples(name_part, st.sampled_from(KINDS)), min_size=1, max
                    unique_by=lambda c: c[0])
 
 
-def make_column(kind: str, rng: np.random.Generator) -> tuple[pa.Array, list]:
-    """The column's values and its config steps."""
+def make_column(kind: str, rng: np.random.Generator, fmt: str) -> tuple[pa.Array, list]:
+    """The column's values and its config steps (a CSV has no booleans: there they are the text true/false)."""
     nulls = rng.random(ROWS) < 0.1
     if kind in ("float", "float_nulls"):
         values = rng.normal(0, 1, ROWS) * rng.choice([1.0, 1e6, 1e-6])
@@ -49,8 +52,12 @@ def make_column(kind: str, rng: np.random.Generator) -> tuple[pa.Array, list]:
     if kind in ("int_number", "int_category"):
         values = pa.array(rng.integers(-3, 9, ROWS), type=rng.choice([pa.int8(), pa.int32(), pa.int64()]))
         return values, ["min_max"] if kind == "int_number" else ["vocabulary"]
+    if kind == "decimal":
+        values = [decimal.Decimal(f"{v:.3f}") for v in rng.normal(0, 50, ROWS)]
+        return pa.array(values, pa.decimal128(12, 3), mask=nulls), [{"impute": "mean"}, "z_score"]
     if kind == "bool":
-        return pa.array(rng.random(ROWS) < 0.3), [rng.choice(["z_score", "vocabulary"]).item()]
+        return pa.array(rng.random(ROWS) < 0.3), [rng.choice(["z_score", "vocabulary"]).item() if fmt == "parquet"
+                                                  else "vocabulary"]
     if kind == "text":
         text = [" ".join(rng.choice(WORDS, rng.integers(0, 5))) for _ in range(ROWS)]
         return pa.array(text, mask=nulls), [{"normalize_text": {"stopwords": "english"}}, "vocabulary"]
@@ -62,17 +69,21 @@ def make_column(kind: str, rng: np.random.Generator) -> tuple[pa.Array, list]:
 
 @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(columns=columns, seed=st.integers(0, 2**16))
-def test_random_schemas_hold_parity(columns, seed, tmp_path_factory, spark, capsys):
+@given(columns=columns, fmt=st.sampled_from(["parquet", "csv"]), seed=st.integers(0, 2**16))
+def test_random_schemas_hold_parity(columns, fmt, seed, tmp_path_factory, spark, capsys):
     rng = np.random.default_rng(seed)
     root = tmp_path_factory.mktemp("fuzz")
     arrays, features = {"row id": pa.array(np.arange(ROWS))}, {}
     for name, kind in columns:
-        arrays[name], features[name] = make_column(kind, rng)
+        arrays[name], features[name] = make_column(kind, rng, fmt)
     label = "Target.Value"
     arrays[label] = pa.array(rng.normal(10, 3, ROWS))
-    pq.write_table(pa.table(arrays), root / "raw.parquet")
-    config = {"data": {"path": str(root / "raw.parquet")}, "label": label, "task": "regression",
+    data = root / f"raw.{fmt}"
+    if fmt == "parquet":
+        pq.write_table(pa.table(arrays), data)
+    else:
+        pacsv.write_csv(pa.table(arrays), data)
+    config = {"data": {"path": str(data)}, "label": label, "task": "regression",
               "features": features, "output": str(root / "out"), "split": {"eval_fraction": 0.2},
               "train": {"epochs": 1, "batch_size": 32, "hidden_units": [4], "workers": 1}}
     (root / "c.yaml").write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
@@ -80,11 +91,14 @@ def test_random_schemas_hold_parity(columns, seed, tmp_path_factory, spark, caps
         graph_input_names([label, *features], "fuzz")
     except ConfigError as collision:
         assert main(["run", "--config", str(root / "c.yaml")]) == 2
-        assert str(collision).split(": ", 1)[1] in capsys.readouterr().err
+        err = capsys.readouterr().err
+        graph_names = [graph_input_name(c) for c in [label, *features]]
+        colliding = [c for c, g in zip([label, *features], graph_names) if graph_names.count(g) > 1]
+        assert "both become" in err and sum(f"'{c}'" in err for c in colliding) >= 2, (str(collision), err)
         return
     assert main(["run", "--config", str(root / "c.yaml")]) == 0
     layout = PipelineConfig.from_yaml(root / "c.yaml").layout
-    raw = pq.read_table(root / "raw.parquet").to_pandas()
+    raw = read_raw(data, fmt)
     check_hand_offs(layout, raw, "row id", "row id", "regression", float(raw[label].std()))
 
 

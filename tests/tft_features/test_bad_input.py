@@ -49,6 +49,12 @@ def run_cli(config_path, capsys) -> tuple[int, str]:
     ({"c": ["vocabulary", "one_hot"]}, {}, ["one_hot needs a fixed width"]),
     ({"x": ["z_score", {"impute": "mean"}]}, {}, ["impute must be the first step"]),
     ({"x": [{"bucketize": {"num_buckets": 4, "boundaries": [1.0]}}]}, {}, ["either num_buckets", "boundaries (fixed)"]),
+    ({"t": ["z_score"]}, {"t": pa.array(np.arange(200), pa.timestamp("s"))},
+     ["column 't'", "has type timestamp[", "convert dates and times to numbers"]),
+    ({"t": ["vocabulary"]}, {"t": pa.array([[1, 2]] * 200)}, ["column 't'", "has type list<"]),
+    ({"x": ["vocabulary"]}, {}, ["column 'x'", "has type double", "categories and text are read from strings, "
+                                "integers or booleans", "cast the column first"]),
+    ({"x": ["z_score"]}, {"y": pa.array([None] * 5 + [1.0] * 195)}, ["the label 'y' has 5 missing values"]),
 ])
 def test_bad_input_stops_before_any_output(tmp_path, capsys, features, table_changes, needles):
     pq.write_table(small_table(**table_changes), tmp_path / "data.parquet")
