@@ -20,7 +20,8 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from tfbridge.contracts import DataError, FeatureOutput, FeaturesManifest, PipelineConfig, TrainConfig
+from tfbridge.contracts import (DataError, FeatureOutput, FeaturesManifest, PipelineConfig, TrainConfig,
+                                graph_input_name, graph_input_names)
 
 log = logging.getLogger(__name__)
 
@@ -80,12 +81,16 @@ def load_training_data(config: PipelineConfig) -> TrainingData:
         if output.kind not in MODEL_KINDS:
             raise DataError(f"feature '{name}' ends as {output.kind} (strings), which a model cannot take: "
                             f"end its steps with a vocabulary, in {config.source}")
-        if output.kind in ("ids", "token_ids") and output.width is None:
+        if output.kind == "token_ids" and output.width is None:
+            raise DataError(f"feature '{name}' holds lists of integer ids of unknown range: make them with a TFT "
+                            f"vocabulary (or bucketize) so the model knows the range, in {config.source}")
+        if output.kind == "ids" and output.width is None:
             log.warning("train: feature '%s' holds integer ids of unknown range: fed as a number", name)
             output = FeatureOutput("number")
         features[name] = output
     if not features:
         raise DataError(f"{layout.features_manifest_path} lists no features for the model")
+    graph_input_names(features, f"{layout.features_manifest_path}: transformed features")
     train_rows = int(manifest.rows["train"])
     if train_rows < config.train.batch_size:
         raise DataError(f"the train split has {train_rows} rows, fewer than train.batch_size "
@@ -149,7 +154,7 @@ def parse_spec(data: TrainingData) -> dict:
             spec[name] = tf.io.VarLenFeature(tf.int64)
         elif output.kind == "vector":
             spec[name] = tf.io.FixedLenFeature([output.width], tf.float32)
-        elif output.kind == "ids":
+        elif output.kind == "ids" or data.manifest.outputs[name].kind == "ids":  # ids of unknown range: numbers
             spec[name] = tf.io.FixedLenFeature([], tf.int64)
         else:
             spec[name] = tf.io.FixedLenFeature([], tf.float32)
@@ -161,7 +166,8 @@ def model_inputs(transformed: dict, features: dict[str, FeatureOutput]) -> dict:
     """Transformed tensors (from parse_example or the TFT layer) as the model's inputs.
 
     Token ids come as a SparseTensor; the model takes them dense, padded with PAD_ID.
-    Number features the manifest typed as ids of unknown range are cast to float.
+    Number features the manifest typed as ids of unknown range are cast to float. Keys are the
+    features' graph input names, as the model's inputs are named.
     """
     out = {}
     for name, output in features.items():
@@ -170,7 +176,7 @@ def model_inputs(transformed: dict, features: dict[str, FeatureOutput]) -> dict:
             x = tf.sparse.to_dense(x, default_value=PAD_ID)
         elif output.kind == "number":
             x = tf.cast(x, tf.float32)
-        out[name] = x
+        out[graph_input_name(name)] = x
     return out
 
 

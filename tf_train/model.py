@@ -20,7 +20,7 @@ import tensorflow as tf
 import tensorflow_transform as tft
 import tf_keras
 
-from tfbridge.contracts import FeatureOutput, FeaturesManifest, TrainConfig
+from tfbridge.contracts import FeatureOutput, FeaturesManifest, TrainConfig, graph_input_name
 from tf_train.data import PAD_ID, LabelSpec, model_inputs, tf_dtype
 
 
@@ -68,7 +68,8 @@ class PooledEmbedding(IdEmbedding):
 
 def build_model(features: dict[str, FeatureOutput], label: LabelSpec, config: TrainConfig) -> tf_keras.Model:
     inputs, parts = {}, []
-    for name, output in sorted(features.items()):
+    for feature, output in sorted(features.items()):
+        name = graph_input_name(feature)  # a user's preprocessing_fn may name its outputs anything
         if output.kind == "number":
             inputs[name] = tf_keras.Input(shape=(), dtype=tf.float32, name=name)
             parts.append(tf_keras.layers.Reshape((1,), name=f"{name}_column")(inputs[name]))

@@ -227,9 +227,13 @@ def _run_beam(config, raw: inputs.RawData, prep: _Preprocessing, staging: Path,
 
 
 def _feature_outputs(features_dir: Path, stats_path: Path, label: str, plan) -> dict:
-    spec = materialized_feature_spec(tft.TFTransformOutput(str(features_dir)).transformed_feature_spec())
+    transform_output = tft.TFTransformOutput(str(features_dir))
+    spec = materialized_feature_spec(transform_output.transformed_feature_spec())
     spec.pop(graph_input_name(label), None)
-    return preprocessing.feature_outputs(spec, plan, json.loads(stats_path.read_text()))
+    # TFT records an id range for its vocabulary and bucket outputs (what a user's preprocessing_fn makes).
+    id_ranges = {f.name: f.int_domain.max + 1 for f in transform_output.transformed_metadata.schema.feature
+                 if f.HasField("int_domain") and f.int_domain.min == 0 and f.int_domain.HasField("max")}
+    return preprocessing.feature_outputs(spec, plan, json.loads(stats_path.read_text()), id_ranges)
 
 
 def _is_stat(name: str) -> bool:

@@ -361,12 +361,13 @@ def _apply_step(x, col: ColumnPlan, index: int, step: TransformStep, inputs: dic
         return STEPS[step.name].build(x, name, **params)
 
 
-def feature_outputs(spec: Mapping[str, Any], plan: FeaturePlan | None,
-                    stats: Mapping[str, Any]) -> dict[str, FeatureOutput]:
+def feature_outputs(spec: Mapping[str, Any], plan: FeaturePlan | None, stats: Mapping[str, Any],
+                    id_ranges: Mapping[str, int]) -> dict[str, FeatureOutput]:
     """What each materialized feature is, for the trainer: kind from the spec, id range from plan and stats.
 
     `spec` is the transformed feature spec less statistics and label. With no
-    plan (a user's preprocessing_fn) an integer feature's id range is unknown.
+    plan (a user's preprocessing_fn) an integer feature's id range is TFT's
+    (`id_ranges`, from the transformed schema's int domains), else unknown.
     """
     chains = {c.key: c for c in plan.columns} if plan else {}
     outputs = {}
@@ -384,7 +385,8 @@ def feature_outputs(spec: Mapping[str, Any], plan: FeaturePlan | None,
                 column_stats = stats.get("features", {}).get(chains[name].column, {})
                 if width is None and "vocabulary_size" in column_stats:
                     width = int(column_stats["vocabulary_size"]) + max(int(column_stats["num_oov_buckets"]), 1)
-            outputs[name] = FeatureOutput(IDS if fixed and not feature.shape else TOKEN_IDS, width)
+            outputs[name] = FeatureOutput(IDS if fixed and not feature.shape else TOKEN_IDS,
+                                          width or id_ranges.get(name))
     return outputs
 
 

@@ -170,3 +170,21 @@ def test_a_label_with_missing_values_is_named(tmp_path, capsys):
     assert main(["features", "--config", str(tmp_path / "c.yaml")]) == 2
     assert "the label 'vote' has 168 missing values (null or NaN) out of 2700 rows" in capsys.readouterr().err
     assert not (tmp_path / "out" / "features").exists()
+
+
+def test_a_users_preprocessing_fn_sees_and_makes_awkward_names(tmp_path, spark):
+    """`preprocessing_fn` reads `Home Team` and `price ($)` by the user's names and returns `Home Team ids` and
+    `price (z)`: trained, exported and scored like the built-in plan, every hand-off checked."""
+    rng = np.random.default_rng(8)
+    n = 300
+    table = pa.table({"id": np.arange(n), "Home Team": rng.choice(["Ajax", "PSV", "AZ"], n),
+                      "price ($)": rng.lognormal(2, 1, n), "Goals": rng.poisson(2, n).astype(np.float64)})
+    pq.write_table(table, tmp_path / "raw.parquet")
+    config = {"data": str(tmp_path / "raw.parquet"), "label": "Goals", "task": "regression",
+              "preprocessing_fn": "tests.tft_features.user_fns:awkward_names", "output": str(tmp_path / "out"),
+              "train": {"epochs": 1, "batch_size": 64, "hidden_units": [4], "workers": 1}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    assert main(["run", "--config", str(tmp_path / "c.yaml")]) == 0
+    layout = PipelineConfig.from_yaml(tmp_path / "c.yaml").layout
+    check_hand_offs(layout, table.to_pandas(), "id", "id", "regression", float(np.std(table.column("Goals"))),
+                    spark, tmp_path / "raw.parquet")
