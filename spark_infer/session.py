@@ -10,8 +10,9 @@ stayed as it was, and predictions changed). Loading the library with
 RTLD_DEEPBIND makes it use its own RE2. A process may already hold the library
 bound the wrong way (`import onnxruntime_extensions` after TensorFlow loads
 it as a Python module), and dlopen hands back a loaded library as it is, so
-the scorer loads a private copy of the file (content-addressed under the temp
-directory), which is always a fresh load.
+the scorer loads a private copy of the file (content-addressed, in a directory
+of the temp directory that only this user may write, its bytes checked against
+the installed library before each load), which is always a fresh load.
 
 Every session that registers the library first proves it on known strings
 (`check_text_ops`): wrong tokens stop scoring with an error that says why.
@@ -53,10 +54,16 @@ def text_ops_library() -> str:
         package = Path(list(spec.submodule_search_locations)[0])
         source = next(p for p in package.iterdir() if p.name.startswith("_extensions_pydll") and p.suffix == ".so")
         data = source.read_bytes()
-        copy = (Path(tempfile.gettempdir()) / f"tfbridge-{os.getuid()}"
-                / f"ortextensions-{hashlib.sha256(data).hexdigest()[:16]}.so")
-        if not copy.exists():
-            copy.parent.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256(data).hexdigest()
+        directory = Path(tempfile.gettempdir()) / f"tfbridge-{os.getuid()}"
+        directory.mkdir(mode=0o700, exist_ok=True)
+        info = directory.stat()
+        if info.st_uid != os.getuid() or info.st_mode & 0o022:
+            raise TextOpsError(f"{directory} is not a private directory of this user: refusing to load a library "
+                               f"from it")
+        copy = directory / f"ortextensions-{digest[:16]}.so"
+        # Code is loaded from this file: it must hold exactly the installed library's bytes.
+        if not copy.exists() or hashlib.sha256(copy.read_bytes()).hexdigest() != digest:
             staging = copy.with_name(f".{copy.name}.{uuid.uuid4().hex[:8]}")
             staging.write_bytes(data)
             os.replace(staging, copy)
