@@ -30,7 +30,8 @@ def main() -> None:
     import json
 
     from tf_train.launcher import launch
-    from tfbridge.cli import demo_config, setup_logging
+    from tfbridge.cli import demo_config
+    from tfbridge.jobs import setup_logging
     from tft_features.pipeline import run_features
 
     setup_logging()

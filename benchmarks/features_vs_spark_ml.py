@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tfbridge.cli import setup_logging  # noqa: E402
+from tfbridge.jobs import setup_logging  # noqa: E402
 from tfbridge.contracts import PipelineConfig  # noqa: E402
 from tfbridge.datasets import write_synthetic  # noqa: E402
 

@@ -205,7 +205,7 @@ def main() -> None:
         return
 
     from tfbridge.cli import main as tfbridge
-    from tfbridge.cli import setup_logging
+    from tfbridge.jobs import setup_logging
     from tfbridge.datasets import write_synthetic
 
     setup_logging()

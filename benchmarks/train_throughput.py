@@ -94,7 +94,7 @@ def main() -> None:
     parser.add_argument("--data-dir", help="reuse synthetic Parquet written here (made if missing)")
     parser.add_argument("--floor", nargs=2, metavar=("CONFIG", "STEPS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    from tfbridge.cli import setup_logging
+    from tfbridge.jobs import setup_logging
 
     setup_logging()
     if args.floor:

@@ -153,3 +153,22 @@ def run_score(model_dir: str, input_path: str, output: str, master: str | None =
     seconds = time.monotonic() - start
     log.info("score: %s rows -> %s in %.1f s", f"{rows:,}", final, seconds)
     return ScoreResult(final, rows, seconds)
+
+
+def add_score_arguments(parser) -> None:
+    """The scoring job's options, for `python -m spark_infer` and `tfbridge score` alike."""
+    parser.add_argument("--model", required=True, help="the training stage's <output>/model")
+    parser.add_argument("--input", required=True, help="raw Parquet (file, directory, glob) or CSV")
+    parser.add_argument("--output", required=True, help="Parquet directory to write")
+    parser.add_argument("--mode", default="error", choices=MODES, help="an existing output: stop (default) or replace it")
+    parser.add_argument("--id-column", help="keep only this input column next to the predictions")
+    parser.add_argument("--format", choices=DATA_FORMATS,
+                        help="the input's format (default: csv for a path ending in .csv, else parquet)")
+    parser.add_argument("--master", help="Spark master URL (default local[*], or spark-submit's)")
+
+
+def score_job(model: str, input_path: str, output: str, master: str | None, mode: str,
+              id_column: str | None = None, fmt: str | None = None) -> None:
+    """The stage as a job (`python -m spark_infer`, `tfbridge score`): score, report one line."""
+    result = run_score(model, input_path, output, master, mode, id_column, fmt=fmt)
+    print(f"score: {result.rows:,} rows -> {result.output} ({result.seconds:.1f} s)")

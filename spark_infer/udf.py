@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import pandas as pd
 
+from spark_infer import testing
 from tfbridge.contracts import DataError, ModelFiles, ModelManifest, file_sha256
 
 _SESSIONS: dict[str, object] = {}  # per Python worker: model key -> session (or loaded SavedModel)
@@ -195,22 +195,6 @@ def saved_model_signature(key: str, path: str):
     return signature
 
 
-FAULT_ONCE_ENV = "TFBRIDGE_SCORE_FAULT_ONCE"
-
-
-def _maybe_fail_once() -> None:
-    """Fault injection for the retry test: with TFBRIDGE_SCORE_FAULT_ONCE=<path>, the first batch of the
-    first worker to create <path> kills that Python worker (as a crash would), once."""
-    marker = os.environ.get(FAULT_ONCE_ENV)
-    if not marker:
-        return
-    try:
-        os.close(os.open(marker, os.O_CREAT | os.O_EXCL))
-    except FileExistsError:
-        return
-    os._exit(3)
-
-
 def result_type(manifest: ModelManifest) -> str:
     if manifest.task == "regression":
         return "double"
@@ -238,12 +222,12 @@ def predictor(model: ScoringModel, model_bytes, threads: int, use_gpu: bool):
 
     def predict_value(batches: Iterator[pd.DataFrame]) -> Iterator[pd.Series]:
         for batch in batches:
-            _maybe_fail_once()
+            testing.fail_once_if_asked()
             yield pd.Series(run(batch)["prediction"].astype(np.float64))
 
     def predict_class(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         for batch in batches:
-            _maybe_fail_once()
+            testing.fail_once_if_asked()
             out = run(batch)
             labels = [v.decode() if isinstance(v, bytes) else v for v in out["label"].tolist()]
             yield pd.DataFrame({"label": labels, "probabilities": list(out["probabilities"].astype(np.float64))})

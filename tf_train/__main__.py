@@ -1,12 +1,8 @@
-"""`python -m tf_train --config C`: one training worker, the cluster from TF_CONFIG (see tf_train.worker).
-
-`python -m tf_train export --config C`: the export stage (model/model.onnx), e.g. as a cluster's last step.
-"""
+"""`python -m tf_train --config C`: one training worker, the cluster from TF_CONFIG (see tf_train.worker)."""
 
 import sys
 
-from tfbridge.cli import main
+from tfbridge.jobs import run_config_job
 
 if __name__ == "__main__":
-    args = sys.argv[1:]
-    sys.exit(main(args if args[:1] == ["export"] else ["train-worker", *args]))
+    sys.exit(run_config_job("python -m tf_train", __doc__, "tf_train.worker:run_worker"))

@@ -146,3 +146,12 @@ def _run_cluster(command: list[str], workers: int, out):
     finally:
         for w in procs:
             w.stop()
+
+
+def train_job(config: PipelineConfig, workers: int | None, retries: int) -> None:
+    """`tfbridge train`: the embedded cluster, then one line with the eval metrics."""
+    start = time.monotonic()
+    launch(config, workers or config.train.workers, retries)
+    metrics = json.loads(config.layout.metrics_path.read_text())
+    print(f"train: {config.layout.saved_model_dir} ({time.monotonic() - start:.1f} s); "
+          f"eval {json.dumps(metrics['eval'])}")

@@ -31,7 +31,7 @@ CSV_NULL_VALUES = ("", "NA", "N/A", "NaN", "nan", "null", "NULL")
 # normalize_text's punctuation pass, shared by the transform, its ONNX lowering and the scorer's self-check.
 # ASCII punctuation; apostrophes are deleted first (don't -> dont), the rest become spaces. Tabs and
 # newlines become spaces in the same pass: the split does not change, and the ONNX export, whose
-# split breaks on spaces only, needs no replace pass of its own (tf_train.onnx_ops.string_split_v2).
+# split breaks on spaces only, needs no replace pass of its own (onnx_export.lowerings.string_split_v2).
 PUNCTUATION_AND_WHITESPACE = r"""[!"#$%&()*+,\-./:;<=>?@\[\\\]^_`{|}~\t\n\v\f\r]"""
 
 # Analyzer results travel inside the transform_fn as outputs with this prefix
@@ -67,6 +67,10 @@ class DataError(ValueError):
 
 class TrainingError(RuntimeError):
     """A training worker died with no retry left: the message names it and quotes its last log lines."""
+
+
+class StageError(RuntimeError):
+    """A stage cannot do its work on valid input (e.g. an op with no ONNX lowering): the message says what to change."""
 
 
 class BrokenRuntimeError(RuntimeError):

@@ -2,7 +2,7 @@
 
 import sys
 
-from tfbridge.cli import main
+from tfbridge.jobs import run_config_job
 
 if __name__ == "__main__":
-    sys.exit(main(["features", *sys.argv[1:]]))
+    sys.exit(run_config_job("python -m tft_features", __doc__, "tft_features.pipeline:features_job", beam_args=True))

@@ -368,3 +368,9 @@ def _name_shards(written: list[str], directory: Path, split: str) -> int:
             pass
     log.info("features: %s: %d shard files (%d written, %d empty)", split, count, len(written), count - len(written))
     return count
+
+
+def features_job(config: PipelineConfig, beam_args: list[str] | None = None) -> None:
+    """The stage as a job (`python -m tft_features`, `tfbridge features`): run it, report one line."""
+    result = run_features(config, beam_args)
+    print(f"features: {result.rows} rows -> {result.features_dir} ({result.seconds:.1f} s)")

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from spark_infer.session import PROBE_TEXT, expected_text
-from tests.tf_train.test_onnx_parity import fresh_rows
+from tests.onnx_export.test_parity import fresh_rows
 
 TEXTS = [*PROBE_TEXT, "Great price!!! Don't\tbuy\n it...", "ÆØÅ—naïve, café's", "a'b'c", "  \t ", "x_y-z/w"]
 

@@ -20,7 +20,7 @@ import pyspark
 import pytest
 
 from spark_infer.job import run_score
-from tests.tf_train.test_onnx_parity import fresh_rows
+from tests.onnx_export.test_parity import fresh_rows
 from tfbridge.contracts import DataError, ModelManifest
 
 

@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from spark_infer import score
 from tests.helpers import onnx_session, serving_inputs, tf_inputs
-from tests.tf_train.test_onnx_parity import fresh_rows
+from tests.onnx_export.test_parity import fresh_rows
 from tfbridge.contracts import DataError, ModelManifest
 
 
@@ -135,7 +135,7 @@ def test_a_crash_mid_export_leaves_the_saved_model_as_the_model(exported, tmp_pa
     from pathlib import Path
 
     from spark_infer import load_model
-    from tf_train.onnx_export import export_onnx
+    from onnx_export.convert import export_onnx
 
     shutil.copytree(exported.layout.root, tmp_path / "out", ignore=shutil.ignore_patterns("scores"))
     config = dataclasses.replace(exported, output=str(tmp_path / "out"))

@@ -27,7 +27,7 @@ import yaml
 from tests.helpers import decode_split, onnx_session, serving_inputs, tf_inputs
 from tf_train.data import load_training_data
 from tf_train.launcher import launch
-from tf_train.onnx_export import export_onnx
+from onnx_export.convert import export_onnx
 from tfbridge.cli import main
 from tfbridge.contracts import DataError, ModelManifest, PipelineConfig
 from tfbridge.datasets import synthetic_table

@@ -16,7 +16,7 @@ import yaml
 
 from spark_infer import load_model, score
 from tests.helpers import decode_split, tf_inputs
-from tests.tf_train.test_onnx_parity import fresh_rows
+from tests.onnx_export.test_parity import fresh_rows
 from tfbridge.cli import main
 from tfbridge.contracts import PipelineConfig
 

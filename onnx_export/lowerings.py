@@ -30,13 +30,13 @@ import numpy as np
 from onnx import TensorProto, numpy_helper
 from tf2onnx import utils
 
-from tfbridge.contracts import PUNCTUATION_AND_WHITESPACE, DataError
+from tfbridge.contracts import PUNCTUATION_AND_WHITESPACE, StageError
 
 
 EXTENSIONS_DOMAIN = "ai.onnx.contrib"  # onnxruntime-extensions
 
 
-class UnsupportedOp(DataError):
+class UnsupportedOp(StageError):
     """A TF op of the serving graph that a handler refuses to lower (the message says why and what to change)."""
 
 

@@ -2,7 +2,7 @@
 
 tf2onnx converts the SavedModel's serving signature (converting from the saved
 model, not a tf.function, is what lets TFT's vocabulary tables become
-CategoryMapper nodes), with our handlers (`tf_train.onnx_ops`) for the ops it
+CategoryMapper nodes), with our handlers (`onnx_export.lowerings`) for the ops it
 lacks. The graph uses opset 20 (standard StringSplit) plus
 onnxruntime-extensions for regex replacement in text normalisation; the
 scorer registers that library. An op nobody lowers stops the export with its
@@ -14,12 +14,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
+import time
 from pathlib import Path
 
 import onnx
 
-from tf_train.onnx_ops import EXTENSIONS_DOMAIN, HANDLERS, UnsupportedOp
-from tfbridge.contracts import DataError, ModelManifest, OnnxGraph, PipelineConfig, file_sha256
+from onnx_export.lowerings import EXTENSIONS_DOMAIN, HANDLERS, UnsupportedOp
+from tfbridge.contracts import ModelManifest, OnnxGraph, PipelineConfig, StageError, file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ OPSET = 20
 ONNX_IR_VERSION = 9  # opset 20
 
 
-class ExportError(DataError):
+class ExportError(StageError):
     """The serving graph has an op with no ONNX lowering: names the op and its feature."""
 
 
@@ -145,3 +146,10 @@ def _signature(values) -> dict[str, dict]:
         out[value.name] = {"dtype": "string" if dtype.kind == "O" else dtype.name,
                            "shape": [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]}
     return out
+
+
+def export_job(config: PipelineConfig) -> None:
+    """The stage as a job (`python -m onnx_export`, `tfbridge export`): export, report one line."""
+    start = time.monotonic()
+    path = export_onnx(config)
+    print(f"export: {path} ({time.monotonic() - start:.1f} s)")

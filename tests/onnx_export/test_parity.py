@@ -20,7 +20,7 @@ from tests.helpers import all_features, onnx_session, serving_inputs, tf_inputs,
 from tests.tft_features.test_pipeline_parity import FIXED_BOUNDARIES, make_table
 from tf_train.data import model_inputs
 from tf_train.model import RawFeaturesModel, save_raw_features_model
-from tf_train.onnx_export import ExportError, convert_saved_model
+from onnx_export.convert import ExportError, convert_saved_model
 from tfbridge.contracts import FeaturesManifest, ModelManifest
 
 

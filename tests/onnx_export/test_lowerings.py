@@ -1,4 +1,4 @@
-"""Each ONNX lowering of tf_train.onnx_ops, run in onnxruntime against TF on fresh inputs and edge values."""
+"""Each ONNX lowering of onnx_export.lowerings, run in onnxruntime against TF on fresh inputs and edge values."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import tensorflow as tf
 import tf2onnx
 
 from tests.helpers import onnx_session
-from tf_train.onnx_export import convert_graph
-from tf_train.onnx_ops import UnsupportedOp
+from onnx_export.convert import convert_graph
+from onnx_export.lowerings import UnsupportedOp
 
 
 def convert(fn, *specs):

@@ -1,0 +1,89 @@
+"""The public scoring API: `score`, `scoring_udf`, `model_inputs`, `load_model` (re-exported by the package)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tfbridge.contracts import DataError
+
+
+def load_model(model_dir: str | Path):
+    """The exported model, checked against its manifest (sha256), for `predict(batch)` in this process:
+
+        model = load_model("runs/demo/model")
+        outputs = model.predict(pandas_frame_or_arrow_table)   # {"prediction": ...}
+    """
+    from spark_infer.udf import ScoringModel
+
+    return ScoringModel.load(model_dir)
+
+
+def scoring_udf(model_path: str | Path, *, threads: int | None = None, use_gpu: bool = False):
+    """A pandas UDF (iterator form) over `model_inputs(model)`: the ONNX graph, or the SavedModel without one.
+
+    threads: intra-op threads per session, default `spark.task.cpus` (1).
+    use_gpu: use CUDA when the executor's onnxruntime has it.
+    """
+    from spark_infer.udf import ScoringModel
+
+    return _udf(ScoringModel.load(model_path), threads, use_gpu)
+
+
+def _udf(model, threads: int | None, use_gpu: bool):
+    from pyspark.sql import SparkSession
+    from pyspark.sql.functions import pandas_udf
+
+    from spark_infer.udf import predictor, result_type
+
+    spark = SparkSession.getActiveSession()
+    if spark is None:
+        raise RuntimeError("scoring_udf needs an active SparkSession")
+    threads = threads or int(spark.conf.get("spark.task.cpus", "1"))
+    model_bytes = spark.sparkContext.broadcast(model.onnx_bytes) if model.onnx_bytes is not None else None
+    return pandas_udf(predictor(model, model_bytes, threads, use_gpu), result_type(model.manifest))
+
+
+def score(df, model, output_col: str = "prediction", *, threads: int | None = None, use_gpu: bool = False):
+    """df with the model's prediction columns added; raises DataError naming a bad column before any job.
+
+    model: the model directory, or a ScoringModel already read from it.
+    """
+    from pyspark.sql import functions as F
+
+    from spark_infer.udf import ScoringModel
+
+    if not isinstance(model, ScoringModel):
+        model = ScoringModel.load(model)
+    model.check_schema(df.schema, f"scoring with {model.directory}")
+    added = [output_col] if model.manifest.task == "regression" else [output_col, f"{output_col}_probabilities"]
+    taken = [c for c in added if c in df.columns]
+    if taken:
+        raise DataError(f"scoring with {model.directory}: the input already has the column(s) {taken}, which the "
+                        f"predictions would replace; rename them or pass another output_col")
+    udf = _udf(model, threads, use_gpu)
+    scored = df.withColumn(output_col, udf(model_inputs(model)))
+    if model.manifest.task == "regression":
+        return scored
+    return (scored.withColumn(added[1], F.col(f"{column_ref(output_col)}.probabilities"))
+            .withColumn(output_col, F.col(f"{column_ref(output_col)}.label")))
+
+
+def column_ref(name: str) -> str:
+    """A column name as Spark expressions read it literally: `sample.yr` is a column, not a field of `sample`."""
+    return "`" + name.replace("`", "``") + "`"
+
+
+def model_inputs(model):
+    """The struct the UDF of `scoring_udf` takes (model: a directory or ScoringModel): each input column in the model's type, named by its graph input name.
+
+    Integers and booleans feeding a category become strings as the feature stage wrote them ("3",
+    "true"); numbers and booleans become doubles (float32 in the graph).
+    """
+    from pyspark.sql import functions as F
+
+    from spark_infer.udf import ScoringModel
+
+    if not isinstance(model, ScoringModel):
+        model = ScoringModel.load(model)
+    return F.struct(*[F.col(column_ref(name)).cast("string" if spec["dtype"] == "string" else "double")
+                      .alias(model.manifest.input_names[name]) for name, spec in model.manifest.inputs.items()])

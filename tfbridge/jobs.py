@@ -1,0 +1,62 @@
+"""How a stage runs as a job: the same logging and exit codes under `python -m <stage>` and `tfbridge`.
+
+Exit codes: 0 done; 2 bad config or input (ConfigError, DataError: the message names the file, the
+key or the column); 1 a stage failed (a training worker died, an op has no ONNX lowering, a
+library misbehaves in this process).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from typing import Callable
+
+from tfbridge.contracts import BrokenRuntimeError, ConfigError, DataError, PipelineConfig, StageError, TrainingError
+
+EXIT_BAD_INPUT = 2
+EXIT_STAGE_FAILED = 1
+
+
+def setup_logging() -> None:
+    """Our progress at INFO; TensorFlow's and absl's chatter only when it is a warning we can act on."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    import absl.logging
+
+    absl.logging.set_verbosity(absl.logging.ERROR)
+    for noisy in ("absl", "tensorflow", "apache_beam"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def run_job(run: Callable[[], None]) -> int:
+    """Runs a stage with our logging; returns its exit code, the error's message on stderr."""
+    setup_logging()
+    try:
+        run()
+    except (ConfigError, DataError) as e:
+        print(f"tfbridge: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (TrainingError, StageError, BrokenRuntimeError) as e:
+        print(f"tfbridge: error: {e}", file=sys.stderr)
+        return EXIT_STAGE_FAILED
+    return 0
+
+
+def run_config_job(prog: str, description: str, job: str, argv: list[str] | None = None,
+                   beam_args: bool = False) -> int:
+    """`python -m <stage> --config C`: parses the config and runs `job(config)` (job: "module:function",
+    imported after the arguments parse, so `--help` starts no TensorFlow), or `job(config, beam_args)`
+    with the options it does not know passed on (Beam's pipeline options)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--config", required=True, help="pipeline config (YAML)")
+    args, extra = parser.parse_known_args(argv) if beam_args else (parser.parse_args(argv), None)
+
+    def run() -> None:
+        module, _, function = job.partition(":")
+        getattr(importlib.import_module(module), function)(PipelineConfig.from_yaml(args.config),
+                                                          *([extra] if beam_args else []))
+
+    return run_job(run)
