@@ -132,11 +132,26 @@ def graph_inputs(manifest: ModelManifest) -> dict[str, dict]:
 
 def _as_model_type(column: pd.Series, dtype: str) -> pd.Series:
     """A pandas column as the model's type, as the feature stage and Spark convert it (ints "3", bools "true")."""
-    if dtype != "string" or column.dtype == object or pd.api.types.is_string_dtype(column):
+    if dtype != "string" or pd.api.types.is_string_dtype(column) and column.dtype != object:
         return column
     if pd.api.types.is_bool_dtype(column):
         return column.map({True: "true", False: "false"})
-    return column.astype("Int64").astype("string")
+    if column.dtype != object:
+        return column.astype("Int64").astype("string")
+    return column.map(lambda value: _as_text(value, column.name))
+
+
+def _as_text(value, column: str):
+    """One value of a mixed (object) column as the text the feature stage read: "3", "true", or None."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (bool, np.bool_)):
+        return "true" if value else "false"
+    if isinstance(value, (float, np.floating)) and not np.isfinite(value):
+        return None
+    if float(value) != int(value):
+        raise DataError(f"column '{column}' holds {value!r}; a category takes strings, integers or booleans")
+    return str(int(value))
 
 
 class MissingValues(DataError):

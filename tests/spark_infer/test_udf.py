@@ -155,3 +155,16 @@ def test_a_crash_mid_export_leaves_the_saved_model_as_the_model(exported, tmp_pa
     monkeypatch.setattr(Path, "replace", rename)
     export_onnx(config)
     assert load_model(config.layout.model_dir).onnx_bytes is not None
+
+
+def test_local_feeds_read_mixed_columns_as_the_feature_stage_does():
+    import pandas as pd
+
+    from spark_infer.udf import _as_model_type
+
+    mixed = pd.Series([True, None, False, 3, np.int64(4), 5.0, np.nan, "x"], dtype=object, name="code")
+    assert _as_model_type(mixed, "string").tolist() == ["true", None, "false", "3", "4", "5", None, "x"]
+    assert _as_model_type(pd.Series([1, None], dtype="Int64"), "string").tolist() == ["1", pd.NA]
+    assert _as_model_type(pd.Series([True, False]), "string").tolist() == ["true", "false"]
+    with pytest.raises(DataError, match=r"column 'code' holds 2.5"):
+        _as_model_type(pd.Series([2.5], dtype=object, name="code"), "string")
