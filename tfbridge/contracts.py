@@ -40,21 +40,9 @@ PUNCTUATION_AND_WHITESPACE = r"""[!"#$%&()*+,\-./:;<=>?@\[\\\]^_`{|}~\t\n\v\f\r]
 STAT_OUTPUT_PREFIX = "__stat__"
 
 
-def stat_output_name(column: str, key: str) -> str:
-    return f"{STAT_OUTPUT_PREFIX}{column}__{key}"
-
-
-def parse_stat_output_name(name: str) -> tuple[str, str] | None:
-    """(column, key) for a statistic output, None for a feature."""
-    if not name.startswith(STAT_OUTPUT_PREFIX):
-        return None
-    column, _, key = name[len(STAT_OUTPUT_PREFIX):].rpartition("__")
-    return column, key
-
-
 def materialized_feature_spec(transformed_feature_spec: Mapping[str, Any]) -> dict[str, Any]:
     """The features in the transformed TFRecords: the transform_fn's outputs less its statistics."""
-    return {k: v for k, v in transformed_feature_spec.items() if parse_stat_output_name(k) is None}
+    return {k: v for k, v in transformed_feature_spec.items() if not k.startswith(STAT_OUTPUT_PREFIX)}
 
 
 class ConfigError(ValueError):

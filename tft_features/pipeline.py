@@ -42,7 +42,7 @@ from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io
 from tfx_bsl.coders import example_coder
 
 from tfbridge.contracts import (FeaturesManifest, PipelineConfig, graph_input_name, graph_input_names,
-                                materialized_feature_spec, parse_stat_output_name, replace_dir)
+                                materialized_feature_spec, replace_dir)
 from tft_features import inputs, preprocessing
 
 log = logging.getLogger(__name__)
@@ -237,7 +237,7 @@ def _feature_outputs(features_dir: Path, stats_path: Path, label: str, plan) -> 
 
 
 def _is_stat(name: str) -> bool:
-    return parse_stat_output_name(name) is not None
+    return preprocessing.parse_stat_output_name(name) is not None
 
 
 def _first_row_stats(element, schema, columns: dict[str, str]) -> dict:

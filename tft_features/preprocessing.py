@@ -23,8 +23,8 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import tensorflow as tf
 
-from tfbridge.contracts import (ConfigError, FeatureOutput, PipelineConfig, TransformStep, graph_input_name,
-                                parse_stat_output_name, stat_output_name)
+from tfbridge.contracts import (STAT_OUTPUT_PREFIX, ConfigError, FeatureOutput, PipelineConfig, TransformStep,
+                                graph_input_name)
 from tft_features import estimators, transformers
 
 NUMBER, TEXT, TOKENS, IDS, TOKEN_IDS, VECTOR = "number", "text", "tokens", "ids", "token_ids", "vector"
@@ -261,6 +261,19 @@ def _parameter_problem(step: TransformStep) -> str | None:
     return None
 
 
+def stat_output_name(column: str, key: str) -> str:
+    """The transform_fn output that carries one statistic of a column (`__stat__<column>__<key>`)."""
+    return f"{STAT_OUTPUT_PREFIX}{column}__{key}"
+
+
+def parse_stat_output_name(name: str) -> tuple[str, str] | None:
+    """(column, key) for a statistic output, None for a feature."""
+    if not name.startswith(STAT_OUTPUT_PREFIX):
+        return None
+    column, _, key = name[len(STAT_OUTPUT_PREFIX):].rpartition("__")
+    return column, key
+
+
 def _scope(column: str, index: int, step: str) -> str:
     return re.sub(r"\W", "_", f"{column}_{index}_{step}")
 
@@ -269,7 +282,7 @@ class StatsReport:
     """Collects each step's statistics during tracing and exposes them as transform_fn outputs.
 
     Each statistic becomes an output named `__stat__<column>__<key>` (see
-    `tfbridge.contracts.stat_output_name`), the value repeated for every row.
+    `stat_output_name`), the value repeated for every row.
     That keeps analyzer results reachable by name from the transform_fn and
     adds no analysis phase: a statistic is read off the first transformed row,
     and the outputs are dropped before the TFRecords are written.

@@ -2,8 +2,7 @@
 
 import pytest
 
-from tfbridge.contracts import (ConfigError, PipelineConfig, TrainConfig, TransformStep, graph_input_name,
-                                parse_stat_output_name, stat_output_name)
+from tfbridge.contracts import ConfigError, PipelineConfig, TrainConfig, TransformStep, graph_input_name
 
 BASE = {"data": {"path": "d.parquet"}, "label": "price", "task": "regression",
         "features": {"carat": ["box_cox", "z_score"]}, "output": "runs/x"}
@@ -66,9 +65,6 @@ def test_yaml_is_read_with_safe_load(tmp_path):
         PipelineConfig.from_yaml(path)
 
 
-def test_stat_output_names_round_trip():
-    assert parse_stat_output_name(stat_output_name("my__col", "mean")) == ("my__col", "mean")
-    assert parse_stat_output_name("carat") is None
 
 
 @pytest.mark.parametrize("column, name", [

@@ -3,7 +3,8 @@
 import pytest
 
 from tfbridge.contracts import ConfigError, PipelineConfig
-from tft_features.preprocessing import IDS, NUMBER, TEXT, TOKEN_IDS, VECTOR, plan_features
+from tft_features.preprocessing import (IDS, NUMBER, TEXT, TOKEN_IDS, VECTOR, parse_stat_output_name, plan_features,
+                                        stat_output_name)
 
 
 def plan(features):
@@ -51,3 +52,8 @@ def test_bad_chain_names_column_and_step(features, needle):
     with pytest.raises(ConfigError, match="c.yaml: features") as err:
         plan(features)
     assert needle in str(err.value)
+
+
+def test_stat_output_names_round_trip():
+    assert parse_stat_output_name(stat_output_name("my__col", "mean")) == ("my__col", "mean")
+    assert parse_stat_output_name("carat") is None
