@@ -18,6 +18,7 @@ MissingValues naming the column.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 from pathlib import Path
 from typing import Iterator
@@ -107,11 +108,15 @@ class ScoringModel:
                               for name, spec in self.manifest.inputs.items()})
         return feeds(frame, graph_inputs(self.manifest))
 
-    def predict(self, batch, session=None) -> dict[str, np.ndarray]:
-        """The graph's outputs (`prediction`, or `label` and `probabilities`) for a pandas/Arrow batch."""
-        session = session or self.session()
+    @functools.cached_property
+    def _local_session(self):
+        return self.session()
+
+    def predict(self, batch) -> dict[str, np.ndarray]:
+        """The graph's outputs (`prediction`, or `label` and `probabilities`) for a pandas/Arrow batch; one
+        session per loaded model, built on the first call."""
         outputs = list(self.manifest.outputs)
-        return dict(zip(outputs, session.run(outputs, self.feeds(batch))))
+        return dict(zip(outputs, self._local_session.run(outputs, self.feeds(batch))))
 
 
 def verify_files(files: ModelFiles, checksums) -> None:

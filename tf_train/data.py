@@ -154,7 +154,7 @@ def parse_spec(data: TrainingData) -> dict:
             spec[name] = tf.io.VarLenFeature(tf.int64)
         elif output.kind == "vector":
             spec[name] = tf.io.FixedLenFeature([output.width], tf.float32)
-        elif output.kind == "ids" or data.manifest.outputs[name].kind == "ids":  # ids of unknown range: numbers
+        elif data.manifest.outputs[name].kind == "ids":  # ids of unknown range too: fed as numbers
             spec[name] = tf.io.FixedLenFeature([], tf.int64)
         else:
             spec[name] = tf.io.FixedLenFeature([], tf.float32)

@@ -138,7 +138,8 @@ class RawFeaturesModel(tf.Module):
         self.model = model
         self._features, self._label = features, label
         # Keyed by graph input name: the user's column names need not be valid TF names.
-        self._inputs = {manifest.input_names[name]: col for name, col in raw_inputs(manifest).items()}
+        columns = raw_inputs(manifest)
+        self._inputs = {graph_name: columns[name] for name, graph_name in graph_inputs(manifest).items()}
         signature = {name: tf.TensorSpec([None], tf_dtype(col["dtype"]), name=name)
                      for name, col in self._inputs.items()}
         self.serve = tf.function(self._serve, input_signature=[signature])

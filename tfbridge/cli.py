@@ -68,9 +68,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_stages(args: argparse.Namespace, beam_args: list[str]) -> None:
     """The command's stages in order, each through its own job function (stages imported when used)."""
-    from spark_infer.job import score_job
-
     if args.command == "score":
+        from spark_infer.job import score_job
+
         score_job(args.model, args.input, args.output, args.master, args.mode, args.id_column, args.format)
         return
     config = demo_config(args.output) if args.command == "demo" else PipelineConfig.from_yaml(Path(args.config))
@@ -87,6 +87,8 @@ def run_stages(args: argparse.Namespace, beam_args: list[str]) -> None:
 
         export_job(config)
     if args.command in ("run", "demo"):
+        from spark_infer.job import score_job
+
         # A rerun replaces its scores, as it replaces its features and model.
         score_job(str(config.layout.model_dir), config.data.pattern(), str(config.layout.scores_dir),
                   args.master, "overwrite", fmt=config.data.format)
