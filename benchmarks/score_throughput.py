@@ -98,7 +98,7 @@ def predict_batch_column(model_dir: Path, batch: int):
 
         def predict(*arrays):
             tensors = {model.manifest.input_names[name]: tf.constant(
-                a.astype(str) if inputs[name]["dtype"] == "string" else a.astype(np.float32))
+                a.astype(str) if inputs[name].dtype == "string" else a.astype(np.float32))
                 for name, a in zip(names, arrays)}
             return signature(**tensors)["prediction"].numpy().astype(np.float64)
 

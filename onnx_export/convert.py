@@ -20,7 +20,7 @@ from pathlib import Path
 import onnx
 
 from onnx_export.lowerings import EXTENSIONS_DOMAIN, HANDLERS, UnsupportedOp
-from tfbridge.contracts import ModelManifest, OnnxGraph, PipelineConfig, StageError, file_sha256
+from tfbridge.contracts import ModelManifest, OnnxGraph, PipelineConfig, StageError, file_sha256, staged
 
 log = logging.getLogger(__name__)
 
@@ -120,19 +120,18 @@ def export_onnx(config: PipelineConfig) -> Path:
     if lacking:
         raise ExportError(f"the ONNX graph of {layout.saved_model_dir} lacks the inputs {lacking}")
     path = layout.onnx_path
-    tmp = path.with_name(f".{path.name}.tmp")
-    onnx.save(model, str(tmp))
     uses_extensions = any(node.domain == EXTENSIONS_DOMAIN for node in model.graph.node)
-    graph = OnnxGraph(path=path.name, opset=OPSET, inputs=_signature(model.graph.input),
-                      outputs=_signature(model.graph.output),
-                      custom_ops_library="onnxruntime_extensions" if uses_extensions else None,
-                      sha256=file_sha256(tmp))
     # The manifest is the commit point: it stops naming a graph before the file changes and names the new
     # one after, so a crash in between leaves the SavedModel as the model, never a graph the manifest
     # does not describe.
-    dataclasses.replace(manifest, onnx=None).write(layout.model_manifest_path)
-    tmp.replace(path)
-    dataclasses.replace(manifest, onnx=dataclasses.asdict(graph)).write(layout.model_manifest_path)
+    with staged(path) as tmp:
+        onnx.save(model, str(tmp))
+        graph = OnnxGraph(path=path.name, opset=OPSET, inputs=_signature(model.graph.input),
+                          outputs=_signature(model.graph.output),
+                          custom_ops_library="onnxruntime_extensions" if uses_extensions else None,
+                          sha256=file_sha256(tmp))
+        dataclasses.replace(manifest, onnx=None).write(layout.model_manifest_path)
+    dataclasses.replace(manifest, onnx=graph).write(layout.model_manifest_path)
     log.info("export: %s (%d nodes, opset %d%s)", path, len(model.graph.node), OPSET,
              ", onnxruntime-extensions" if uses_extensions else "")
     return path

@@ -85,5 +85,5 @@ def model_inputs(model):
 
     if not isinstance(model, ScoringModel):
         model = ScoringModel.load(model)
-    return F.struct(*[F.col(column_ref(name)).cast("string" if spec["dtype"] == "string" else "double")
-                      .alias(model.manifest.input_names[name]) for name, spec in model.manifest.inputs.items()])
+    return F.struct(*[F.col(column_ref(name)).cast("string" if column.dtype == "string" else "double")
+                      .alias(model.manifest.input_names[name]) for name, column in model.manifest.inputs.items()])

@@ -19,10 +19,8 @@ import glob
 import logging
 import os
 import re
-import shutil
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -30,7 +28,7 @@ from pyspark.sql import functions as F
 
 from spark_infer import column_ref, score
 from spark_infer.udf import MissingValues, ScoringModel
-from tfbridge.contracts import CSV_NULL_VALUES, DATA_FORMATS, DataError, ModelManifest, replace_dir
+from tfbridge.contracts import CSV_NULL_VALUES, DATA_FORMATS, DataError, ModelManifest, staged
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +74,7 @@ def read_input(spark, path: str, manifest: ModelManifest, fmt: str | None = None
     csv = spark.read.option("header", "true").option("escape", '"').option("multiLine", "true")
     header = csv.csv(path).schema.names
     df = csv.option("mode", "FAILFAST").schema(StructType([StructField(n, StringType()) for n in header])).csv(path)
-    numbers = [name for name, spec in manifest.inputs.items() if spec["dtype"] != "string" and name in header]
+    numbers = [name for name, column in manifest.inputs.items() if column.dtype != "string" and name in header]
     for name in numbers:
         text = F.col(column_ref(name))
         number = text.try_cast("double")
@@ -131,21 +129,18 @@ def run_score(model_dir: str, input_path: str, output: str, master: str | None =
     model = ScoringModel.load(model_dir)
     spark = spark or spark_session(master)
     df = None
-    staging = final.with_name(f".{final.name}-staging-{uuid.uuid4().hex[:8]}")
     try:
-        df = read_input(spark, input_path, model.manifest, fmt)
-        if id_column is not None and id_column not in df.columns:
-            raise DataError(f"--id-column '{id_column}' is not a column of {input_path}")
-        scored = score(df, model)
-        predictions = [c for c in scored.columns if c not in df.columns]
-        kept = [id_column] if id_column else df.columns
-        scored = scored.select(*[F.col(column_ref(c)) for c in [*kept, *predictions]])
-        final.parent.mkdir(parents=True, exist_ok=True)
-        scored.write.parquet(str(staging))
-        rows = sum(pq.ParquetFile(part).metadata.num_rows for part in staging.glob("*.parquet"))
-        replace_dir(staging, final)
+        with staged(final) as staging:
+            df = read_input(spark, input_path, model.manifest, fmt)
+            if id_column is not None and id_column not in df.columns:
+                raise DataError(f"--id-column '{id_column}' is not a column of {input_path}")
+            scored = score(df, model)
+            predictions = [c for c in scored.columns if c not in df.columns]
+            kept = [id_column] if id_column else df.columns
+            scored = scored.select(*[F.col(column_ref(c)) for c in [*kept, *predictions]])
+            scored.write.parquet(str(staging))
+            rows = sum(pq.ParquetFile(part).metadata.num_rows for part in staging.glob("*.parquet"))
     except BaseException as error:
-        shutil.rmtree(staging, ignore_errors=True)
         explained = input_error(error, df, input_path) if isinstance(error, Exception) else None
         if explained is None:
             raise

@@ -26,12 +26,11 @@ import importlib.util
 import os
 import re
 import tempfile
-import uuid
 from pathlib import Path
 
 import numpy as np
 
-from tfbridge.contracts import PUNCTUATION_AND_WHITESPACE, BrokenRuntimeError
+from tfbridge.contracts import PUNCTUATION_AND_WHITESPACE, BrokenRuntimeError, staged
 
 _LIBRARY: tuple[str, ctypes.CDLL] | None = None  # this process's private copy, kept loaded
 _TEXT_OPS_CHECKED = False
@@ -64,9 +63,8 @@ def text_ops_library() -> str:
         copy = directory / f"ortextensions-{digest[:16]}.so"
         # Code is loaded from this file: it must hold exactly the installed library's bytes.
         if not copy.exists() or hashlib.sha256(copy.read_bytes()).hexdigest() != digest:
-            staging = copy.with_name(f".{copy.name}.{uuid.uuid4().hex[:8]}")
-            staging.write_bytes(data)
-            os.replace(staging, copy)
+            with staged(copy) as staging:
+                staging.write_bytes(data)
         mode = os.RTLD_NOW | os.RTLD_LOCAL | getattr(os, "RTLD_DEEPBIND", 0)
         _LIBRARY = (str(copy), ctypes.CDLL(str(copy), mode=mode))
     return _LIBRARY[0]

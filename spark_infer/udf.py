@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from spark_infer import testing
-from tfbridge.contracts import DataError, ModelFiles, ModelManifest, file_sha256
+from tfbridge.contracts import DataError, ModelFiles, ModelManifest, RawColumn, file_sha256
 
 _SESSIONS: dict[str, object] = {}  # per Python worker: model key -> session (or loaded SavedModel)
 _INTEGERS = ("tinyint", "smallint", "int", "bigint")
@@ -56,14 +56,14 @@ class ScoringModel:
             raise DataError(f"{files.onnx} is missing, but {files.manifest} records an ONNX graph: copy the whole "
                             f"model directory, or export again") from e
         found = hashlib.sha256(onnx_bytes).hexdigest()
-        if found != manifest.onnx["sha256"]:
-            raise DataError(f"{files.onnx} has sha256 {found}, not the {manifest.onnx['sha256']} that "
+        if found != manifest.onnx.sha256:
+            raise DataError(f"{files.onnx} has sha256 {found}, not the {manifest.onnx.sha256} that "
                             f"{files.manifest} records: the file was replaced or damaged; export the model again")
         return cls(files.directory, manifest, onnx_bytes)
 
     @property
     def key(self) -> str:
-        return self.manifest.onnx["sha256"] if self.onnx_bytes is not None else str(self.directory.resolve())
+        return self.manifest.onnx.sha256 if self.onnx_bytes is not None else str(self.directory.resolve())
 
     @property
     def input_names(self) -> list[str]:
@@ -72,7 +72,7 @@ class ScoringModel:
 
     @property
     def text_ops(self) -> bool:
-        return bool(self.manifest.onnx and self.manifest.onnx.get("custom_ops_library"))
+        return bool(self.manifest.onnx and self.manifest.onnx.custom_ops_library)
 
     def check_schema(self, schema, where: str) -> None:
         """Every input column present with a type that converts without loss of meaning.
@@ -81,10 +81,10 @@ class ScoringModel:
         read them ("3", "true"); a number input takes any number or boolean.
         """
         found = {f.name: f.dataType.simpleString() for f in schema.fields}
-        for name, spec in self.manifest.inputs.items():
+        for name, column in self.manifest.inputs.items():
             if name not in found:
                 raise DataError(f"{where}: column '{name}' is missing; the model takes {self.input_names}")
-            if spec["dtype"] == "string":
+            if column.dtype == "string":
                 ok, expected = found[name] in ("string", "boolean", *_INTEGERS), "strings, integers or booleans"
             else:
                 ok, expected = found[name] in _NUMERIC or found[name].startswith("decimal"), "a number"
@@ -104,8 +104,8 @@ class ScoringModel:
         """A pandas DataFrame or pyarrow Table of raw rows (the user's column names) as the graph's inputs."""
         if not isinstance(batch, pd.DataFrame):
             batch = batch.to_pandas()
-        frame = pd.DataFrame({self.manifest.input_names[name]: _as_model_type(batch[name], spec["dtype"])
-                              for name, spec in self.manifest.inputs.items()})
+        frame = pd.DataFrame({self.manifest.input_names[name]: _as_model_type(batch[name], column.dtype)
+                              for name, column in self.manifest.inputs.items()})
         return feeds(frame, graph_inputs(self.manifest))
 
     @functools.cached_property
@@ -130,9 +130,9 @@ def verify_files(files: ModelFiles, checksums) -> None:
                             f"replaced or damaged; train or copy the model again")
 
 
-def graph_inputs(manifest: ModelManifest) -> dict[str, dict]:
-    """The inputs by graph input name, each with the user's column name under "column"."""
-    return {manifest.input_names[name]: {**spec, "column": name} for name, spec in manifest.inputs.items()}
+def graph_inputs(manifest: ModelManifest) -> dict[str, RawColumn]:
+    """The raw columns the model reads, by graph input name."""
+    return {manifest.input_names[name]: column for name, column in manifest.inputs.items()}
 
 
 def _as_model_type(column: pd.Series, dtype: str) -> pd.Series:
@@ -170,16 +170,16 @@ class MissingValues(DataError):
                          f"{{impute: ...}} the column's first step and train again")
 
 
-def feeds(batch: pd.DataFrame, inputs) -> dict[str, np.ndarray]:
+def feeds(batch: pd.DataFrame, inputs: dict[str, RawColumn]) -> dict[str, np.ndarray]:
     """A pandas batch keyed by graph input name as the graph's feeds (see module doc).
 
     A null string is "" (one meaning for both, as in the feature stage); a null or NaN number is NaN,
     and MissingValues where the column's steps do not impute it.
     """
     out = {}
-    for name, spec in inputs.items():
+    for name, raw in inputs.items():
         column = batch[name]
-        if spec["dtype"] == "string":
+        if raw.dtype == "string":
             missing = column.isna()
             values = column.to_numpy(dtype=object)
             if missing.any():
@@ -187,8 +187,8 @@ def feeds(batch: pd.DataFrame, inputs) -> dict[str, np.ndarray]:
         else:
             values = pd.to_numeric(column).to_numpy(dtype=np.float32, na_value=np.nan)
             missing = np.isnan(values)
-            if not spec["nullable"] and missing.any():
-                raise MissingValues(spec["column"], int(missing.sum()), len(batch))
+            if not raw.nullable and missing.any():
+                raise MissingValues(raw.name, int(missing.sum()), len(batch))
         out[name] = values
     return out
 

@@ -53,9 +53,9 @@ def serving_inputs(table, manifest) -> dict[str, np.ndarray]:
     """A pyarrow table as the graph's raw inputs, keyed by graph input name (ModelManifest.input_names): NaN for a
     missing number, "" for a missing string, strings as `str` (onnxruntime mangles bytes)."""
     out = {}
-    for name, spec in manifest.inputs.items():
+    for name, column in manifest.inputs.items():
         values = table.column(name).to_pylist()
-        if spec["dtype"] == "string":
+        if column.dtype == "string":
             values = np.array(["" if v is None else v for v in values], object)
         else:
             values = np.array([np.nan if v is None else v for v in values], np.float32)

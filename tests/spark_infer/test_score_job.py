@@ -140,7 +140,7 @@ def test_csv_input_scores_as_its_parquet_does(exported, spark, fresh_raw, tmp_pa
 def test_nulls_in_a_column_without_impute_stop_the_job_naming_it(exported, spark, fresh_raw, tmp_path):
     table, _ = fresh_raw
     manifest = ModelManifest.read(exported.layout.model_manifest_path)
-    column = next(n for n, s in manifest.inputs.items() if s["dtype"] == "float" and not s["nullable"])
+    column = next(n for n, c in manifest.inputs.items() if c.dtype == "float" and not c.nullable)
     values = table.column(column).to_numpy().copy()
     values[[5, 700, 2999]] = np.nan
     bad = tmp_path / "bad.parquet"

@@ -89,7 +89,7 @@ def test_integers_and_booleans_feed_categories_and_numbers(spark, tmp_path):
     assert main(["run", "--config", str(tmp_path / "c.yaml")]) == 0
     layout = PipelineConfig.from_yaml(tmp_path / "c.yaml").layout
     manifest = ModelManifest.read(layout.model_manifest_path)
-    assert manifest.inputs["Shop ID"]["dtype"] == "string" and manifest.input_names["Shop ID"] == "shop_id"
+    assert manifest.inputs["Shop ID"].dtype == "string" and manifest.input_names["Shop ID"] == "shop_id"
     stats = json.loads(layout.stats_path.read_text())["features"]
     assert stats["Shop ID"]["vocabulary_size"] == 10 and stats["member"]["vocabulary_size"] == 2
     check_hand_offs(layout, table.to_pandas(), "id", "id", "regression", float(np.std(table.column("y"))))
@@ -132,6 +132,7 @@ def test_a_crash_mid_export_leaves_the_saved_model_as_the_model(exported, tmp_pa
     """The manifest drops the old graph's entry before the new graph replaces it: a crash in between
     leaves a manifest without a graph (scored by the SavedModel), never a graph it does not describe."""
     import dataclasses
+    import os
     from pathlib import Path
 
     from spark_infer import load_model
@@ -140,19 +141,20 @@ def test_a_crash_mid_export_leaves_the_saved_model_as_the_model(exported, tmp_pa
     shutil.copytree(exported.layout.root, tmp_path / "out", ignore=shutil.ignore_patterns("scores"))
     config = dataclasses.replace(exported, output=str(tmp_path / "out"))
     before = config.layout.onnx_path.read_bytes()
-    rename = Path.replace
+    rename = os.replace
 
-    def crash(self, target):
-        if self.name.startswith(".model.onnx"):
+    def crash(source, target):
+        if Path(source).name.startswith(".model.onnx"):
             raise OSError("crashed")
-        return rename(self, target)
+        return rename(source, target)
 
-    monkeypatch.setattr(Path, "replace", crash)
+    monkeypatch.setattr(os, "replace", crash)
     with pytest.raises(OSError, match="crashed"):
         export_onnx(config)
     assert config.layout.onnx_path.read_bytes() == before
     assert load_model(config.layout.model_dir).onnx_bytes is None
-    monkeypatch.setattr(Path, "replace", rename)
+    assert not [p for p in config.layout.model_dir.iterdir() if "-staging-" in p.name]
+    monkeypatch.setattr(os, "replace", rename)
     export_onnx(config)
     assert load_model(config.layout.model_dir).onnx_bytes is not None
 

@@ -29,7 +29,7 @@ from tf_train.data import load_training_data
 from tf_train.launcher import launch
 from onnx_export.convert import export_onnx
 from tfbridge.cli import main
-from tfbridge.contracts import DataError, ModelManifest, PipelineConfig
+from tfbridge.contracts import DataError, ModelManifest, PipelineConfig, RawColumn
 from tfbridge.datasets import synthetic_table
 
 ROWS = 3000
@@ -130,8 +130,8 @@ def test_export_takes_raw_columns_and_matches_the_trained_model(features_root, t
     layout = config.layout
     manifest = ModelManifest.read(layout.model_manifest_path)
     assert manifest.outputs == ("prediction",) and manifest.label == "target" and manifest.classes is None
-    assert manifest.inputs["score"] == {"dtype": "float", "nullable": True}
-    assert manifest.inputs["comment"] == {"dtype": "string", "nullable": False}
+    assert manifest.inputs["score"] == RawColumn("score", "float", nullable=True)
+    assert manifest.inputs["comment"] == RawColumn("comment", "string", nullable=False)
     assert set(manifest.inputs) == set(FEATURES) and "tensorflow_transform" in manifest.versions
     assert any(path.startswith("saved_model/variables/") for path in manifest.checksums)
     metrics = json.loads(layout.metrics_path.read_text())

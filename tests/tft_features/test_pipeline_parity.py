@@ -18,9 +18,10 @@ from sklearn.preprocessing import PolynomialFeatures
 
 from tests.helpers import decode_split
 from tfbridge.contracts import FeaturesManifest, PipelineConfig
-from tft_features.estimators import QUANTILE_EPSILON
-from tft_features.pipeline import MIN_SHARDS, run_features
-from tft_features.transformers import ENGLISH_STOP_WORDS
+from tft_features.analyzers import QUANTILE_EPSILON
+from tft_features.mappers import ENGLISH_STOP_WORDS
+from tft_features.pipeline import run_features
+from tft_features.shards import MIN_SHARDS
 
 N = 3000
 FIXED_BOUNDARIES = [0.0, 1.0, 2.5]
@@ -131,9 +132,10 @@ def test_layout_split_and_manifest(run):
     # every row exactly once, across the two splits
     ids = np.concatenate([run["train"]["target"], run["eval"]["target"]])
     assert sorted(ids.tolist()) == list(range(N))
-    assert manifest.raw_columns["cat"] == "string" and manifest.raw_columns["z"] == "float"
-    assert "unused" not in manifest.raw_columns and manifest.raw_columns["py"] == "float"
-    assert set(manifest.nullable) == {"miss_mean", "miss_median", "miss_cat", "miss_const"}
+    assert manifest.raw_columns["cat"].dtype == "string" and manifest.raw_columns["z"].dtype == "float"
+    assert "unused" not in manifest.raw_columns and manifest.raw_columns["py"].dtype == "float"
+    assert {c.name for c in manifest.raw_columns.values() if c.nullable} == {"miss_mean", "miss_median", "miss_cat",
+                                                                          "miss_const"}
     # what each feature is to the trainer: kind and id range / vector length
     outputs = {name: (o.kind, o.width) for name, o in manifest.outputs.items()}
     assert outputs["z"] == ("number", None) and outputs["thr"] == ("number", None)
@@ -180,7 +182,7 @@ def test_min_max(run):
     np.testing.assert_allclose(run["train"]["mm"], (x - x.min()) / (x.max() - x.min()) * 2 - 1, atol=1e-5)
 
 
-def test_quantile_buckets_within_epsilon_of_numpy_quantiles(run):
+def test_bucketize_num_buckets_within_epsilon_of_numpy_quantiles(run):
     x = f32(run["train_raw"]["q"])
     boundaries = np.array(run["stats"]["q"]["boundaries"])
     assert len(boundaries) == 3
@@ -191,7 +193,7 @@ def test_quantile_buckets_within_epsilon_of_numpy_quantiles(run):
                                                                      x.astype(np.float32), side="right"))
 
 
-def test_fixed_buckets_put_edge_values_in_the_upper_bucket(run):
+def test_bucketize_boundaries_put_edge_values_in_the_upper_bucket(run):
     x = run["train_raw"]["edges"].to_numpy()
     np.testing.assert_array_equal(run["train"]["edges"], np.searchsorted(FIXED_BOUNDARIES, x, side="right"))
     assert set(run["train"]["edges"][x == 1.0]) == {2}
@@ -204,7 +206,7 @@ def test_threshold_clip_log1p(run):
     np.testing.assert_allclose(run["train"]["huge"], np.log1p(np.clip(huge, 0, 5)), rtol=1e-6)
 
 
-def test_imputation(run):
+def test_impute_strategies(run):
     raw = run["train_raw"]
     mean_col = f32(raw["miss_mean"])
     present = mean_col[~np.isnan(mean_col)]
@@ -259,7 +261,7 @@ def normalize(text: str) -> list[str]:
     return [t for t in text.split() if t not in ENGLISH_STOP_WORDS]
 
 
-def test_text_tokens_vocabulary_with_frequency_threshold(run):
+def test_normalize_text_then_vocabulary_with_frequency_threshold(run):
     token_lists = [normalize(t) for t in run["train_raw"]["text"]]
     counts = Counter(t for tokens in token_lists for t in tokens)
     vocab = tft_vocabulary([t for tokens in token_lists for t in tokens if counts[t] >= 2])

@@ -2,9 +2,9 @@
 
 import pytest
 
-from tfbridge.contracts import ConfigError, PipelineConfig
-from tft_features.preprocessing import (IDS, NUMBER, TEXT, TOKEN_IDS, VECTOR, parse_stat_output_name, plan_features,
-                                        stat_output_name)
+from tfbridge.contracts import ConfigError, FeatureKind, PipelineConfig
+from tft_features.preprocessing import parse_stat_output_name, plan_features, stat_output_name
+from tft_features.steps import IDS, NUMBER, TEXT, TOKEN_IDS, VECTOR
 
 
 def plan(features):
@@ -31,7 +31,7 @@ def test_chains_read_types_and_phases():
     assert p.raw_columns()["q"] == ("float", False)
     assert p.analysis_phases() == 3  # impute median, box_cox, z_score
     assert plan({"a": ["z_score"], "b": [{"bucketize": {"boundaries": [0]}}]}).analysis_phases() == 1
-    assert TEXT != IDS
+    assert TEXT != IDS and isinstance(by["t"].output_kind, FeatureKind)
 
 
 @pytest.mark.parametrize("features, needle", [

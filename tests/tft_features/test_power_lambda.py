@@ -10,7 +10,7 @@ import pytest
 from scipy import stats
 
 from tfbridge.datasets import diamonds_table
-from tft_features.estimators import PowerMoments, refine_maximum
+from tft_features.analyzer_impls import PowerMoments, refine_maximum
 
 
 def distributed_lambda(kind: str, x: np.ndarray, rng: np.random.Generator, parts: int = 7) -> float:

@@ -11,7 +11,7 @@ import tensorflow as tf
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from tensorflow_transform.tf_metadata import schema_utils
 
-from tft_features.pipeline import MIN_SHARDS, _name_shards, _WriteShards
+from tft_features.shards import MIN_SHARDS, WriteShards, name_shards
 
 
 def _read_x(paths) -> list[float]:
@@ -36,7 +36,7 @@ def test_only_files_of_reported_bundles_become_shards(tmp_path):
     with beam.Pipeline(runner=FnApiRunner()) as p:
         _ = (p
              | beam.Create([(batch, None) for batch in batches])
-             | beam.ParDo(_WriteShards(schema, str(bundles), "train", MIN_SHARDS))
+             | beam.ParDo(WriteShards(schema, str(bundles), "train", MIN_SHARDS))
              | beam.combiners.ToList()
              | beam.Map(lambda paths: (bundles / "train.json").write_text(json.dumps(paths))))
     written = json.loads((bundles / "train.json").read_text())
@@ -49,7 +49,7 @@ def test_only_files_of_reported_bundles_become_shards(tmp_path):
             "x": tf.train.Feature(float_list=tf.train.FloatList(value=[-1.0]))})).SerializeToString())
 
     out = tmp_path / "transformed"
-    assert _name_shards(written, out, "train") == MIN_SHARDS
+    assert name_shards(written, out, "train") == MIN_SHARDS
     names = sorted(p.name for p in out.iterdir())
     assert names == [f"train-{i:05d}-of-{MIN_SHARDS:05d}.tfrecord.gz" for i in range(MIN_SHARDS)]
     assert sorted(_read_x(sorted(out.iterdir()))) == [float(v) for v in (*range(20), 100, 101, 102)]

@@ -1,7 +1,7 @@
-"""Per-row transformers: each output row depends on its input row alone, no analysis pass.
+"""Per-row mappers: each output row depends on its input row alone, no analysis pass.
 
 Each function takes a batch tensor and returns `(output, stats)` like the
-estimators, so the preprocessing chain treats both alike; their stats are the
+analyzers, so the preprocessing chain treats both alike; their stats are the
 fixed parameters they applied. Ops are chosen with an ONNX counterpart in mind
 (lower-casing and stop words: StringNormalizer; buckets: comparisons and a sum).
 """

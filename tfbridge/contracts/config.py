@@ -1,0 +1,272 @@
+"""The pipeline config: one YAML file, read with `yaml.safe_load` and validated here once.
+
+Errors name the file and the key. What each transform step accepts is the feature stage's to check
+(`tft_features.steps`): here a step is its name and its parameters as written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from tfbridge.contracts.columns import graph_input_names
+from tfbridge.contracts.errors import ConfigError
+from tfbridge.contracts.layout import ArtifactLayout
+
+TASKS = ("regression", "binary", "multiclass")
+DATA_FORMATS = ("parquet", "csv")
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformStep:
+    """One step of a feature's chain, e.g. `{bucketize: {num_buckets: 10}}`.
+
+    `params` is kept as given; the feature stage checks names and parameters
+    against its registry of transforms.
+    """
+
+    name: str
+    params: Mapping[str, Any]
+
+    @classmethod
+    def parse(cls, raw: Any, where: str) -> "TransformStep":
+        """Accepts `name`, `{name: {param: value}}` or `{name: value}` (one main parameter)."""
+        if isinstance(raw, str):
+            return cls(raw, {})
+        if isinstance(raw, dict) and len(raw) == 1:
+            (name, params), = raw.items()
+            if params is None:
+                params = {}
+            if not isinstance(params, dict):
+                # `{impute: mean}`: a scalar is the step's main parameter.
+                params = {"": params}
+            return cls(str(name), dict(params))
+        raise ConfigError(
+            f"{where}: a transform step is a name or a one-key mapping "
+            f"like {{bucketize: {{num_buckets: 10}}}}, got {raw!r}"
+        )
+
+    def to_yaml(self) -> Any:
+        if not self.params:
+            return self.name
+        if set(self.params) == {""}:
+            return {self.name: self.params[""]}
+        return {self.name: dict(self.params)}
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSource:
+    """Where raw rows come from: a Parquet file, directory or glob, or CSV files."""
+
+    path: str
+    format: str
+
+    def pattern(self) -> str:
+        """A glob of the files: a directory means every `*.parquet` (or `*.csv`) file directly in it."""
+        if os.path.isdir(self.path):
+            return os.path.join(self.path, f"*.{self.format}")
+        return self.path
+
+    def files(self) -> list[str]:
+        """The files this source names, sorted."""
+        return sorted(f for f in glob.glob(self.pattern()) if os.path.isfile(f))
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitConfig:
+    """The train/eval split: rows are assigned by a hash of their raw values, so a rerun agrees."""
+
+    eval_fraction: float = 0.2
+
+
+LABEL_TRANSFORMS = ("none", "log")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """The `train:` section: the model and how it is fitted. Every key has a default."""
+
+    hidden_units: tuple[int, ...] = (64, 32)  # () is a linear model on the same inputs
+    embedding_dim: int | None = None  # None: min(16, about 1.6 * width ** 0.56) per id feature
+    epochs: int = 10
+    batch_size: int = 256  # global: per-replica batch x replicas
+    learning_rate: float = 1e-3
+    seed: int = 42
+    label_transform: str = "none"  # regression: "log" trains on log(label), predicts in label units
+    workers: int = 2  # worker processes the embedded launcher starts
+
+    @classmethod
+    def from_dict(cls, raw: Any, source: str) -> "TrainConfig":
+        if raw is None:
+            return cls()
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{source}: 'train' must be a mapping, got {raw!r}")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - set(fields))
+        if unknown:
+            raise ConfigError(f"{source}: unknown key(s) train.{unknown}; expected some of {sorted(fields)}")
+        values = dict(raw)
+
+        def positive_int(key: str) -> None:
+            v = values[key]
+            if not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+                raise ConfigError(f"{source}: 'train.{key}' must be a positive integer, got {v!r}")
+
+        for key in ("epochs", "batch_size", "workers"):
+            if key in values:
+                positive_int(key)
+        if "embedding_dim" in values and values["embedding_dim"] is not None:
+            positive_int("embedding_dim")
+        if "seed" in values and not isinstance(values["seed"], int):
+            raise ConfigError(f"{source}: 'train.seed' must be an integer, got {values['seed']!r}")
+        if "hidden_units" in values:
+            units = values["hidden_units"]
+            if not (isinstance(units, list) and all(isinstance(u, int) and u >= 1 for u in units)):
+                raise ConfigError(f"{source}: 'train.hidden_units' must be a list of positive integers "
+                                  f"([] for a linear model), got {units!r}")
+            values["hidden_units"] = tuple(units)
+        if "learning_rate" in values:
+            lr = values["learning_rate"]
+            if not (isinstance(lr, (int, float)) and lr > 0):
+                raise ConfigError(f"{source}: 'train.learning_rate' must be a positive number, got {lr!r}")
+            values["learning_rate"] = float(lr)
+        if values.get("label_transform", "none") not in LABEL_TRANSFORMS:
+            raise ConfigError(f"{source}: 'train.label_transform' must be one of {LABEL_TRANSFORMS}, "
+                              f"got {values['label_transform']!r}")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["hidden_units"] = list(self.hidden_units)
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    """One run of the pipeline, as the YAML file says it (see README, "The pipeline config")."""
+
+    data: DataSource
+    label: str
+    task: str
+    output: str
+    features: Mapping[str, tuple[TransformStep, ...]]
+    preprocessing_fn: str | None = None
+    split: SplitConfig = SplitConfig()
+    train: TrainConfig = TrainConfig()
+    source: str = "<config>"
+
+    @property
+    def layout(self) -> ArtifactLayout:
+        return ArtifactLayout(Path(self.output))
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike) -> "PipelineConfig":
+        path = str(path)
+        try:
+            with open(path, encoding="utf-8") as f:
+                raw = yaml.safe_load(f)
+        except OSError as e:
+            raise ConfigError(f"cannot read config {path}: {e.strerror}") from e
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from e
+        return cls.from_dict(raw, source=path, base_dir=os.path.dirname(os.path.abspath(path)))
+
+    @classmethod
+    def from_dict(cls, raw: Any, source: str = "<config>", base_dir: str | None = None) -> "PipelineConfig":
+        """Validates a parsed config. Relative paths stay relative to the working directory,
+        as a user typing `tfbridge run --config C` in the repo expects."""
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{source}: the config must be a mapping, got {type(raw).__name__}")
+        known = {"data", "label", "task", "features", "preprocessing_fn", "output", "split", "train"}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ConfigError(f"{source}: unknown key(s) {unknown}; expected some of {sorted(known)}")
+
+        def required(key: str) -> Any:
+            if key not in raw or raw[key] in (None, ""):
+                raise ConfigError(f"{source}: missing required key '{key}'")
+            return raw[key]
+
+        data_raw = required("data")
+        if isinstance(data_raw, str):
+            data_raw = {"path": data_raw}
+        if not isinstance(data_raw, dict) or not data_raw.get("path"):
+            raise ConfigError(f"{source}: 'data.path' is required (a Parquet file, directory or glob, or CSV)")
+        data_path = str(data_raw["path"])
+        fmt = data_raw.get("format") or ("csv" if data_path.lower().endswith(".csv") else "parquet")
+        if fmt not in DATA_FORMATS:
+            raise ConfigError(f"{source}: 'data.format' must be one of {DATA_FORMATS}, got {fmt!r}")
+
+        label = str(required("label"))
+        task = required("task")
+        if task not in TASKS:
+            raise ConfigError(f"{source}: 'task' must be one of {TASKS}, got {task!r}")
+        output = str(required("output"))
+
+        features_raw = raw.get("features")
+        preprocessing_fn = raw.get("preprocessing_fn")
+        if features_raw and preprocessing_fn:
+            raise ConfigError(f"{source}: give either 'features' or 'preprocessing_fn', not both")
+        if not features_raw and not preprocessing_fn:
+            raise ConfigError(f"{source}: missing 'features' (or a 'preprocessing_fn: package.module:function')")
+        if preprocessing_fn is not None and (not isinstance(preprocessing_fn, str) or ":" not in preprocessing_fn):
+            raise ConfigError(f"{source}: 'preprocessing_fn' must read 'package.module:function', got {preprocessing_fn!r}")
+
+        features: dict[str, tuple[TransformStep, ...]] = {}
+        if features_raw:
+            if not isinstance(features_raw, dict):
+                raise ConfigError(f"{source}: 'features' must map column names to lists of steps")
+            for column, steps in features_raw.items():
+                where = f"{source}: features.{column}"
+                if str(column) == label:
+                    raise ConfigError(f"{where}: the label '{label}' cannot also be a feature")
+                if isinstance(steps, (str, dict)):
+                    steps = [steps]
+                if not isinstance(steps, list) or not steps:
+                    raise ConfigError(f"{where}: expected a non-empty list of transform steps")
+                features[str(column)] = tuple(TransformStep.parse(s, where) for s in steps)
+        graph_input_names([label, *features], f"{source}: features")
+
+        split_raw = raw.get("split") or {}
+        if not isinstance(split_raw, dict) or set(split_raw) - {"eval_fraction"}:
+            raise ConfigError(f"{source}: 'split' takes only 'eval_fraction', got {split_raw!r}")
+        eval_fraction = split_raw.get("eval_fraction", SplitConfig.eval_fraction)
+        if not isinstance(eval_fraction, (int, float)) or not 0.0 <= eval_fraction < 1.0:
+            raise ConfigError(f"{source}: 'split.eval_fraction' must be a number in [0, 1), got {eval_fraction!r}")
+
+        train = TrainConfig.from_dict(raw.get("train"), source)
+        if train.label_transform != "none" and task != "regression":
+            raise ConfigError(f"{source}: 'train.label_transform' applies to regression only, not {task}")
+
+        return cls(
+            data=DataSource(path=data_path, format=fmt),
+            label=label,
+            task=task,
+            output=output,
+            features=features,
+            preprocessing_fn=preprocessing_fn,
+            split=SplitConfig(eval_fraction=float(eval_fraction)),
+            train=train,
+            source=source,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as YAML would hold it (recorded in manifests for provenance)."""
+        out: dict[str, Any] = {
+            "data": {"path": self.data.path, "format": self.data.format},
+            "label": self.label,
+            "task": self.task,
+            "output": self.output,
+            "split": {"eval_fraction": self.split.eval_fraction},
+            "train": self.train.to_dict(),
+        }
+        if self.features:
+            out["features"] = {c: [s.to_yaml() for s in steps] for c, steps in self.features.items()}
+        if self.preprocessing_fn:
+            out["preprocessing_fn"] = self.preprocessing_fn
+        return out

@@ -1,0 +1,151 @@
+"""The manifests: what a stage produced, read back by the stages after it as the same typed objects.
+
+features/manifest.json (FeaturesManifest) and model/manifest.json (ModelManifest, with OnnxGraph once
+the graph is exported). Each is written last, through `staged`, so it only ever names complete files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+from tfbridge.contracts.columns import RawColumn
+from tfbridge.contracts.errors import DataError
+from tfbridge.contracts.files import write_json_atomic
+
+# Analyzer results travel inside the transform_fn as outputs with this prefix
+# (one value repeated per row). They are statistics, not model inputs: the
+# materialized TFRecords leave them out and the trainer must skip them.
+STAT_OUTPUT_PREFIX = "__stat__"
+
+
+def materialized_feature_spec(transformed_feature_spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The features in the transformed TFRecords: the transform_fn's outputs less its statistics."""
+    return {k: v for k, v in transformed_feature_spec.items() if not k.startswith(STAT_OUTPUT_PREFIX)}
+
+
+class FeatureKind(enum.StrEnum):
+    """What a value is after a transform step (and, for the last step, what the model is given).
+
+    number: float32 [batch]; vector: float32 [batch, width]; ids: int64 [batch] in [0, width);
+    token_ids: int64 [batch, *] (a list per row) in [0, width); text: string [batch]; tokens: string
+    [batch, *]. Text and tokens are no model input until a vocabulary step turns them into ids.
+    """
+
+    NUMBER = "number"
+    VECTOR = "vector"
+    IDS = "ids"
+    TOKEN_IDS = "token_ids"
+    TEXT = "text"
+    TOKENS = "tokens"
+
+    @property
+    def is_model_input(self) -> bool:
+        return self not in (FeatureKind.TEXT, FeatureKind.TOKENS)
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureOutput:
+    """One transformed feature as the model sees it; width is None where it is not known."""
+
+    kind: FeatureKind
+    width: int | None = None
+
+
+def _read_json(path: Path, what: str, stage: str) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError as e:
+        raise DataError(f"no {what} at {path}: run `tfbridge {stage}` first") from e
+
+
+def _raw_columns(raw: Mapping[str, Mapping[str, Any]]) -> dict[str, RawColumn]:
+    return {name: RawColumn(**column) for name, column in raw.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class FeaturesManifest:
+    """What the feature stage produced, for the stages after it (written as features/manifest.json)."""
+
+    raw_columns: Mapping[str, RawColumn]  # every column the transform reads, label included, by the user's name
+    input_names: Mapping[str, str]  # raw column (label too) -> its name inside the transform (graph_input_name)
+    label: str
+    task: str
+    outputs: Mapping[str, FeatureOutput]  # transformed feature -> what it is, less the label
+    rows: Mapping[str, int]  # split -> row count
+    shards: Mapping[str, int]  # split -> file count
+    versions: Mapping[str, str]
+    config: Mapping[str, Any]
+
+    @property
+    def label_key(self) -> str:
+        """The label's name in the transformed data."""
+        return self.input_names[self.label]
+
+    @property
+    def model_inputs(self) -> dict[str, RawColumn]:
+        """The raw columns a model built on these features reads: all but the label."""
+        return {name: column for name, column in self.raw_columns.items() if name != self.label}
+
+    def write(self, path: Path) -> None:
+        write_json_atomic(dataclasses.asdict(self), path)
+
+    @classmethod
+    def read(cls, path: Path) -> "FeaturesManifest":
+        raw = _read_json(path, "feature-stage manifest", "features")
+        raw["raw_columns"] = _raw_columns(raw["raw_columns"])
+        raw["outputs"] = {k: FeatureOutput(FeatureKind(v["kind"]), v["width"]) for k, v in raw["outputs"].items()}
+        return cls(**raw)
+
+
+@dataclasses.dataclass(frozen=True)
+class OnnxGraph:
+    """The exported ONNX graph (model/model.onnx) as the scorer must feed it: the `onnx` entry of ModelManifest.
+
+    inputs/outputs: name -> {"dtype": ONNX element type ("float", "int64", "string"), "shape": [None, ...]}.
+    custom_ops_library: "onnxruntime_extensions" when the graph uses its ops (register its library).
+    """
+
+    path: str  # under model/
+    opset: int
+    inputs: Mapping[str, Mapping[str, Any]]
+    outputs: Mapping[str, Mapping[str, Any]]
+    custom_ops_library: str | None
+    sha256: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelManifest:
+    """What the training stage exported (model/manifest.json): enough to score raw data with it.
+
+    `inputs` are the raw columns the model reads, by the user's names, one tensor [batch] each (see
+    RawColumn). `input_names` gives each one's name in the SavedModel signature and the ONNX graph.
+    """
+
+    inputs: Mapping[str, RawColumn]
+    input_names: Mapping[str, str]  # column -> graph input name
+    outputs: tuple[str, ...]  # the signature's outputs: prediction, or label and probabilities
+    label: str
+    task: str
+    classes: tuple[Any, ...] | None  # classification: the label value of each probability column
+    label_transform: str
+    versions: Mapping[str, str]
+    checksums: Mapping[str, str]  # path under model/ -> sha256, for every exported file
+    onnx: OnnxGraph | None = None  # after the export stage
+
+    def write(self, path: Path) -> None:
+        write_json_atomic(dataclasses.asdict(self), path)
+
+    @classmethod
+    def read(cls, path: Path) -> "ModelManifest":
+        raw = _read_json(path, "model manifest", "train")
+        raw["inputs"] = _raw_columns(raw["inputs"])
+        raw["outputs"] = tuple(raw["outputs"])
+        if raw["classes"] is not None:
+            raw["classes"] = tuple(raw["classes"])
+        if raw.get("onnx") is not None:
+            raw["onnx"] = OnnxGraph(**raw["onnx"])
+        return cls(**raw)

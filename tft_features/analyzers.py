@@ -1,0 +1,142 @@
+"""Full-pass analyzers: each needs a reduce over all rows before it can transform one.
+
+Every function takes the column's tensor (a batch) and returns
+`(output, stats)`: the transformed tensor and the analyzer results by name, as
+they go into `stats.json`. Analyzer results are TFT analyzer outputs, so the
+transform_fn carries them as constants once analysis has run.
+
+This module only declares what is reduced; the reductions TFT lacks (the
+Box-Cox and Yeo-Johnson lambda, the most frequent value) run as Beam
+transforms in `analyzer_impls`.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+import tensorflow_transform as tft
+
+from tft_features.analyzer_impls import MostFrequent, PowerLambda
+
+QUANTILE_EPSILON = 1e-3
+
+
+def z_score(x: tf.Tensor, name: str):
+    """(x - mean) / std with population moments (ddof=0); a constant column maps to x - mean.
+
+    On a vector (e.g. a polynomial expansion) each element has its own moments.
+    """
+    per_row = x.shape.rank == 1
+    mean = tft.mean(x, reduce_instance_dims=per_row, name=f"{name}_mean")
+    var = tft.var(x, reduce_instance_dims=per_row, name=f"{name}_var")
+    std = tf.sqrt(var)
+    centred = x - mean
+    out = tf.where(std > 0, centred / tf.where(std > 0, std, 1.0), centred)
+    return out, {"mean": mean, "std": std}
+
+
+def min_max(x: tf.Tensor, name: str, output_min: float = 0.0, output_max: float = 1.0):
+    """Linear map of [min, max] onto [output_min, output_max]; a constant column maps to the middle.
+
+    On a vector each element has its own range.
+    """
+    per_row = x.shape.rank == 1
+    lo = tft.min(x, reduce_instance_dims=per_row, name=f"{name}_min")
+    hi = tft.max(x, reduce_instance_dims=per_row, name=f"{name}_max")
+    span = hi - lo
+    unit = tf.where(span > 0, (x - lo) / tf.where(span > 0, span, 1.0), tf.fill(tf.shape(x), 0.5))
+    return unit * (output_max - output_min) + output_min, {"min": lo, "max": hi}
+
+
+def vocabulary(x, name: str, top_k: int | None = None, frequency_threshold: int | None = None,
+               num_oov_buckets: int = 1):
+    """Integer ids by descending frequency (ties: reverse-lexicographic, TFT's order).
+
+    Unseen values map to `vocabulary_size + hash % num_oov_buckets`; with
+    `num_oov_buckets: 0` they map to -1. Works on a string column or on a
+    token list (RaggedTensor), whose tokens get ids one by one.
+    """
+    vocab_name = f"{name}_vocabulary"
+    # Unit weights give the same counts, order and thresholds, but TFT then
+    # reduces each batch to (value, count) in TF; unweighted, it sends every
+    # occurrence through Beam as its own element (analysis took twice as long on
+    # the benchmark's wide config).
+    if isinstance(x, tf.RaggedTensor):
+        weights = x.with_flat_values(tf.ones_like(x.flat_values, tf.float32))
+    else:
+        weights = tf.ones_like(x, tf.float32)
+    ids = tft.compute_and_apply_vocabulary(
+        x,
+        weights=weights,
+        top_k=top_k,
+        frequency_threshold=frequency_threshold,
+        num_oov_buckets=num_oov_buckets,
+        vocab_filename=vocab_name,
+        name=f"{name}_vocabulary",
+    )
+    size = tft.experimental.get_vocabulary_size_by_name(vocab_name)
+    return ids, {"vocabulary_size": size, "num_oov_buckets": tf.constant(num_oov_buckets, tf.int64)}
+
+
+def quantile_buckets(x: tf.Tensor, name: str, num_buckets: int):
+    """Bucket ids 0..num_buckets-1 from approximate quantiles (error at most QUANTILE_EPSILON in rank).
+
+    A value equal to a boundary goes to the bucket above it, as with
+    `np.searchsorted(boundaries, x, side="right")`.
+    """
+    boundaries = tft.quantiles(x, num_buckets, QUANTILE_EPSILON, name=f"{name}_quantiles")
+    ids = tft.apply_buckets(x, boundaries)
+    return ids, {"boundaries": tf.reshape(boundaries, [-1])}
+
+
+def impute(x, name: str, strategy: str, value=None):
+    """Fills missing values (a SparseTensor [batch, 1] whose absent rows are missing).
+
+    mean / median are over the present values (median from quantiles, within
+    QUANTILE_EPSILON in rank); most_frequent breaks ties by the smallest value;
+    constant uses `value`.
+    """
+    present = x.values
+    if strategy == "mean":
+        fill = tft.mean(present, name=f"{name}_impute_mean")
+    elif strategy == "median":
+        fill = tf.reshape(tft.quantiles(present, 2, QUANTILE_EPSILON, name=f"{name}_impute_median"), [])
+    elif strategy == "most_frequent":
+        fill, = tft.experimental.ptransform_analyzer(
+            [present], MostFrequent(), [present.dtype], [[]], name=f"{name}_impute_most_frequent")
+        fill = tf.reshape(fill, [])
+    else:  # constant
+        fill = tf.constant(value, dtype=present.dtype)
+    out = tf.squeeze(tft.sparse_tensor_to_dense_with_shape(x, [None, 1], default_value=fill), 1)
+    return out, {"impute_value": fill}
+
+
+def box_cox(x: tf.Tensor, name: str):
+    """Box-Cox power transform with lambda estimated by maximum likelihood.
+
+    y = (x**lam - 1) / lam (log x when lam == 0). Needs x > 0; the feature stage
+    checks that on the data before the run starts.
+    """
+    lam, = tft.experimental.ptransform_analyzer(
+        [x], PowerLambda("box_cox"), [tf.float32], [[]], name=f"{name}_box_cox_lambda")
+    lam_32 = tf.reshape(lam, [])
+    lam, x = tf.cast(lam_32, tf.float64), tf.cast(x, tf.float64)  # see mappers.in_float64
+    logx = tf.math.log(x)
+    safe = tf.where(tf.abs(lam) > 0, lam, 1.0)
+    y = tf.where(tf.abs(lam) > 0, tf.math.expm1(lam * logx) / safe, logx)
+    return tf.cast(y, tf.float32), {"box_cox_lambda": lam_32}
+
+
+def yeo_johnson(x: tf.Tensor, name: str):
+    """Yeo-Johnson power transform (any sign) with lambda estimated by maximum likelihood."""
+    lam, = tft.experimental.ptransform_analyzer(
+        [x], PowerLambda("yeo_johnson"), [tf.float32], [[]], name=f"{name}_yeo_johnson_lambda")
+    lam_32 = tf.reshape(lam, [])
+    lam, x = tf.cast(lam_32, tf.float64), tf.cast(x, tf.float64)  # see mappers.in_float64
+    pos, zero = x >= 0, tf.zeros_like(x)
+    lp = tf.math.log1p(tf.where(pos, x, zero))
+    ln = tf.math.log1p(tf.where(pos, zero, -x))
+    lam_p = tf.where(tf.abs(lam) > 0, lam, 1.0)
+    lam_n = tf.where(tf.abs(2.0 - lam) > 0, 2.0 - lam, 1.0)
+    y_pos = tf.where(tf.abs(lam) > 0, tf.math.expm1(lam * lp) / lam_p, lp)
+    y_neg = tf.where(tf.abs(2.0 - lam) > 0, -tf.math.expm1((2.0 - lam) * ln) / lam_n, -ln)
+    return tf.cast(tf.where(pos, y_pos, y_neg), tf.float32), {"yeo_johnson_lambda": lam_32}

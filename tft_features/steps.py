@@ -1,0 +1,221 @@
+"""The registry of transform steps: every fact about a step of the config's `features:` on its entry.
+
+A step's entry says what it accepts and produces (a `FeatureKind`), its parameters and their checks,
+how the raw column must be read when it comes first, whether it needs an analysis pass, and how it is
+built from a mapper (`mappers`, per row) or an analyzer (`analyzers`, full pass). `preprocessing` plans
+and builds chains from these entries alone; no step is special-cased elsewhere.
+
+Kinds, as in `tfbridge.contracts.FeatureKind`:
+
+  number    float32 [batch]            text       string [batch]
+  tokens    ragged string [batch, *]   ids        int64 [batch]
+  token_ids ragged int64 [batch, *]    vector     float32 [batch, k]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping
+
+import tensorflow as tf
+
+from tfbridge.contracts import FeatureKind, graph_input_name
+from tft_features import analyzers, mappers
+
+NUMBER, TEXT, TOKENS = FeatureKind.NUMBER, FeatureKind.TEXT, FeatureKind.TOKENS
+IDS, TOKEN_IDS, VECTOR = FeatureKind.IDS, FeatureKind.TOKEN_IDS, FeatureKind.VECTOR
+_NUMERIC = (int, float)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepKind:
+    """What a step accepts and produces; `width` is the id range it yields, when known."""
+
+    kind: FeatureKind
+    width: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class StepInput:
+    """What a step's builder is given besides the tensor it transforms."""
+
+    scope: str  # a name unique to this step of this column, for its analyzers
+    params: Mapping[str, Any]
+    column: str  # the user's name for the column
+    incoming: StepKind  # what the step before it produced
+    raw: Mapping[str, Any]  # every raw input by graph input name, [batch, 1] (polynomial's partners)
+
+
+Params = Mapping[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class StepDef:
+    """One transform step. Parameters are checked when the config is read, before any data is touched."""
+
+    name: str  # the config's word
+    accepts: tuple[FeatureKind, ...]
+    params: tuple[str, ...]  # allowed parameter names
+    result: Callable[[StepKind, Params], StepKind]
+    build: Callable[[Any, StepInput], tuple[Any, dict]]  # (output, statistics for stats.json)
+    full_pass: Callable[[Params], bool]  # needs an analysis pass over the train split
+    problem: Callable[[Params, StepKind], str | None] = lambda params, incoming: None  # what is wrong, if anything
+    reads: Callable[[Params], str | None] = lambda params: "float"  # raw type when first; None: the next step's
+    short: str | None = None  # the parameter a bare value stands for: {impute: mean} is {impute: {strategy: mean}}
+    fills_missing: bool = False  # must come first: the raw column keeps its missing values for this step
+    needs_positive: bool = False  # as the lead step it reads raw values, which must all be > 0
+    partners: Callable[[Params], tuple[str, ...]] = lambda params: ()  # other raw columns it reads
+
+
+def _always(params: Params) -> bool:
+    return True
+
+
+def _never(params: Params) -> bool:
+    return False
+
+
+def _to(kind: FeatureKind) -> Callable[[StepKind, Params], StepKind]:
+    return lambda incoming, params: StepKind(kind)
+
+
+def _same_kind(incoming: StepKind, params: Params) -> StepKind:
+    return incoming
+
+
+def _reads_string(params: Params) -> str:
+    return "string"
+
+
+def _mapper(fn) -> Callable[[Any, StepInput], tuple[Any, dict]]:
+    """A step whose function takes (x, scope, **params): every mapper and analyzer but the two below."""
+    return lambda x, step: fn(x, step.scope, **step.params)
+
+
+# --- per-step parameter checks ------------------------------------------------------------------
+
+def _threshold_problem(p: Params, incoming: StepKind) -> str | None:
+    return None if isinstance(p.get("value"), _NUMERIC) else "needs a numeric threshold, e.g. {threshold: 0.5}"
+
+
+def _clip_problem(p: Params, incoming: StepKind) -> str | None:
+    return None if any(isinstance(p.get(k), _NUMERIC) for k in ("min", "max")) else "needs a numeric 'min', 'max' or both"
+
+
+def _min_max_problem(p: Params, incoming: StepKind) -> str | None:
+    return None if p.get("output_min", 0.0) < p.get("output_max", 1.0) else "output_min must be below output_max"
+
+
+def _normalize_text_problem(p: Params, incoming: StepKind) -> str | None:
+    try:
+        mappers.stop_words(p.get("stopwords", "english"))
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+def _polynomial_problem(p: Params, incoming: StepKind) -> str | None:
+    others = p.get("with", [])
+    if not isinstance(others, list) or not all(isinstance(o, str) for o in others):
+        return "'with' must be a list of column names"
+    if not (isinstance(p.get("degree", 2), int) and p.get("degree", 2) >= 1):
+        return f"degree must be a positive integer, got {p.get('degree')!r}"
+    return None
+
+
+def _one_hot_problem(p: Params, incoming: StepKind) -> str | None:
+    if p.get("depth") or incoming.width:
+        return None
+    return "one_hot needs a fixed width: give vocabulary a top_k, or one_hot a depth"
+
+
+def _bucketize_problem(p: Params, incoming: StepKind) -> str | None:
+    if ("num_buckets" in p) == ("boundaries" in p):
+        return "give either num_buckets (quantiles) or boundaries (fixed), not both"
+    if "num_buckets" in p and not (isinstance(p["num_buckets"], int) and p["num_buckets"] >= 2):
+        return f"num_buckets must be an integer >= 2, got {p['num_buckets']!r}"
+    bounds = p.get("boundaries")
+    if bounds is not None and not (isinstance(bounds, list) and bounds and all(isinstance(b, _NUMERIC) for b in bounds)
+                                   and all(a < b for a, b in zip(bounds, bounds[1:]))):
+        return f"boundaries must be a non-empty, strictly increasing list of numbers, got {bounds!r}"
+    return None
+
+
+def _vocabulary_problem(p: Params, incoming: StepKind) -> str | None:
+    for key in ("top_k", "frequency_threshold", "num_oov_buckets"):
+        if key in p and not (isinstance(p[key], int) and p[key] >= 0):
+            return f"{key} must be a non-negative integer, got {p[key]!r}"
+    return None
+
+
+_IMPUTE_STRATEGIES = ("mean", "median", "most_frequent", "constant")
+
+
+def _impute_problem(p: Params, incoming: StepKind) -> str | None:
+    if p.get("strategy") not in _IMPUTE_STRATEGIES:
+        return f"strategy must be mean, median, most_frequent or constant, got {p.get('strategy')!r}"
+    if p["strategy"] == "constant" and "value" not in p:
+        return "constant needs a 'value'"
+    return None
+
+
+# --- steps whose result or build depends on their parameters or their chain ----------------------
+
+def _vocabulary_result(incoming: StepKind, params: Params) -> StepKind:
+    top_k = params.get("top_k")
+    width = top_k + params.get("num_oov_buckets", 1) if top_k else None
+    return StepKind(TOKEN_IDS if incoming.kind == TOKENS else IDS, width)
+
+
+def _bucketize_result(incoming: StepKind, params: Params) -> StepKind:
+    if "num_buckets" in params:
+        return StepKind(IDS, params["num_buckets"])
+    return StepKind(IDS, len(params.get("boundaries", [])) + 1)
+
+
+def _build_bucketize(x, step: StepInput):
+    """Fixed boundaries are a per-row mapper; quantile buckets need the boundaries from a full pass."""
+    if "boundaries" in step.params:
+        return mappers.fixed_buckets(x, step.scope, step.params["boundaries"])
+    return analyzers.quantile_buckets(x, step.scope, step.params["num_buckets"])
+
+
+def _build_polynomial(x, step: StepInput):
+    others = {o: tf.squeeze(step.raw[graph_input_name(o)], 1) for o in step.params.get("with", [])}
+    return mappers.polynomial(x, step.column, step.params.get("degree", 2), others)
+
+
+def _build_one_hot(x, step: StepInput):
+    return mappers.one_hot(x, step.scope, step.params.get("depth") or step.incoming.width)
+
+
+def _impute_reads(params: Params) -> str | None:
+    """A mean or median is of numbers; a most frequent or constant value takes the next step's type."""
+    return "float" if params.get("strategy") in ("mean", "median") else None
+
+
+STEPS: dict[str, StepDef] = {s.name: s for s in [
+    # Per-row mappers.
+    StepDef("normalize_text", (TEXT,), ("stopwords", "lowercase"), _to(TOKENS), _mapper(mappers.normalize_text),
+            _never, _normalize_text_problem, reads=_reads_string),
+    StepDef("threshold", (NUMBER,), ("value",), _to(NUMBER), _mapper(mappers.threshold), _never, _threshold_problem,
+            short="value"),
+    StepDef("log1p", (NUMBER,), (), _to(NUMBER), _mapper(mappers.log1p), _never),
+    StepDef("clip", (NUMBER,), ("min", "max"), _to(NUMBER), _mapper(mappers.clip), _never, _clip_problem),
+    StepDef("polynomial", (NUMBER,), ("degree", "with"), _to(VECTOR), _build_polynomial, _never, _polynomial_problem,
+            partners=lambda params: tuple(params.get("with", []))),
+    StepDef("one_hot", (IDS,), ("depth",), _to(VECTOR), _build_one_hot, _never, _one_hot_problem),
+    # Full-pass analyzers (bucketize with fixed boundaries is per row, impute with a constant too).
+    StepDef("z_score", (NUMBER, VECTOR), (), _same_kind, _mapper(analyzers.z_score), _always),
+    StepDef("min_max", (NUMBER, VECTOR), ("output_min", "output_max"), _same_kind, _mapper(analyzers.min_max),
+            _always, _min_max_problem),
+    StepDef("box_cox", (NUMBER,), (), _to(NUMBER), _mapper(analyzers.box_cox), _always, needs_positive=True),
+    StepDef("yeo_johnson", (NUMBER,), (), _to(NUMBER), _mapper(analyzers.yeo_johnson), _always),
+    StepDef("bucketize", (NUMBER,), ("num_buckets", "boundaries"), _bucketize_result, _build_bucketize,
+            lambda params: "num_buckets" in params, _bucketize_problem),
+    StepDef("vocabulary", (TEXT, TOKENS), ("top_k", "frequency_threshold", "num_oov_buckets"), _vocabulary_result,
+            _mapper(analyzers.vocabulary), _always, _vocabulary_problem, reads=_reads_string),
+    StepDef("impute", (NUMBER, TEXT), ("strategy", "value"), _same_kind, _mapper(analyzers.impute),
+            lambda params: params.get("strategy") != "constant", _impute_problem, reads=_impute_reads,
+            short="strategy", fills_missing=True),
+]}
