@@ -20,7 +20,8 @@ from pathlib import Path
 import onnx
 
 from onnx_export.lowerings import EXTENSIONS_DOMAIN, HANDLERS, UnsupportedOp
-from tfbridge.contracts import ModelManifest, OnnxGraph, PipelineConfig, StageError, file_sha256, staged
+from tfbridge.contracts import (ModelManifest, OnnxGraph, PipelineConfig, StageError, file_sha256, fingerprints,
+                                staged)
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +130,7 @@ def export_onnx(config: PipelineConfig) -> Path:
         graph = OnnxGraph(path=path.name, opset=OPSET, inputs=_signature(model.graph.input),
                           outputs=_signature(model.graph.output),
                           custom_ops_library="onnxruntime_extensions" if uses_extensions else None,
-                          sha256=file_sha256(tmp))
+                          sha256=file_sha256(tmp), fingerprint=fingerprints.onnx_fingerprint(manifest.fingerprint))
         dataclasses.replace(manifest, onnx=None).write(layout.model_manifest_path)
     dataclasses.replace(manifest, onnx=graph).write(layout.model_manifest_path)
     log.info("export: %s (%d nodes, opset %d%s)", path, len(model.graph.node), OPSET,

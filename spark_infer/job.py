@@ -28,7 +28,8 @@ from pyspark.sql import functions as F
 
 from spark_infer import column_ref, score
 from spark_infer.udf import MissingValues, ScoringModel
-from tfbridge.contracts import CSV_NULL_VALUES, DATA_FORMATS, DataError, ModelManifest, staged
+from tfbridge.contracts import (CSV_NULL_VALUES, DATA_FORMATS, SCORE_RECORD, DataError, ModelManifest, fingerprints,
+                                staged, write_json_atomic)
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,18 @@ def spark_session(master: str | None, app: str = "tfbridge-score"):
     if master or "PYSPARK_GATEWAY_PORT" not in os.environ:
         builder = builder.master(master or "local[*]")
     return builder.getOrCreate()
+
+
+def scoring_progress() -> tuple[int, int | None]:
+    """(tasks done, tasks) over the stages Spark is running now in this process, for a progress bar."""
+    from pyspark import SparkContext
+
+    context = SparkContext._active_spark_context
+    if context is None:
+        return 0, None
+    tracker = context.statusTracker()
+    stages = [info for info in map(tracker.getStageInfo, tracker.getActiveStageIds()) if info is not None]
+    return sum(s.numCompletedTasks for s in stages), sum(s.numTasks for s in stages) or None
 
 
 def input_format(path: str, fmt: str | None = None) -> str:
@@ -138,8 +151,15 @@ def run_score(model_dir: str, input_path: str, output: str, master: str | None =
             predictions = [c for c in scored.columns if c not in df.columns]
             kept = [id_column] if id_column else df.columns
             scored = scored.select(*[F.col(column_ref(c)) for c in [*kept, *predictions]])
+            job_start = time.monotonic()
             scored.write.parquet(str(staging))
             rows = sum(pq.ParquetFile(part).metadata.num_rows for part in staging.glob("*.parquet"))
+            # seconds: the whole job, Spark's start included; job_seconds: the Spark job that read, scored, wrote.
+            write_json_atomic({"rows": rows, "seconds": time.monotonic() - start, "input": input_path,
+                               "job_seconds": time.monotonic() - job_start, "model": model_dir,
+                               "output": str(final), "fingerprint": fingerprints.scores_fingerprint(model.manifest,
+                                                                              sorted(glob.glob(input_path)))},
+                              staging / SCORE_RECORD)
     except BaseException as error:
         explained = input_error(error, df, input_path) if isinstance(error, Exception) else None
         if explained is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import os
 from pathlib import Path
 
 import numpy as np
@@ -118,3 +119,33 @@ def _assert_outputs_agree(got: dict, want: dict, task: str, rtol: float, spread:
 def _decoded(outputs: dict) -> dict:
     return {k: np.array([v.decode() if isinstance(v, bytes) else v for v in np.asarray(x).tolist()], object)
             if k == "label" else np.asarray(x) for k, x in outputs.items()}
+
+
+CHROMIUM = "/usr/bin/chromium"  # Debian's, installed by .ci/run; playwright never downloads a browser here
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync"]
+
+
+def assert_report_renders(output: Path) -> None:
+    """report.html in a real headless chromium: no console error, every plot decoded, a screenshot that is not blank."""
+    from PIL import Image
+    from playwright.sync_api import sync_playwright
+
+    assert os.path.exists(CHROMIUM), f"{CHROMIUM} is missing: `apt-get install -y chromium` (as .ci/run does)"
+    plots = sorted((output / "report").glob("*.png"))
+    assert len(plots) >= 3, plots
+    errors: list[str] = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto((output / "report.html").resolve().as_uri(), wait_until="load")
+        sizes = page.eval_on_selector_all("img", "images => images.map(i => [i.complete, i.naturalWidth, i.naturalHeight])")
+        page.screenshot(path=str(output / "report-screenshot.png"), full_page=True)
+        browser.close()
+    assert not errors, errors
+    assert len(sizes) == len(plots) and all(done and w > 0 and h > 0 for done, w, h in sizes), sizes
+    with Image.open(output / "report-screenshot.png") as shot:
+        colours = shot.convert("RGB").resize((200, 200)).getcolors(maxcolors=200 * 200)
+    assert shot.size[1] > 2000 and len(colours) > 100, (shot.size, len(colours))

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 MAX_CLASSES = 1000
 SHUFFLE_BUFFER = 4096
+EVAL_BATCH = 8192
 PAD_ID = -1  # token_ids pad value in the model's dense [batch, tokens] input
 
 
@@ -222,8 +223,8 @@ def train_dataset(data: TrainingData, pipeline_id: int, num_pipelines: int, per_
     return dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
-def eval_dataset(data: TrainingData, batch_size: int = 8192) -> tf.data.Dataset:
-    """Every eval row once, in file order: (model inputs, raw label)."""
+def labelled_batches(data: TrainingData, files, batch_size: int = EVAL_BATCH) -> tf.data.Dataset:
+    """Every row of `files` once, in file order: (model inputs, raw label)."""
     spec = parse_spec(data)
     label = data.manifest.label_key
 
@@ -231,8 +232,13 @@ def eval_dataset(data: TrainingData, batch_size: int = 8192) -> tf.data.Dataset:
         parsed = tf.io.parse_example(serialized, spec)
         return model_inputs(parsed, data.features), parsed[label]
 
-    return (tf.data.TFRecordDataset(list(data.eval_files), compression_type="GZIP")
+    return (tf.data.TFRecordDataset(list(files), compression_type="GZIP")
             .batch(batch_size).map(parse).prefetch(2))
+
+
+def eval_dataset(data: TrainingData) -> tf.data.Dataset:
+    """Every eval row once, in file order: (model inputs, raw label)."""
+    return labelled_batches(data, data.eval_files)
 
 
 def steps_per_epoch(data: TrainingData, global_batch: int) -> int:

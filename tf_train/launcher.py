@@ -24,12 +24,13 @@ import time
 
 import yaml
 
-from tfbridge.contracts import DataError, PipelineConfig, TrainingError
+from tfbridge.contracts import DataError, PipelineConfig, TrainingError, fingerprints
 
 log = logging.getLogger(__name__)
 
 TAIL_LINES = 30
 STOP_GRACE_S = 10
+BACKUP_FINGERPRINT = ".backup-fingerprint"  # under model/: the training run that backup/ belongs to
 
 
 def free_ports(count: int) -> list[int]:
@@ -80,11 +81,11 @@ class _Worker:
                 self._out.write(f"[worker {self.index}] {line}\n")
                 self._out.flush()
 
-    def stop(self):
+    def stop(self, grace_s: float = STOP_GRACE_S):
         if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
+            os.killpg(self.process.pid, signal.SIGTERM if grace_s else signal.SIGKILL)
             try:
-                self.process.wait(STOP_GRACE_S)
+                self.process.wait(grace_s)
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
@@ -104,9 +105,15 @@ def launch(config: PipelineConfig, workers: int, retries: int = 0, out=None) -> 
     log.info("train: %s; %d worker(s)", describe(data), workers)
     layout = config.layout
     layout.model_dir.mkdir(parents=True, exist_ok=True)
-    # A fresh run: a backup left by an earlier, different run must not be resumed.
-    shutil.rmtree(layout.backup_dir, ignore_errors=True)
-    (layout.model_dir / HISTORY_FILE).unlink(missing_ok=True)
+    # A backup is resumed only by the run that made it (an interrupted one, run again): another run starts afresh.
+    fingerprint = fingerprints.model_fingerprint(config, data.manifest.fingerprint)
+    marker = layout.model_dir / BACKUP_FINGERPRINT
+    if layout.backup_dir.exists() and marker.exists() and marker.read_text() == fingerprint:
+        log.info("train: resuming from the backup after epoch %d of %d", epochs_done(config), config.train.epochs)
+    else:
+        shutil.rmtree(layout.backup_dir, ignore_errors=True)
+        (layout.model_dir / HISTORY_FILE).unlink(missing_ok=True)
+        marker.write_text(fingerprint)
     config_path = layout.model_dir / ".launch-config.yaml"
     config_path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     command = [sys.executable, "-m", "tf_train", "--config", str(config_path)]
@@ -114,6 +121,7 @@ def launch(config: PipelineConfig, workers: int, retries: int = 0, out=None) -> 
         for attempt in range(retries + 1):
             failed = _run_cluster(command, workers, out)
             if failed is None:
+                marker.unlink(missing_ok=True)
                 return
             code, index, tail = failed
             if attempt < retries:
@@ -124,6 +132,8 @@ def launch(config: PipelineConfig, workers: int, retries: int = 0, out=None) -> 
                                 + "\n".join(tail))
     finally:
         config_path.unlink(missing_ok=True)
+        for left in layout.model_dir.glob(".*-staging-*"):  # a stopped worker's export, never renamed into place
+            shutil.rmtree(left, ignore_errors=True)
 
 
 def _run_cluster(command: list[str], workers: int, out):
@@ -134,6 +144,7 @@ def _run_cluster(command: list[str], workers: int, out):
         env = dict(os.environ, TF_CONFIG=tf_config(ports, index), PYTHONUNBUFFERED="1", **thread_env(workers))
         procs.append(_Worker(index, command, env, out))
         log.info("train: worker %d started, pid %d, port %d", index, procs[-1].process.pid, ports[index])
+    grace_s = STOP_GRACE_S
     try:
         while True:
             codes = [w.process.poll() for w in procs]
@@ -143,9 +154,22 @@ def _run_cluster(command: list[str], workers: int, out):
             if all(code == 0 for code in codes):
                 return None
             time.sleep(0.2)
+    except KeyboardInterrupt:
+        # Stop now: a worker given time would go on training (and might finish), which Ctrl-C means not to do.
+        # What it leaves is its last epoch backup, which the next run resumes from.
+        grace_s = 0
+        raise
     finally:
         for w in procs:
-            w.stop()
+            w.stop(grace_s)
+
+
+def epochs_done(config: PipelineConfig) -> int:
+    """Epochs the chief has finished in the current training run (its history file), for a progress bar."""
+    from tf_train.worker import HISTORY_FILE
+
+    path = config.layout.model_dir / HISTORY_FILE
+    return len(json.loads(path.read_text())) if path.exists() else 0
 
 
 def train_job(config: PipelineConfig, workers: int | None, retries: int) -> None:

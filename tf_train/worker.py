@@ -21,17 +21,22 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import tensorflow as tf
 import tf_keras
 
+from tf_train import baseline
 from tf_train import data as training_data
 from tf_train import metrics as quality
 from tf_train import model as training_model
-from tfbridge.contracts import ModelManifest, PipelineConfig, file_sha256, staged, write_json_atomic
+from tfbridge.contracts import ModelManifest, PipelineConfig, file_sha256, fingerprints, staged, write_json_atomic
 
 log = logging.getLogger(__name__)
 
 HISTORY_FILE = ".history.json"  # under model/: per-epoch loss, kept across restarts
+PREDICTION_ROWS = 50_000  # eval rows kept with their predictions, for the report's plots
+EVAL_LOSS_BATCHES = 8  # the eval loss per epoch is over at most this many eval batches (65,536 rows)
 PACK_BYTES = 32 << 20  # gradients all-reduced in packs up to this size, not one collective per variable
 
 
@@ -76,7 +81,8 @@ def run_worker(config: PipelineConfig) -> None:
         model = training_model.build_model(data.features, data.label, train)
     layout = config.layout
     layout.model_dir.mkdir(parents=True, exist_ok=True)
-    history = EpochLog(name, train.epochs, steps * train.batch_size, layout.model_dir / HISTORY_FILE, chief)
+    history = EpochLog(name, train.epochs, steps * train.batch_size, layout.model_dir / HISTORY_FILE,
+                       (lambda: eval_loss(model, data)) if chief else None)
     model.fit(dataset, epochs=train.epochs, steps_per_epoch=steps, verbose=0,
               callbacks=[tf_keras.callbacks.BackupAndRestore(str(layout.backup_dir)), history])
 
@@ -89,7 +95,8 @@ def run_worker(config: PipelineConfig) -> None:
         return
     with staged(layout.saved_model_dir) as target:
         training_model.save_raw_features_model(module, str(target))
-        metrics = {"task": data.label.task, "eval": evaluate(model, data), "history": history.losses()}
+        metrics = {"task": data.label.task, **evaluate(model, data, layout.eval_predictions_path),
+                   "history": history.losses()}
     write_json_atomic(metrics, layout.metrics_path)
     ModelManifest(
         inputs=data.manifest.model_inputs,
@@ -101,20 +108,40 @@ def run_worker(config: PipelineConfig) -> None:
         label_transform=data.label.transform,
         versions={**data.manifest.versions, "tf_keras": tf_keras.__version__},
         checksums=checksums(layout.model_dir, layout.saved_model_dir),
+        fingerprint=fingerprints.model_fingerprint(config, data.manifest.fingerprint),
     ).write(layout.model_manifest_path)
     (layout.model_dir / HISTORY_FILE).unlink(missing_ok=True)
     shutil.rmtree(layout.backup_dir, ignore_errors=True)
     log.info("train: %s exported %s; eval %s", name, layout.saved_model_dir, json.dumps(metrics["eval"]))
 
 
-class EpochLog(tf_keras.callbacks.Callback):
-    """Logs each epoch on every worker; the chief keeps the per-epoch loss in a file that survives restarts."""
+def eval_loss(model, data: training_data.TrainingData) -> float | None:
+    """The training loss on the eval split (its first EVAL_LOSS_BATCHES batches), rows of unseen classes left out."""
+    total, rows = 0.0, 0
+    for inputs, raw_label in training_data.eval_dataset(data).take(EVAL_LOSS_BATCHES):
+        y = training_data.target(raw_label, data.label)
+        out = model(inputs, training=False)
+        if data.label.task != "regression":
+            known = y >= 0
+            y, out = tf.boolean_mask(y, known), tf.boolean_mask(out, known)
+        if data.label.task != "multiclass":
+            y = tf.cast(y, tf.float32)
+        count = int(tf.shape(y)[0])
+        if count:
+            total += float(model.loss(y, out)) * count
+            rows += count
+    return total / rows if rows else None
 
-    def __init__(self, worker: str, epochs: int, examples_per_epoch: int, path: Path, chief: bool):
+
+class EpochLog(tf_keras.callbacks.Callback):
+    """Logs each epoch on every worker; the chief also computes the eval loss and keeps both per epoch in a file
+    that survives restarts (and that `tfbridge` reads for its progress bar)."""
+
+    def __init__(self, worker: str, epochs: int, examples_per_epoch: int, path: Path, eval_loss=None):
         super().__init__()
         self._worker, self._epochs, self._examples = worker, epochs, examples_per_epoch
-        self._path, self._chief = path, chief
-        self._loss: dict[int, float] = {}
+        self._path, self._eval_loss, self._chief = path, eval_loss, eval_loss is not None
+        self._loss: dict[int, dict] = {}
         self._start = self._last_step = 0.0
 
     def on_train_begin(self, logs=None):
@@ -133,35 +160,53 @@ class EpochLog(tf_keras.callbacks.Callback):
         log.info("train: %s: epoch %d/%d loss %.5f (%.1f s, %s examples/s)", self._worker, epoch + 1,
                  self._epochs, loss, seconds, f"{self._examples / max(seconds, 1e-9):,.0f}")
         if self._chief:
-            self._loss[epoch + 1] = loss
+            self._loss[epoch + 1] = {"loss": loss, "eval_loss": self._eval_loss()}
             write_json_atomic(self._loss, self._path)
 
     def losses(self) -> list[dict]:
-        return [{"epoch": epoch, "loss": loss} for epoch, loss in sorted(self._loss.items())]
+        return [{"epoch": epoch, **losses} for epoch, losses in sorted(self._loss.items())]
 
 
-def evaluate(model, data: training_data.TrainingData) -> dict:
-    """Quality on every row of the eval split, in label units (empty when the split is)."""
+def evaluate(model, data: training_data.TrainingData, predictions_path: Path) -> dict:
+    """Quality on every row of the eval split in label units, the model's and the linear baseline's (empty when
+    the split is), and up to PREDICTION_ROWS of those rows with both predictions written to `predictions_path`."""
+    predictions_path.unlink(missing_ok=True)
     if not data.eval_files or not int(data.manifest.rows.get("eval", 0)):
-        return {}
+        return {"eval": {}}
     label = data.label
-    outputs, labels = [], []
-    for inputs, raw_label in training_data.eval_dataset(data):
+    fitted = baseline.fit_baseline(data)
+    outputs, baseline_outputs, labels = [], [], []
+    for batch in training_data.eval_dataset(data):
+        inputs, raw_label = batch
         out = training_model.predictions(model(inputs, training=False), label)
         outputs.append({k: v.numpy() for k, v in out.items()})
+        baseline_outputs.append(baseline.baseline_outputs(fitted, baseline.design_matrix([batch], data)[0], data))
         labels.append(raw_label.numpy())
     y = np.concatenate(labels)
+    ours = np.concatenate([o["prediction" if label.task == "regression" else "probabilities"] for o in outputs])
+    theirs = np.concatenate([o["prediction" if label.task == "regression" else "probabilities"]
+                             for o in baseline_outputs])
     if label.task == "regression":
-        return quality.regression_metrics(y, np.concatenate([o["prediction"] for o in outputs]))
-    probabilities = np.concatenate([o["probabilities"] for o in outputs])
-    index = {c: i for i, c in enumerate(label.classes)}
-    keys = [v.decode() for v in y] if label.dtype == "string" else [int(v) for v in y]
-    y_index = np.array([index.get(k, -1) for k in keys])
-    known = y_index >= 0
-    if not known.all():
-        log.warning("train: %d eval rows have a label unseen in training; left out of the metrics",
-                    int((~known).sum()))
-    return quality.classification_metrics(y_index[known], probabilities[known])
+        metrics = quality.regression_metrics(y, ours)
+        baseline_metrics = quality.regression_metrics(y, theirs)
+        rows = {"label": y.astype(np.float64), "prediction": ours.astype(np.float64),
+                "baseline_prediction": theirs.astype(np.float64)}
+    else:
+        index = {c: i for i, c in enumerate(label.classes)}
+        keys = [v.decode() for v in y] if label.dtype == "string" else [int(v) for v in y]
+        y_index = np.array([index.get(k, -1) for k in keys])
+        known = y_index >= 0
+        if not known.all():
+            log.warning("train: %d eval rows have a label unseen in training; left out of the metrics",
+                        int((~known).sum()))
+        y_index, ours, theirs = y_index[known], ours[known], theirs[known]
+        metrics = quality.classification_metrics(y_index, ours)
+        baseline_metrics = quality.classification_metrics(y_index, theirs)
+        rows = {"label_index": y_index, "probabilities": list(ours.astype(np.float64)),
+                "baseline_probabilities": list(theirs.astype(np.float64))}
+    with staged(predictions_path) as tmp:
+        pq.write_table(pa.table(rows).slice(0, PREDICTION_ROWS), tmp)
+    return {"eval": metrics, "baseline": {"model": type(fitted).__name__, **baseline_metrics}}
 
 
 def checksums(root: Path, directory: Path) -> dict[str, str]:

@@ -4,8 +4,13 @@
     tfbridge train --config C [--workers N] [--retries R]
     tfbridge export --config C            (the SavedModel as one ONNX graph: model/model.onnx)
     tfbridge score --model DIR --input PATH --output DIR [--master URL] [--mode error|overwrite] [--format csv|parquet]
-    tfbridge run --config C [--workers N] [Beam pipeline options...]
-    tfbridge demo [--output DIR] [--workers N]
+    tfbridge run --config C [--workers N] [--force | --from STAGE] [Beam pipeline options...]
+    tfbridge demo [--output DIR] [--workers N] [--force | --from STAGE]
+    tfbridge report --config C | --output DIR   (report.html from a finished run)
+
+Quiet by default: one line per stage, progress bars, a summary; each stage's full output goes to
+<output>/logs/<stage>.log. --verbose shows it all on the terminal instead. `run` and `demo` skip the
+stages whose output is up to date; Ctrl-C stops cleanly, and the next run resumes.
 
 Each stage also runs as its own job, without this command: `python -m tft_features --config C`,
 `python -m tf_train --config C` (one worker, the cluster from TF_CONFIG), `python -m onnx_export
@@ -18,12 +23,14 @@ Options the command does not know (e.g. `--runner=FlinkRunner
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from importlib import resources
 from pathlib import Path
 
 import yaml
 
+from tfbridge.console import Console
 from tfbridge.contracts import PipelineConfig
 from tfbridge.jobs import run_job
 
@@ -47,51 +54,198 @@ def main(argv: list[str] | None = None) -> int:
     for name, help_text in (("features", "run the TFT feature stage (a Beam job)"),
                             ("train", "train on N local workers (MultiWorkerMirroredStrategy) and export"),
                             ("export", "write the trained model and its transform as one ONNX graph"),
-                            ("run", "run every stage in order: features, train, export, score")):
+                            ("run", "run every stage in order: features, train, export, score, report")):
         parsers[name] = sub.add_parser(name, help=help_text)
         parsers[name].add_argument("--config", required=True, help="pipeline config (YAML)")
     parsers["score"] = sub.add_parser("score", help="score raw Parquet/CSV on Spark with the exported model")
     add_score_arguments(parsers["score"])
     parsers["demo"] = sub.add_parser("demo", help="`run` on the built-in diamonds dataset")
     parsers["demo"].add_argument("--output", default="runs/demo", help="where the run writes (default: runs/demo)")
+    parsers["report"] = sub.add_parser("report", help="write report.html (and report/*.png) for a finished run")
+    which = parsers["report"].add_mutually_exclusive_group(required=True)
+    which.add_argument("--config", help="the run's pipeline config (YAML)")
+    which.add_argument("--output", help="the run's output directory (its config is read from its manifest)")
     for name in ("run", "demo"):
         parsers[name].add_argument("--master", help="Spark master URL (default local[*], or spark-submit's)")
     for name in ("train", "run", "demo"):
         parsers[name].add_argument("--workers", type=int, help="training workers (default: train.workers, 2)")
         parsers[name].add_argument("--retries", type=int, default=0,
                                    help="restart the workers from the last backup this many times (default 0)")
+    for name in ("run", "demo"):
+        parsers[name].add_argument("--force", action="store_true", help="redo every stage, even one up to date")
+        parsers[name].add_argument("--from", dest="from_stage", choices=STAGES,
+                                   help="redo this stage and every one after it (earlier ones: only if out of date)")
+    for command in parsers.values():
+        command.add_argument("--verbose", action="store_true",
+                             help="show every library's output on the terminal (default: in <output>/logs/)")
     args, extra_args = parser.parse_known_args(argv)
-    if extra_args and args.command in ("train", "export", "score"):
+    if extra_args and args.command in ("train", "export", "score", "report"):
         parser.error(f"unrecognized arguments: {' '.join(extra_args)}")
-    return run_job(lambda: run_stages(args, extra_args))
+    return run_job(lambda: run_stages(args, extra_args, Console(args.verbose)))
 
 
-def run_stages(args: argparse.Namespace, beam_args: list[str]) -> None:
-    """The command's stages in order, each through its own job function (stages imported when used)."""
+STAGES = ("features", "train", "export", "score", "report")
+COMMAND_STAGES = {"features": ("features",), "train": ("train",), "export": ("export",), "report": ("report",),
+                  "run": STAGES, "demo": STAGES}
+
+
+def run_stages(args: argparse.Namespace, beam_args: list[str], console: Console) -> None:
+    """The command's stages in order, each with its line on the console. `run` and `demo` skip a stage whose
+    output is up to date (its recorded fingerprint matches), unless --force or --from says to redo it."""
     if args.command == "score":
-        from spark_infer.job import score_job
-
-        score_job(args.model, args.input, args.output, args.master, args.mode, args.id_column, args.format)
+        result = score_stage(console, Path(args.output).resolve().parent / "logs", args.model, args.input,
+                             args.output, args.master, args.mode, args.id_column, args.format)
+        console.line(f"scores: {result.output}")
         return
-    config = demo_config(args.output) if args.command == "demo" else PipelineConfig.from_yaml(Path(args.config))
-    if args.command in ("features", "run", "demo"):
-        from tft_features.pipeline import features_job
+    config = _command_config(args)
+    if args.command != "report":
+        console.line(f"tfbridge {args.command}: {config.source} → {config.output} (logs: {config.layout.logs_dir})")
+    resumable = args.command in ("run", "demo")
+    redo_from = STAGES.index(args.from_stage) if resumable and args.from_stage else (
+        0 if not resumable or args.force else len(STAGES))
+    for name in COMMAND_STAGES[args.command]:
+        if STAGES.index(name) < redo_from:
+            why = up_to_date(name, config)
+            if why:
+                console.skipped(name, why)
+                continue
+        _RUNNERS[name](config, args, beam_args, console)
+    if resumable:
+        console.line(summary(config, json.loads(config.layout.report_results_path.read_text())))
 
-        features_job(config, beam_args)
-    if args.command in ("train", "run", "demo"):
-        from tf_train.launcher import train_job
 
-        train_job(config, args.workers, args.retries)
-    if args.command in ("export", "run", "demo"):
-        from onnx_export.convert import export_job
+def up_to_date(stage: str, config: PipelineConfig) -> str | None:
+    """Why a stage's output needs no redoing (its recorded fingerprint is today's), or None. Reads manifests only."""
+    from tfbridge.contracts import DataError, FeaturesManifest, ModelManifest, fingerprints
 
-        export_job(config)
-    if args.command in ("run", "demo"):
-        from spark_infer.job import score_job
+    layout = config.layout
+    try:
+        features = FeaturesManifest.read(layout.features_manifest_path)
+        if stage == "features":
+            done = features.fingerprint == fingerprints.features_fingerprint(config)
+            return f"{layout.features_dir} is up to date" if done else None
+        model = ModelManifest.read(layout.model_manifest_path)
+        if stage == "train":
+            done = model.fingerprint == fingerprints.model_fingerprint(config, features.fingerprint)
+            return f"{layout.saved_model_dir} is up to date" if done else None
+        if stage == "export":
+            done = model.onnx is not None and model.onnx.fingerprint == fingerprints.onnx_fingerprint(model.fingerprint)
+            return f"{layout.onnx_path} is up to date" if done else None
+        if stage == "score":
+            recorded = json.loads(layout.score_record_path.read_text())["fingerprint"]
+            done = recorded == fingerprints.scores_fingerprint(model, config.data.files())
+            return f"{layout.scores_dir} is up to date" if done else None
+        recorded = json.loads(layout.report_results_path.read_text())["fingerprint"]
+        return f"{layout.report_path} is up to date" if recorded == fingerprints.report_fingerprint(layout) else None
+    except (OSError, ValueError, KeyError, DataError):  # not there, or written by an older version: redo it
+        return None
 
-        # A rerun replaces its scores, as it replaces its features and model.
-        score_job(str(config.layout.model_dir), config.data.pattern(), str(config.layout.scores_dir),
-                  args.master, "overwrite", fmt=config.data.format)
+
+def _working() -> tuple[int, None]:
+    """A bar with no measure of progress: it shows the stage at work."""
+    return 0, None
+
+
+# Each stage is imported inside its console stage: importing TensorFlow already writes to the terminal.
+def features_stage(config: PipelineConfig, args, beam_args: list[str], console: Console) -> None:
+    with console.stage("features", config.layout.logs_dir) as stage:
+        from tft_features.inputs import READ_PROGRESS
+        from tft_features.pipeline import run_features
+
+        stage.track("rows read", READ_PROGRESS.snapshot)
+        result = run_features(config, beam_args)
+        stage.result = f"{_rows(result.rows)} → {result.features_dir}"
+
+
+def train_stage(config: PipelineConfig, args, beam_args: list[str], console: Console) -> None:
+    workers = args.workers or config.train.workers
+    with console.stage("train", config.layout.logs_dir) as stage:
+        from tf_train.launcher import epochs_done, launch
+
+        stage.track("epochs", lambda: (epochs_done(config), config.train.epochs))
+        launch(config, workers, args.retries)
+        quality = json.loads(config.layout.metrics_path.read_text())["eval"]
+        figures = ", ".join(f"{k} {_figure(v)}" for k, v in quality.items() if k != "rows")
+        stage.result = (f"{config.train.epochs} epochs on {workers} worker(s){', eval ' + figures if figures else ''}"
+                        f" → {config.layout.saved_model_dir}")
+
+
+def export_stage(config: PipelineConfig, args, beam_args: list[str], console: Console) -> None:
+    with console.stage("export", config.layout.logs_dir) as stage:
+        from onnx_export.convert import export_onnx
+
+        stage.track("converting the SavedModel", _working)
+        stage.result = f"→ {export_onnx(config)}"
+
+
+def run_score_stage(config: PipelineConfig, args, beam_args: list[str], console: Console) -> None:
+    # A rerun replaces its scores, as it replaces its features and model.
+    score_stage(console, config.layout.logs_dir, str(config.layout.model_dir), config.data.pattern(),
+                str(config.layout.scores_dir), args.master, "overwrite", fmt=config.data.format)
+
+
+def report_stage(config: PipelineConfig, args, beam_args: list[str], console: Console) -> None:
+    with console.stage("report", config.layout.logs_dir) as stage:
+        from tfbridge.report import build_report
+
+        stage.track("plots and hand-off checks", _working)
+        stage.result = f"→ {build_report(config).html}"
+
+
+_RUNNERS = {"features": features_stage, "train": train_stage, "export": export_stage, "score": run_score_stage,
+            "report": report_stage}
+
+
+def score_stage(console: Console, logs: Path, *args, **kwargs):
+    with console.stage("score", logs) as stage:
+        from spark_infer.job import run_score, scoring_progress
+
+        stage.track("Spark tasks", scoring_progress)
+        result = run_score(*args, **kwargs)
+        stage.result = f"{result.rows:,} rows → {result.output}"
+    return result
+
+
+def _command_config(args: argparse.Namespace) -> PipelineConfig:
+    if args.command == "demo":
+        return demo_config(args.output)
+    if args.command == "report" and args.output:
+        from tfbridge.contracts import ArtifactLayout, FeaturesManifest
+
+        layout = ArtifactLayout(Path(args.output))
+        recorded = FeaturesManifest.read(layout.features_manifest_path).config
+        return PipelineConfig.from_dict({**recorded, "output": args.output}, source=str(layout.features_manifest_path))
+    return PipelineConfig.from_yaml(Path(args.config))
+
+
+def _rows(rows: dict[str, int]) -> str:
+    return " / ".join(f"{count:,} {split}" for split, count in rows.items()) + " rows"
+
+
+def summary(config: PipelineConfig, results: dict) -> str:
+    """The run in a few lines: where each artifact is, quality next to the baseline, the hand-offs, the scoring."""
+    layout = config.layout
+    lines = ["", f"Summary of {config.output}"]
+    metrics = results.get("metrics") or {}
+    ours, base = metrics.get("eval", {}), metrics.get("baseline", {})
+    quality = ", ".join(f"{k} {_figure(v)} (baseline {_figure(base.get(k))})" for k, v in ours.items() if k != "rows")
+    lines.append(f"  model     {layout.model_dir}: eval {quality}" if quality else f"  model     {layout.model_dir}")
+    for hand_off in results.get("hand_offs", []):
+        diffs = ", ".join(f"{k} {v:.2g}" for k, v in hand_off["max_abs_diff"].items())
+        lines.append(f"  parity    {hand_off['name']}, {hand_off['rows']:,} rows: largest difference {diffs}")
+    scoring = results.get("scoring")
+    if scoring:
+        rate = scoring["rows"] / max(scoring["job_seconds"], 1e-9)
+        lines.append(f"  scores    {scoring['output']}: {scoring['rows']:,} rows, {rate:,.0f} rows/s")
+    lines += [f"  features  {layout.features_dir}", f"  onnx      {layout.onnx_path}", f"  logs      {layout.logs_dir}",
+              f"  report    {layout.report_path}"]
+    return "\n".join(lines)
+
+
+def _figure(value) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4f}" if abs(value) < 100 else f"{value:,.0f}"
 
 
 if __name__ == "__main__":

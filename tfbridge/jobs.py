@@ -2,7 +2,7 @@
 
 Exit codes: 0 done; 2 bad config or input (ConfigError, DataError: the message names the file, the
 key or the column); 1 a stage failed (a training worker died, an op has no ONNX lowering, a
-library misbehaves in this process).
+library misbehaves in this process); 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from tfbridge.contracts import BrokenRuntimeError, ConfigError, DataError, Pipel
 
 EXIT_BAD_INPUT = 2
 EXIT_STAGE_FAILED = 1
+EXIT_INTERRUPTED = 130  # as a shell reports a command stopped by Ctrl-C (128 + SIGINT)
 
 
 def setup_logging() -> None:
@@ -27,7 +28,7 @@ def setup_logging() -> None:
     import absl.logging
 
     absl.logging.set_verbosity(absl.logging.ERROR)
-    for noisy in ("absl", "tensorflow", "apache_beam"):
+    for noisy in ("absl", "tensorflow", "apache_beam", "py4j"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
@@ -42,6 +43,10 @@ def run_job(run: Callable[[], None]) -> int:
     except (TrainingError, StageError, BrokenRuntimeError) as e:
         print(f"tfbridge: error: {e}", file=sys.stderr)
         return EXIT_STAGE_FAILED
+    except KeyboardInterrupt:
+        print("tfbridge: interrupted; no stage output was left half-written, and running the command again "
+              "resumes (training from its last epoch backup)", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 0
 
 

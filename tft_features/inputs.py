@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
+import threading
 
 import apache_beam as beam
 import numpy as np
@@ -252,6 +253,41 @@ def as_text(values: pa.Array) -> pa.Array:
     return pc.fill_null(values, "")
 
 
+class ReadProgress:
+    """Rows read so far by this process's in-process runner, of the rows the check counted: what `tfbridge`
+    shows as the stage's progress bar (a distributed runner reads elsewhere, and this stays at 0)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.rows, self.total = 0, None
+
+    def start(self, total: int) -> None:
+        with self._lock:
+            self.rows, self.total = 0, total
+
+    def add(self, rows: int) -> None:
+        with self._lock:
+            self.rows += rows
+
+    def snapshot(self) -> tuple[int, int | None]:
+        with self._lock:
+            return self.rows, self.total
+
+
+READ_PROGRESS = ReadProgress()
+
+
+def read_tables(source: DataSource, files, columns: tuple[RawColumn, ...]):
+    """The checked columns of each file as Arrow tables, in file order, as the Beam job reads them."""
+    names = [c.name for c in columns]
+    for path in files:
+        if source.format == "parquet":
+            for batch in pq.ParquetFile(path).iter_batches(columns=names):
+                yield pa.Table.from_batches([batch])
+        else:
+            yield read_csv(path, columns)
+
+
 def eval_rows(table: pa.Table, eval_fraction: float) -> np.ndarray:
     """Which rows go to the eval split: a hash of the row's raw values, so reruns and runners agree."""
     if eval_fraction <= 0:
@@ -295,6 +331,7 @@ class _SplitToRecordBatches(beam.DoFn):
 
     def process(self, table: pa.Table):
         self._seen += table.num_rows
+        READ_PROGRESS.add(table.num_rows)
         log.info("features: read %s of %s rows (this worker)", f"{self._seen:,}", f"{self._total_rows:,}")
         is_eval = eval_rows(table, self._eval_fraction)
         for split, mask in (("train", ~is_eval), ("eval", is_eval)):

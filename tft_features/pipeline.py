@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 import apache_beam as beam
+import pyarrow as pa
 import tensorflow as tf
 import tensorflow_transform as tft
 import tensorflow_transform.beam as tft_beam
@@ -34,7 +35,7 @@ from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io
 
-from tfbridge.contracts import (FeaturesManifest, PipelineConfig, graph_input_name, graph_input_names,
+from tfbridge.contracts import (FeaturesManifest, PipelineConfig, fingerprints, graph_input_name, graph_input_names,
                                 materialized_feature_spec, staged)
 from tft_features import inputs, preprocessing
 from tft_features.shards import MIN_SHARDS, WriteShards, name_shards
@@ -127,11 +128,27 @@ def _user_preprocessing(config: PipelineConfig) -> _Preprocessing:
     return _Preprocessing(preprocessing_fn, wanted, set(), why, None, None)
 
 
+def split_rows(config: PipelineConfig, split: str, limit: int) -> pa.Table:
+    """Up to `limit` raw rows of one split ("train" or "eval"), read and split as this stage does, by the user's
+    column names: what the report plots and the hand-off checks compare the models on."""
+    prep = _preprocessing(config)
+    files, columns = inputs.resolve_columns(config.data, prep.wanted, config.label, prep.why)
+    kept, count = [], 0
+    for table in inputs.read_tables(config.data, files, columns):
+        in_eval = inputs.eval_rows(table, config.split.eval_fraction)
+        kept.append(table.filter(pa.array(in_eval if split == "eval" else ~in_eval)))
+        count += kept[-1].num_rows
+        if count >= limit:
+            break
+    return pa.concat_tables(kept).slice(0, limit)
+
+
 def run_features(config: PipelineConfig, beam_args: list[str] | None = None) -> FeaturesResult:
     """Runs the feature stage end to end; raises ConfigError/DataError before writing anything."""
     start = time.monotonic()
     prep = _preprocessing(config)
     raw = inputs.inspect(config.data, prep.wanted, config.label, prep.positive, prep.why)
+    inputs.READ_PROGRESS.start(raw.rows)
     log.info("features: %d rows in %d file(s), %d columns checked", raw.rows, len(raw.files), len(raw.columns))
 
     layout = config.layout
@@ -155,6 +172,7 @@ def run_features(config: PipelineConfig, beam_args: list[str] | None = None) -> 
             shards=shards,
             versions=versions(),
             config=config.to_dict(),
+            fingerprint=fingerprints.features_fingerprint(config),
         ).write(staging / layout.features_manifest_path.name)
     seconds = time.monotonic() - start
     log.info("features: wrote %s (%s) in %.1f s", layout.features_dir, rows, seconds)

@@ -121,6 +121,7 @@ def test_two_workers_compute_the_same_update_as_one(features_root, tmp_path):
     assert np.isfinite(predictions[0]).all()
     history = json.loads(runs[2].metrics_path.read_text())["history"]
     assert [h["epoch"] for h in history] == [1, 2] and history[1]["loss"] < history[0]["loss"]
+    assert history[1]["eval_loss"] < history[0]["eval_loss"]
 
 
 def test_export_takes_raw_columns_and_matches_the_trained_model(features_root, tmp_path):
@@ -150,6 +151,16 @@ def test_export_takes_raw_columns_and_matches_the_trained_model(features_root, t
     r2 = 1 - ((y - prediction) ** 2).sum() / ((y - y.mean()) ** 2).sum()
     assert r2 == pytest.approx(metrics["eval"]["r2"], abs=1e-4)
 
+    # The eval rows kept for the report: the same labels and predictions, and the linear baseline's next to them,
+    # which is a real fit (its R^2 is recomputed here from its own predictions).
+    kept = pq.read_table(layout.eval_predictions_path).to_pandas()
+    np.testing.assert_allclose(kept["label"], eval_targets, rtol=1e-6)
+    np.testing.assert_allclose(kept["prediction"], prediction, rtol=1e-4, atol=1e-4)
+    base = kept["baseline_prediction"].to_numpy()
+    base_r2 = 1 - ((y - base) ** 2).sum() / ((y - y.mean()) ** 2).sum()
+    assert metrics["baseline"]["model"] == "Ridge" and base_r2 == pytest.approx(metrics["baseline"]["r2"], abs=1e-6)
+    assert 0.3 < metrics["baseline"]["r2"] < 1.0, metrics
+
 
 @pytest.mark.parametrize("label,task,classes", [("above", "binary", (0, 1)),
                                                 ("level", "multiclass", ("high", "low", "mid"))])
@@ -158,9 +169,23 @@ def test_classification_exports_labels_and_probabilities(features_root, tmp_path
     launch(config, workers=1)
     manifest = ModelManifest.read(config.layout.model_manifest_path)
     assert manifest.classes == classes and manifest.outputs == ("label", "probabilities")
-    metrics = json.loads(config.layout.metrics_path.read_text())["eval"]
+    everything = json.loads(config.layout.metrics_path.read_text())
+    metrics, base = everything["eval"], everything["baseline"]
     assert set(metrics) == {"accuracy", "auc", "log_loss", "rows"}
     assert metrics["accuracy"] > 0.6 and metrics["auc"] > 0.75, metrics
+    assert base["model"] == "LogisticRegression" and base["rows"] == metrics["rows"] and base["auc"] > 0.6, base
+    kept = pq.read_table(config.layout.eval_predictions_path).to_pandas()
+    p_base = np.stack(kept["baseline_probabilities"].to_numpy())
+    assert p_base.shape == (metrics["rows"], len(classes)) and np.allclose(p_base.sum(axis=1), 1, atol=1e-6)
+    accuracy = (np.stack(kept["probabilities"].to_numpy()).argmax(axis=1) == kept["label_index"]).mean()
+    assert accuracy == pytest.approx(metrics["accuracy"], abs=1e-9)
+
+    # The report of this run (no export, no scores yet): ROC and calibration, or confusion matrices, both models.
+    from tfbridge.report import build_report
+
+    report = build_report(config)
+    assert config.layout.report_dir / "predictions.png" in report.images and report.html.exists()
+    assert report.results["hand_offs"] == [] and report.results["metrics"]["baseline"] == base
     serve = tf.saved_model.load(str(config.layout.saved_model_dir)).signatures["serving_default"]
     feeds = serving_inputs(fresh_raw_rows(seed=8), manifest)
     out = serve(**tf_inputs(feeds))
@@ -178,11 +203,13 @@ def test_classification_exports_labels_and_probabilities(features_root, tmp_path
 
 
 class LauncherProcess:
-    """`tfbridge train` as a user runs it, its merged output read line by line."""
+    """`tfbridge train --verbose` as a user runs it (the workers' lines on the terminal), its merged output read
+    line by line."""
 
     def __init__(self, config: Path, workers: int, retries: int):
         script = os.path.join(os.path.dirname(sys.executable), "tfbridge")
-        command = [script, "train", "--config", str(config), "--workers", str(workers), "--retries", str(retries)]
+        command = [script, "train", "--config", str(config), "--workers", str(workers), "--retries", str(retries),
+                   "--verbose"]
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                         env=os.environ.copy())
         self.lines: list[str] = []

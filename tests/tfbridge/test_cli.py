@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from tests.helpers import decode_split, onnx_session, serving_inputs, tf_inputs
+from tests.helpers import assert_report_renders, decode_split, onnx_session, serving_inputs, tf_inputs
 from tfbridge.cli import main
 from tfbridge.contracts import ModelManifest
 from tfbridge.datasets import DIAMONDS_ROWS
@@ -50,15 +51,34 @@ def test_console_script_features_against_pandas(tmp_path, python_env):
     np.testing.assert_array_equal(decoded["c"], [order.index(v) for v in rows["c"]])
 
 
-def test_demo_runs_every_built_stage_on_diamonds(tmp_path, monkeypatch, capsys):
-    """README's first command: features, then 2 training workers; the price model reaches R^2 >= 0.97."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).resolve().parents[2]),
-                                                      os.environ.get("PYTHONPATH", "")]))
-    assert main(["demo", "--output", "runs/demo"]) == 0
-    out = capsys.readouterr().out
-    assert f"score: 53,940 rows -> {tmp_path / 'runs' / 'demo' / 'scores'}" in out
-    assert "[worker 1]" in out and "[worker 0]" in out
+def test_demo_runs_every_stage_on_diamonds_quietly(tmp_path, python_env):
+    """README's first command as a user types it: a quiet console (a line per stage, the summary), every library's
+    output in runs/demo/logs/, R^2 >= 0.97, the hand-offs in agreement, and a report a browser renders."""
+    env, _ = python_env
+    script = Path(sys.executable).with_name("tfbridge")
+    done = subprocess.run([str(script), "demo", "--output", "runs/demo"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    console = done.stdout + done.stderr
+    for stage in ("features", "train", "export", "score", "report"):
+        assert re.search(rf"^✓ {stage} +\d+\.\d s", done.stdout, re.M), console
+    assert "Summary of runs/demo" in done.stdout and "53,940 rows" in done.stdout, console
+    for chatter in ("oneDNN", "cuInit", "I0000", "absl", "tf2onnx", "log4j", "WARN", "py4j", "[worker"):
+        assert chatter not in console, (chatter, console)
+    logs = tmp_path / "runs" / "demo" / "logs"
+    train_log = (logs / "train.log").read_text()
+    assert "[worker 0]" in train_log and "[worker 1]" in train_log
+    assert "tf2onnx" in (logs / "export.log").read_text() and "log4j" in (logs / "score.log").read_text()
+    assert_report_renders(tmp_path / "runs" / "demo")
+
+    # --verbose: the libraries' lines on the terminal again (the export stage alone, on the demo's recorded config).
+    recorded = json.loads((tmp_path / "runs" / "demo" / "features" / "manifest.json").read_text())["config"]
+    (tmp_path / "demo.yaml").write_text(yaml.safe_dump(recorded))
+    verbose = subprocess.run([str(script), "export", "--config", "demo.yaml", "--verbose"], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert verbose.returncode == 0, verbose.stderr[-3000:]
+    assert "tf2onnx" in verbose.stderr and "✓ export" in verbose.stdout
+
     features = tmp_path / "runs" / "demo" / "features"
     manifest = json.loads((features / "manifest.json").read_text())
     assert sum(manifest["rows"].values()) == DIAMONDS_ROWS
@@ -69,7 +89,7 @@ def test_demo_runs_every_built_stage_on_diamonds(tmp_path, monkeypatch, capsys):
     model = tmp_path / "runs" / "demo" / "model"
     metrics = json.loads((model / "metrics.json").read_text())
     assert metrics["eval"]["r2"] >= 0.97 and metrics["eval"]["rows"] == manifest["rows"]["eval"], metrics
-    assert len(metrics["history"]) == 20
+    assert len(metrics["history"]) == 20 and metrics["baseline"]["r2"] < metrics["eval"]["r2"]
     assert (model / "saved_model" / "saved_model.pb").exists() and (model / "manifest.json").exists()
 
     # The one ONNX graph agrees with the SavedModel on every diamonds row.

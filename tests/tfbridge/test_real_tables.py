@@ -17,6 +17,7 @@ first (R's NA as null), so both readers are on the path. Per table:
 from __future__ import annotations
 
 import io
+import json
 import tarfile
 
 import numpy as np
@@ -156,6 +157,16 @@ def test_real_table_through_every_hand_off(name, tmp_path, spark):
     spread = float(raw[spec["label"]].std()) if spec["task"] == "regression" else 1.0
     check_hand_offs(layout, raw, "" if id_column == "_c0" else id_column, id_column, spec["task"], spread,
                     spark, data if spec["format"] == "parquet" else None)
+
+    # The run's report measured the same hand-offs on this table.
+    results = json.loads((layout.report_dir / "results.json").read_text())
+    assert layout.report_path.exists() and [h["name"].split(" (")[0] for h in results["hand_offs"]] == [
+        "ONNX vs SavedModel", "Spark vs onnxruntime"]
+    scale = spread + (float(raw[spec["label"]].abs().max()) if spec["task"] == "regression" else 0.0)
+    for hand_off in results["hand_offs"]:
+        assert hand_off["rows"] == min(len(raw), 2000), hand_off
+        for output, difference in hand_off["max_abs_diff"].items():
+            assert difference <= {"prediction": 1e-4 * scale, "probabilities": 1e-4}.get(output, 0.0), hand_off
 
 
 def test_a_label_with_missing_values_is_named(tmp_path, capsys):

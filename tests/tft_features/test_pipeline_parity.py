@@ -20,7 +20,7 @@ from tests.helpers import decode_split
 from tfbridge.contracts import FeaturesManifest, PipelineConfig
 from tft_features.analyzers import QUANTILE_EPSILON
 from tft_features.mappers import ENGLISH_STOP_WORDS
-from tft_features.pipeline import run_features
+from tft_features.pipeline import run_features, split_rows
 from tft_features.shards import MIN_SHARDS
 
 N = 3000
@@ -104,7 +104,7 @@ def run(tmp_path_factory):
     raw = table.to_pandas()
     train_raw = raw.set_index("target").loc[train["target"]]
     return {
-        "result": result, "dir": features_dir, "train": train, "eval": evaluation, "raw": raw,
+        "config": config, "result": result, "dir": features_dir, "train": train, "eval": evaluation, "raw": raw,
         "train_raw": train_raw, "stats": json.loads((features_dir / "stats.json").read_text())["features"],
     }
 
@@ -297,3 +297,11 @@ def test_eval_split_uses_train_statistics(run):
     x = f32(ev["z"])
     s = run["stats"]["z"]
     np.testing.assert_allclose(run["eval"]["z"], (x - s["mean"]) / s["std"], rtol=1e-4, atol=1e-5)
+
+
+def test_split_rows_are_the_rows_the_stage_put_in_each_split(run):
+    """What the report and its hand-off checks read as "eval rows": the very rows in the eval shards."""
+    for split in ("train", "eval"):
+        rows = split_rows(run["config"], split, limit=10**6)
+        np.testing.assert_array_equal(np.sort(f32(rows.column("target").to_numpy())), np.sort(run[split]["target"]))
+    assert split_rows(run["config"], "eval", limit=5).num_rows == 5

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+SCORE_RECORD = "_tfbridge_score.json"
+
 
 @dataclasses.dataclass(frozen=True)
 class ArtifactLayout:
@@ -54,12 +56,43 @@ class ArtifactLayout:
         return ModelFiles(self.model_dir).onnx
 
     @property
+    def score_record_path(self) -> Path:
+        """What the scoring job did (rows, seconds, input, model), beside Spark's part files (`_` hides it
+        from Parquet readers)."""
+        return self.scores_dir / SCORE_RECORD
+
+    @property
+    def report_path(self) -> Path:
+        """The run's report, one self-contained page (`tfbridge report` writes it again)."""
+        return self.root / "report.html"
+
+    @property
+    def report_dir(self) -> Path:
+        """The report's plots as PNG files, and results.json: the figures the console's summary prints."""
+        return self.root / "report"
+
+    @property
+    def report_results_path(self) -> Path:
+        return self.report_dir / "results.json"
+
+    @property
+    def logs_dir(self) -> Path:
+        """Each stage's full output under `tfbridge` (its console shows only its own lines): <stage>.log."""
+        return self.root / "logs"
+
+    @property
     def backup_dir(self) -> Path:
         return self.model_dir / "backup"
 
     @property
     def metrics_path(self) -> Path:
+        """Eval metrics of the model and of its linear baseline, and the train and eval loss per epoch."""
         return self.model_dir / "metrics.json"
+
+    @property
+    def eval_predictions_path(self) -> Path:
+        """Eval rows (up to 50,000) with the label and both models' predictions, for the report's plots."""
+        return self.model_dir / "eval_predictions.parquet"
 
     @property
     def model_manifest_path(self) -> Path:

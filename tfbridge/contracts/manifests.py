@@ -79,6 +79,7 @@ class FeaturesManifest:
     shards: Mapping[str, int]  # split -> file count
     versions: Mapping[str, str]
     config: Mapping[str, Any]
+    fingerprint: str = ""  # what it was made from (fingerprints.features_fingerprint)
 
     @property
     def label_key(self) -> str:
@@ -115,6 +116,7 @@ class OnnxGraph:
     outputs: Mapping[str, Mapping[str, Any]]
     custom_ops_library: str | None
     sha256: str
+    fingerprint: str = ""  # what it was made from (fingerprints.onnx_fingerprint)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,6 +137,7 @@ class ModelManifest:
     versions: Mapping[str, str]
     checksums: Mapping[str, str]  # path under model/ -> sha256, for every exported file
     onnx: OnnxGraph | None = None  # after the export stage
+    fingerprint: str = ""  # what it was made from (fingerprints.model_fingerprint)
 
     def write(self, path: Path) -> None:
         write_json_atomic(dataclasses.asdict(self), path)

@@ -1,0 +1,190 @@
+"""The report of a finished run: `<output>/report.html`, its plots as PNGs under `<output>/report/`.
+
+Everything is read back from the run's artifacts (stats.json, the transformed shards, metrics.json, the eval
+predictions, the models, the scores), so `tfbridge report --output DIR` regenerates it at any time. The
+hand-off checks run here, on the user's own table (see `checks`). `results.json` beside the plots holds the
+figures the console's summary prints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from tfbridge.contracts import (FeatureKind, FeaturesManifest, ModelManifest, PipelineConfig, fingerprints,
+                                materialized_feature_spec, staged, write_json_atomic)
+from tfbridge.report import checks, figures, page
+
+SAMPLE_ROWS = 20_000  # rows of raw and transformed data behind each feature's plot
+TOP_VALUES = 15
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+    html: Path
+    images: tuple[Path, ...]
+    results: dict[str, Any]  # what results.json holds: metrics, hand-offs, scoring
+
+
+def build_report(config: PipelineConfig) -> Report:
+    """Writes report.html and report/*.png (replacing an earlier report whole) from the run's artifacts."""
+    layout = config.layout
+    fingerprint = fingerprints.report_fingerprint(layout)
+    manifest = FeaturesManifest.read(layout.features_manifest_path)
+    sections = [_features_section(config, manifest)]
+    metrics = json.loads(layout.metrics_path.read_text()) if layout.metrics_path.exists() else None
+    if metrics is not None:
+        sections.append(_model_section(config, metrics))
+    hand_offs = [h for h in (checks.onnx_vs_saved_model(config), checks.spark_vs_onnxruntime(config)) if h]
+    scoring = _scoring(config)
+    sections.append(_hand_off_section(hand_offs, scoring))
+    results = {"metrics": metrics, "hand_offs": [dataclasses.asdict(h) for h in hand_offs], "scoring": scoring,
+               "fingerprint": fingerprint}
+    with staged(layout.report_dir, directory=True) as directory:
+        for section in sections:
+            for name, figure in section.figures.items():
+                figure.savefig(directory / f"{name}.png", dpi=110)
+                figures.close(figure)
+        write_json_atomic(results, directory / layout.report_results_path.name)
+        html = page.render(f"tfbridge report: {config.output}", _overview(config, manifest), sections, directory)
+    with staged(layout.report_path) as tmp:
+        tmp.write_text(html, encoding="utf-8")
+    images = tuple(layout.report_dir / f"{name}.png" for section in sections for name in section.figures)
+    return Report(layout.report_path, images, results)
+
+
+def _overview(config: PipelineConfig, manifest: FeaturesManifest) -> list[tuple[str, str]]:
+    return [("config", config.source), ("data", config.data.path), ("label", f"{config.label} ({config.task})"),
+            ("rows", ", ".join(f"{split} {rows:,}" for split, rows in manifest.rows.items())),
+            ("versions", ", ".join(f"{k} {v}" for k, v in sorted(manifest.versions.items())))]
+
+
+def _sample_split(config: PipelineConfig, manifest: FeaturesManifest) -> str:
+    """The eval split, which the plots describe, unless the run kept none."""
+    return "eval" if manifest.rows.get("eval") else "train"
+
+
+def _transformed_sample(config: PipelineConfig, split: str) -> dict[str, Any]:
+    """Up to SAMPLE_ROWS rows of a split's transformed shards, by feature (lists of ids for token ids)."""
+    import glob
+
+    import tensorflow as tf
+    import tensorflow_transform as tft
+
+    spec = materialized_feature_spec(tft.TFTransformOutput(str(config.layout.features_dir)).transformed_feature_spec())
+    files = sorted(glob.glob(config.layout.transformed_pattern(split)))
+    for serialized in tf.data.TFRecordDataset(files, compression_type="GZIP").batch(SAMPLE_ROWS).take(1):
+        parsed = tf.io.parse_example(serialized, spec)
+        return {k: (tf.sparse.to_dense(v, default_value=-1).numpy() if isinstance(v, tf.SparseTensor) else v.numpy())
+                for k, v in parsed.items()}
+    return {}
+
+
+def _features_section(config: PipelineConfig, manifest: FeaturesManifest) -> page.Section:
+    stats = json.loads(config.layout.stats_path.read_text()).get("features", {})
+    section = page.Section("Features", "How each column was transformed, with the statistics learnt on the train "
+                           "split (stats.json). Plots use the first rows of the data and of the transformed shards.")
+    if not config.features:
+        section.note = f"The features come from the user's preprocessing_fn {config.preprocessing_fn}."
+        section.table = [(name, output.kind, output.width) for name, output in sorted(manifest.outputs.items())]
+        return section
+    from tft_features.pipeline import split_rows
+
+    split = _sample_split(config, manifest)
+    transformed, raw = _transformed_sample(config, split), split_rows(config, split, SAMPLE_ROWS)
+    section.intro += f" Plots: the first {raw.num_rows:,} rows of the {split} split, raw and transformed."
+    rows = []
+    for column, steps in config.features.items():
+        key = manifest.input_names[column]
+        output = manifest.outputs.get(key)
+        chain = " → ".join(s.name for s in steps)
+        column_stats = stats.get(column, {})
+        rows.append((column, chain, output.kind if output else "", page.stats_text(column_stats)))
+        if output is None or key not in transformed:
+            continue
+        name = f"feature_{key}"
+        if output.kind == FeatureKind.NUMBER and _is_number(raw.schema.field(column).type):
+            section.figures[name] = figures.numeric_feature(
+                column, raw.column(column).to_numpy(zero_copy_only=False), transformed[key], chain, column_stats)
+        elif output.kind in (FeatureKind.IDS, FeatureKind.TOKEN_IDS) and "vocabulary_size" in column_stats:
+            size = int(column_stats["vocabulary_size"])
+            vocabulary = _vocabulary(config, key, size)
+            ids = transformed[key].reshape(-1)
+            ids = ids[ids >= 0]  # -1: token-list padding
+            counts = np.bincount(np.minimum(ids, size), minlength=size + 1)
+            top = [(vocabulary[i] if i < len(vocabulary) else "(out of vocabulary)", int(counts[i]))
+                   for i in np.argsort(-counts, kind="stable")[:TOP_VALUES] if counts[i]]
+            out_of_vocabulary = float((ids >= size).mean()) if ids.size and split == "eval" else None
+            section.figures[name] = figures.categorical_feature(column, top, size, out_of_vocabulary)
+    section.table = [("column", "steps", "becomes", "statistics"), *rows]
+    return section
+
+
+def _is_number(arrow_type) -> bool:
+    import pyarrow as pa
+
+    return pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type) or pa.types.is_decimal(arrow_type)
+
+
+def _vocabulary(config: PipelineConfig, key: str, size: int) -> list[str]:
+    """The vocabulary file of a column's vocabulary step: one value per line, line number = id."""
+    import tensorflow_transform as tft
+
+    assets = Path(tft.TFTransformOutput(str(config.layout.features_dir)).transform_savedmodel_dir) / "assets"
+    files = sorted(assets.glob(f"{key}_*_vocabulary_vocabulary"))
+    if not files:
+        return [str(i) for i in range(size)]
+    return files[0].read_text(encoding="utf-8", errors="replace").splitlines()[:size]
+
+
+def _model_section(config: PipelineConfig, metrics: dict) -> page.Section:
+    section = page.Section("Model", "Eval-split quality of the model next to a linear baseline trained in the same "
+                           "run on the same features (metrics.json).")
+    ours, base = metrics.get("eval", {}), metrics.get("baseline", {})
+    section.table = [("metric", "model", f"linear baseline ({base.get('model', '')})"),
+                     *[(k, page.number(v), page.number(base.get(k))) for k, v in ours.items()]]
+    if metrics.get("history"):
+        section.figures["training_loss"] = figures.training_loss(metrics["history"])
+    path = config.layout.eval_predictions_path
+    if not path.exists():
+        return section
+    kept = pq.read_table(path).to_pandas()
+    task = metrics["task"]
+    if task == "regression":
+        section.figures["predictions"] = figures.regression(
+            config.label, kept["label"].to_numpy(), kept["prediction"].to_numpy(),
+            kept["baseline_prediction"].to_numpy(), ours["r2"], base["r2"])
+        return section
+    classes = [str(c) for c in ModelManifest.read(config.layout.model_manifest_path).classes]
+    p_ours, p_base = np.stack(kept["probabilities"].to_numpy()), np.stack(kept["baseline_probabilities"].to_numpy())
+    y = kept["label_index"].to_numpy()
+    if task == "binary":
+        section.figures["predictions"] = figures.binary(config.label, classes[1], y, p_ours[:, 1], p_base[:, 1],
+                                                        ours["auc"], base["auc"])
+    else:
+        section.figures["predictions"] = figures.multiclass(config.label, classes, y, p_ours.argmax(axis=1),
+                                                            p_base.argmax(axis=1), ours["accuracy"], base["accuracy"])
+    return section
+
+
+def _scoring(config: PipelineConfig) -> dict | None:
+    path = config.layout.score_record_path
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _hand_off_section(hand_offs: list[checks.HandOff], scoring: dict | None) -> page.Section:
+    section = page.Section("Hand-offs and scoring", "Each hand-off compared on the user's own rows: the largest "
+                           "difference per output (for labels, the share of rows that differ).")
+    section.table = [("hand-off", "rows", "largest difference per output"),
+                     *[(h.name, f"{h.rows:,}", ", ".join(f"{k} {v:.3g}" for k, v in h.max_abs_diff.items()))
+                       for h in hand_offs]]
+    if scoring:
+        section.note = (f"Spark scored {scoring['rows']:,} rows in {scoring['job_seconds']:.1f} s "
+                        f"({scoring['rows'] / max(scoring['job_seconds'], 1e-9):,.0f} rows/s; the whole job with "
+                        f"Spark's start {scoring['seconds']:.1f} s) into {scoring['output']}.")
+    return section
