@@ -8,11 +8,17 @@ scored, each `--repeats` times, by:
   (a) onnxruntime    the ONNX graph in one process on the rows already in memory as model
                      inputs, one `run` per Arrow batch: 1 thread; all cores as intra-op threads;
                      all cores as concurrent runs of 1 thread. The best of them is the floor;
-  (b) onnx_udf       spark_infer.score on local[N]: Parquet read, our ONNX pandas UDF;
-  (c) saved_model    the same UDF on the SavedModel (TensorFlow inside the UDF, our fallback);
+  (b) score()        spark_infer.score on local[N]: Parquet read, the ONNX graph over mapInArrow;
+  (b2) scoring_udf   the column UDF (an Arrow UDF over a struct) with the same graph;
+  (c) saved_model    the pandas UDF on the SavedModel (TensorFlow inside the UDF, our fallback);
   (d) predict_batch  pyspark.ml.functions.predict_batch_udf calling the SavedModel's signature;
-  (e) Spark alone    a pandas UDF over the same input struct that returns zeros: the cost of
-                     Spark's Parquet scan and Arrow hand-off to Python, the ceiling of (b)-(d).
+  (e) Spark alone    a pandas UDF over the same input struct that returns zeros: the hand-off of
+                     (c) and (d) with no model;
+  (f) Spark alone    mapInArrow turning each input column into the arrays onnxruntime takes and
+                     returning zeros: the hand-off of (b) with no model.
+  (g) TF alone       the SavedModel's signature on the same in-memory batches, 1 thread.
+"bound" is what (b) could reach given its two costs measured here if they added up: 1 / (1/(a) + 1/(f)),
+with (a) the best floor (Spark's JVM and the Python workers overlap, so (b) can pass it).
 Spark runs end in the `noop` sink (every row scored, nothing written). Each engine gets its own
 Spark session; its first run starts the Python workers and loads the model: reported as "first
 run", not counted in rows/s. "peak worker RSS" is the largest Python worker's resident memory.
@@ -49,23 +55,38 @@ TRAIN = {"batch_size": 1024, "epochs": 2, "hidden_units": [64, 32], "workers": 1
 TRAIN_ROWS = 100_000
 
 
-def floor(model_dir: str, data: str, batch: int, threads: int, concurrent: int, repeats: int) -> list[float]:
-    """rows/s of onnxruntime alone on inputs already in memory (run in a process without TensorFlow):
-    one session with `threads` intra-op threads, `concurrent` batches run at once."""
+def floor(model_dir: str, data: str, batch: int, threads: int, concurrent: int, repeats: int,
+          engine: str = "onnxruntime") -> list[float]:
+    """rows/s of one engine alone on inputs already in memory, each in its own process: onnxruntime (no TensorFlow
+    loaded) or the TF SavedModel's signature, `threads` intra-op threads, `concurrent` batches run at once."""
     import pyarrow.parquet as pq
 
     from spark_infer.udf import ScoringModel
 
     model = ScoringModel.load(model_dir)
-    session = model.session(threads)
     frame = pq.read_table(data, columns=model.input_names).to_pandas()
     chunks = [model.feeds(frame.iloc[i:i + batch]) for i in range(0, len(frame), batch)]
-    session.run(["prediction"], chunks[0])
+    if engine == "onnxruntime":
+        session = model.session(threads)
+
+        def run(chunk):
+            return session.run(["prediction"], chunk)
+    else:
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+        signature = tf.saved_model.load(str(Path(model_dir) / "saved_model")).signatures["serving_default"]
+        chunks = [{k: tf.constant(v.astype(str) if v.dtype == object else v) for k, v in c.items()} for c in chunks]
+
+        def run(chunk):
+            return signature(**chunk)["prediction"].numpy()
+    run(chunks[0])
     rates = []
     for _ in range(repeats):
         start = time.perf_counter()
-        with ThreadPoolExecutor(concurrent) as pool:  # onnxruntime releases the GIL in run
-            list(pool.map(lambda chunk: session.run(["prediction"], chunk), chunks))
+        with ThreadPoolExecutor(concurrent) as pool:  # both release the GIL while they compute
+            list(pool.map(run, chunks))
         rates.append(len(frame) / (time.perf_counter() - start))
     return rates
 
@@ -109,6 +130,23 @@ def predict_batch_column(model_dir: Path, batch: int):
 
     udf = predict_batch_udf(make_predict_fn, return_type=DoubleType(), batch_size=batch)
     return udf(*[F.col(n) for n in names])
+
+
+def zeros_arrow(model_dir: Path):
+    """What score()'s hand-off costs alone: every batch's inputs converted as for the graph, zeros returned."""
+    import pyarrow as pa
+
+    from spark_infer.udf import ScoringModel, arrow_feeds, graph_inputs
+
+    inputs = graph_inputs(ScoringModel.load(model_dir).manifest)
+
+    def zeros(batches):
+        for batch in batches:
+            arrow_feeds({name: batch.column(raw.name) for name, raw in inputs.items()}, inputs)
+            yield pa.RecordBatch.from_arrays([*batch.columns, pa.array(np.zeros(batch.num_rows))],
+                                             names=[*batch.schema.names, "prediction"])
+
+    return zeros
 
 
 def zeros_udf():
@@ -160,8 +198,9 @@ class EngineRun:
 def spark_runs(data: str, model_dir: Path, cores: int, batch: int, repeats: int) -> dict[str, EngineRun]:
     """Each engine in its own Spark session (fresh Python workers): one cold run, then `repeats` warm ones."""
     from pyspark.sql import functions as F
+    from pyspark.sql import types as T
 
-    from spark_infer import score
+    from spark_infer import model_inputs, score, scoring_udf
     from spark_infer.udf import ScoringModel
 
     onnx = ScoringModel.load(model_dir)
@@ -169,7 +208,11 @@ def spark_runs(data: str, model_dir: Path, cores: int, batch: int, repeats: int)
     engines = {
         "(e) Spark alone: pandas UDF returning zeros": lambda df: df.withColumn("prediction", zeros_udf()(
             F.struct(*onnx.input_names))),
-        "(b) onnx_udf": lambda df: score(df, onnx),
+        "(f) Spark alone: mapInArrow returning zeros": lambda df: df.mapInArrow(
+            zeros_arrow(model_dir), T.StructType([*df.schema.fields, T.StructField("prediction", T.DoubleType())])),
+        "(b) score(): mapInArrow": lambda df: score(df, onnx),
+        "(b2) scoring_udf: Arrow UDF": lambda df: df.withColumn("prediction", scoring_udf(model_dir)(
+            model_inputs(onnx))),
         "(c) saved_model udf": lambda df: score(df, saved),
         "(d) predict_batch_udf (TF)": lambda df: df.withColumn("prediction", predict_batch_column(model_dir, batch)),
     }
@@ -197,11 +240,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=10_000, help="Arrow batch (spark.sql.execution.arrow.maxRecordsPerBatch)")
     parser.add_argument("--cores", type=int, default=os.cpu_count())
     parser.add_argument("--work", help="reuse the data and model under this directory (made if missing)")
-    parser.add_argument("--floor", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--floor", nargs=6, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.floor:
-        model, data, threads, concurrent, repeats = args.floor
-        print(json.dumps(floor(model, data, args.batch, int(threads), int(concurrent), int(repeats))))
+        model, data, threads, concurrent, repeats, engine = args.floor
+        print(json.dumps(floor(model, data, args.batch, int(threads), int(concurrent), int(repeats), engine)))
         return
 
     from tfbridge.cli import main as tfbridge
@@ -225,28 +268,40 @@ def main() -> None:
         write_synthetic(data, args.rows, seed=1000)
 
     floors_measured: dict[str, list[float]] = {}
-    floors = {"1 thread": (1, 1), f"{args.cores} threads": (args.cores, 1),
-              f"{args.cores} batches at once": (1, args.cores)}
-    for name, (threads, concurrent) in floors.items():
+    floors = {"(a) onnxruntime, 1 thread": (1, 1, "onnxruntime"),
+              f"(a) onnxruntime, {args.cores} threads": (args.cores, 1, "onnxruntime"),
+              f"(a) onnxruntime, {args.cores} batches at once": (1, args.cores, "onnxruntime"),
+              "(g) TF SavedModel alone, 1 thread": (1, 1, "tensorflow")}
+    for name, (threads, concurrent, engine) in floors.items():
         done = subprocess.run([sys.executable, __file__, "--batch", str(args.batch), "--floor", str(model_dir),
-                               str(data), str(threads), str(concurrent), str(args.repeats)],
+                               str(data), str(threads), str(concurrent), str(args.repeats), engine],
                               capture_output=True, text=True, check=True)
-        floors_measured[f"(a) onnxruntime, {name}"] = json.loads(done.stdout.strip().splitlines()[-1])
-        print(f"(a) onnxruntime, {name}: {floors_measured[f'(a) onnxruntime, {name}']}", flush=True)
+        floors_measured[name] = json.loads(done.stdout.strip().splitlines()[-1])
+        print(f"{name}: {floors_measured[name]}", flush=True)
+    tf_alone = floors_measured.pop("(g) TF SavedModel alone, 1 thread")
     runs = spark_runs(str(data), model_dir, args.cores, args.batch, args.repeats)
 
     base = max(statistics.median(v) for v in floors_measured.values())
-    onnx_udf = statistics.median(runs["(b) onnx_udf"].rates)
+    ours = statistics.median(runs["(b) score(): mapInArrow"].rates)
+    hand_off = statistics.median(runs["(f) Spark alone: mapInArrow returning zeros"].rates)
+    bound = 1 / (1 / base + 1 / hand_off)
+    stock = statistics.median(runs["(d) predict_batch_udf (TF)"].rates)
     print(f"\n{args.rows:,} fresh raw rows (8 columns, text and categories in the graph), local[{args.cores}], "
           f"Arrow batch {args.batch:,}, median of {args.repeats}\n")
-    print("| engine | rows/s | vs floor | onnx_udf vs this | first run | peak worker RSS | runs |\n"
+    ort_1 = statistics.median(floors_measured["(a) onnxruntime, 1 thread"])
+    print(f"score(): {ours:,.0f} rows/s = {ours / stock:.2f}x predict_batch_udf with TF, {ours / bound:.0%} of the "
+          f"bound {bound:,.0f} rows/s (1 / (1/floor {base:,.0f} + 1/hand-off {hand_off:,.0f}))")
+    print(f"one thread: onnxruntime {ort_1:,.0f} rows/s, the TF SavedModel {statistics.median(tf_alone):,.0f} "
+          f"({ort_1 / statistics.median(tf_alone):.2f}x)\n")
+    floors_measured["(g) TF SavedModel alone, 1 thread"] = tf_alone
+    print("| engine | rows/s | vs floor | score() vs this | first run | peak worker RSS | runs |\n"
           "|---|---:|---:|---:|---:|---:|---|")
     table = {**{k: (v, None) for k, v in floors_measured.items()}, **{k: (v.rates, v) for k, v in runs.items()}}
     for name, (values, run) in sorted(table.items()):
         median = statistics.median(values)
         cold = f"{run.cold_s:.1f} s" if run else ""
         memory = f"{run.peak_mib:,.0f} MiB" if run else ""
-        print(f"| {name} | {median:,.0f} | {median / base:.2f}x | {onnx_udf / median:.2f}x | {cold} | {memory} | "
+        print(f"| {name} | {median:,.0f} | {median / base:.2f}x | {ours / median:.2f}x | {cold} | {memory} | "
               f"{', '.join(f'{v:,.0f}' for v in values)} |")
 
 

@@ -1,4 +1,5 @@
-"""Pandas UDFs that score raw columns with the exported model: one ONNX graph, or the SavedModel as fallback.
+"""What Spark's Python workers run to score raw columns with the exported model: the ONNX graph over Arrow
+(`mapInArrow` for `score`, an Arrow UDF for `scoring_udf`), or the SavedModel in a pandas UDF as fallback.
 
 The driver reads the model once (manifest, ONNX bytes) and broadcasts the
 bytes; each Python worker builds ONE onnxruntime session per model and keeps
@@ -25,6 +26,8 @@ from typing import Iterator
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from spark_infer import testing
 from tfbridge.contracts import DataError, ModelFiles, ModelManifest, RawColumn, file_sha256
@@ -222,21 +225,17 @@ def result_type(manifest: ModelManifest) -> str:
     return f"struct<label:{label},probabilities:array<double>>"
 
 
-def predictor(model: ScoringModel, model_bytes, threads: int, use_gpu: bool):
-    """The function a Spark pandas UDF runs: Iterator[pd.DataFrame] -> Iterator[pd.Series] (or of frames)."""
+def predictor(model: ScoringModel):
+    """The pandas UDF for a model without an ONNX graph: the SavedModel's signature, TensorFlow in the worker.
+    Iterator[pd.DataFrame] -> Iterator[pd.Series] (or of frames)."""
     inputs, task, key = graph_inputs(model.manifest), model.manifest.task, model.key
-    outputs = list(model.manifest.outputs)
-    text_ops = model.text_ops
     saved_model = str(ModelFiles(model.directory).saved_model)
 
     def run(batch: pd.DataFrame) -> dict[str, np.ndarray]:
-        data = feeds(batch, inputs)
-        if model_bytes is not None:
-            session = onnx_session(key, model_bytes.value, threads, use_gpu, text_ops)
-            return dict(zip(outputs, session.run(outputs, data)))
         import tensorflow as tf
 
         signature = saved_model_signature(key, saved_model)
+        data = feeds(batch, inputs)
         result = signature(**{k: tf.constant(v.astype(str) if v.dtype == object else v) for k, v in data.items()})
         return {k: v.numpy() for k, v in result.items()}
 
@@ -254,3 +253,92 @@ def predictor(model: ScoringModel, model_bytes, threads: int, use_gpu: bool):
 
     # Spark reads the UDF's form (iterator of frames in, series or frame out) off these type hints.
     return predict_value if task == "regression" else predict_class
+
+
+def arrow_feeds(arrays, inputs: dict[str, RawColumn]) -> dict[str, np.ndarray]:
+    """Arrow arrays (by graph input name) as the graph's feeds, converted once per column with Arrow compute.
+
+    Numbers (any width, decimals, booleans) go through float64 to float32 (Arrow's direct decimal cast rounds
+    -3.5 to -3.5000002); a null is NaN, and MissingValues where the column's steps do not impute it. Strings
+    take integers and booleans as Spark prints them ("3", "true"); a null string is "".
+    """
+    out = {}
+    for name, raw in inputs.items():
+        array = arrays[name]
+        if raw.dtype == "string":
+            if not pa.types.is_string(array.type) and not pa.types.is_large_string(array.type):
+                array = pc.cast(array, pa.string())
+            out[name] = pc.fill_null(array, "").to_numpy(zero_copy_only=False)
+            continue
+        values = pc.cast(array, pa.float64()).to_numpy(zero_copy_only=False).astype(np.float32)
+        if not raw.nullable:
+            missing = int(np.isnan(values).sum())
+            if missing:
+                raise MissingValues(raw.name, missing, len(values))
+        out[name] = values
+    return out
+
+
+def _arrow_outputs(out: dict[str, np.ndarray], task: str) -> list:
+    """The graph's outputs as Arrow arrays: the prediction (double), or the label and the class probabilities."""
+    if task == "regression":
+        return [pa.array(out["prediction"].astype(np.float64))]
+    p = np.ascontiguousarray(out["probabilities"], dtype=np.float64)
+    offsets = pa.array(np.arange(0, p.size + 1, max(p.shape[1], 1), dtype=np.int32))
+    labels = out["label"]
+    return [pa.array(labels.tolist() if labels.dtype == object else labels),
+            pa.ListArray.from_arrays(offsets, pa.array(p.reshape(-1)))]
+
+
+def _onnx_runner(model: ScoringModel, model_bytes, threads: int, use_gpu: bool):
+    """feeds -> the graph's outputs, in this worker's cached session."""
+    key, text_ops, outputs = model.key, model.text_ops, list(model.manifest.outputs)
+
+    def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        session = onnx_session(key, model_bytes.value, threads, use_gpu, text_ops)
+        return dict(zip(outputs, session.run(outputs, feeds)))
+
+    return run
+
+
+def arrow_predictor(model: ScoringModel, model_bytes, threads: int, use_gpu: bool, output_col: str):
+    """The function `DataFrame.mapInArrow` runs: each RecordBatch of the input comes back whole, with the
+    prediction columns added (`output_col`, and `<output_col>_probabilities` for a classifier)."""
+    inputs, task = graph_inputs(model.manifest), model.manifest.task
+    run = _onnx_runner(model, model_bytes, threads, use_gpu)
+    added = [output_col] if task == "regression" else [output_col, f"{output_col}_probabilities"]
+
+    def score_batches(batches):
+        for batch in batches:
+            testing.fail_once_if_asked()
+            out = run(arrow_feeds({name: batch.column(raw.name) for name, raw in inputs.items()}, inputs))
+            yield pa.RecordBatch.from_arrays([*batch.columns, *_arrow_outputs(out, task)],
+                                             names=[*batch.schema.names, *added])
+
+    return score_batches
+
+
+def arrow_udf_predictor(model: ScoringModel, model_bytes, threads: int, use_gpu: bool):
+    """The function an Arrow UDF runs over `model_inputs(model)`: batches of that struct in, the prediction
+    (or a struct of label and probabilities) out."""
+    inputs, task = graph_inputs(model.manifest), model.manifest.task
+    run = _onnx_runner(model, model_bytes, threads, use_gpu)
+
+    def score_arrays(batches: Iterator[pa.Array]) -> Iterator[pa.Array]:
+        for struct in batches:
+            testing.fail_once_if_asked()
+            arrays = _arrow_outputs(run(arrow_feeds({name: struct.field(name) for name in inputs}, inputs)), task)
+            yield arrays[0] if task == "regression" else pa.StructArray.from_arrays(
+                arrays, names=["label", "probabilities"])
+
+    return score_arrays
+
+
+def output_fields(manifest: ModelManifest, output_col: str):
+    """The Spark fields the predictions add: a double, or the label and an array of class probabilities."""
+    from pyspark.sql import types as T
+
+    if manifest.task == "regression":
+        return [T.StructField(output_col, T.DoubleType())]
+    label = T.StringType() if manifest.classes and isinstance(manifest.classes[0], str) else T.LongType()
+    return [T.StructField(output_col, label), T.StructField(f"{output_col}_probabilities", T.ArrayType(T.DoubleType()))]
