@@ -90,8 +90,16 @@ def _score_arrow(df, model, output_col: str, threads: int | None, use_gpu: bool)
 
     spark, threads = _session(threads)
     model_bytes = spark.sparkContext.broadcast(model.onnx_bytes)
-    schema = T.StructType([*df.schema.fields, *output_fields(model.manifest, output_col)])
-    return df.mapInArrow(arrow_predictor(model, model_bytes, threads, use_gpu, output_col), schema)
+    # mapInArrow resolves each column by name (`df[name]`), which reads `sample.yr` as a field of `sample`:
+    # the columns travel under positional names and get theirs back after.
+    names = df.columns
+    added = output_fields(model.manifest, output_col)
+    schema = T.StructType([T.StructField(f"_{i}", f.dataType, f.nullable) for i, f in enumerate(df.schema.fields)]
+                          + added)
+    positions = {name: names.index(name) for name in model.manifest.inputs}
+    run = arrow_predictor(model, model_bytes, threads, use_gpu, positions, [f.name for f in added])
+    positional = df.toDF(*(f"_{i}" for i in range(len(names))))
+    return positional.mapInArrow(run, schema).toDF(*names, *(f.name for f in added))
 
 
 def column_ref(name: str) -> str:

@@ -301,17 +301,17 @@ def _onnx_runner(model: ScoringModel, model_bytes, threads: int, use_gpu: bool):
     return run
 
 
-def arrow_predictor(model: ScoringModel, model_bytes, threads: int, use_gpu: bool, output_col: str):
+def arrow_predictor(model: ScoringModel, model_bytes, threads: int, use_gpu: bool, positions: dict[str, int],
+                    added: list[str]):
     """The function `DataFrame.mapInArrow` runs: each RecordBatch of the input comes back whole, with the
-    prediction columns added (`output_col`, and `<output_col>_probabilities` for a classifier)."""
+    prediction columns (named `added`) appended. `positions`: each raw input column's index in the batch."""
     inputs, task = graph_inputs(model.manifest), model.manifest.task
     run = _onnx_runner(model, model_bytes, threads, use_gpu)
-    added = [output_col] if task == "regression" else [output_col, f"{output_col}_probabilities"]
 
     def score_batches(batches):
         for batch in batches:
             testing.fail_once_if_asked()
-            out = run(arrow_feeds({name: batch.column(raw.name) for name, raw in inputs.items()}, inputs))
+            out = run(arrow_feeds({name: batch.column(positions[raw.name]) for name, raw in inputs.items()}, inputs))
             yield pa.RecordBatch.from_arrays([*batch.columns, *_arrow_outputs(out, task)],
                                              names=[*batch.schema.names, *added])
 
