@@ -147,7 +147,7 @@ def run_score(model_dir: str, input_path: str, output: str, master: str | None =
             df = read_input(spark, input_path, model.manifest, fmt)
             if id_column is not None and id_column not in df.columns:
                 raise DataError(f"--id-column '{id_column}' is not a column of {input_path}")
-            scored = score(df, model)
+            scored = score(_model_columns(df, model, id_column) if id_column else df, model)
             predictions = [c for c in scored.columns if c not in df.columns]
             kept = [id_column] if id_column else df.columns
             scored = scored.select(*[F.col(column_ref(c)) for c in [*kept, *predictions]])
@@ -168,6 +168,13 @@ def run_score(model_dir: str, input_path: str, output: str, master: str | None =
     seconds = time.monotonic() - start
     log.info("score: %s rows -> %s in %.1f s", f"{rows:,}", final, seconds)
     return ScoreResult(final, rows, seconds)
+
+
+def _model_columns(df, model: ScoringModel, id_column: str):
+    """Only the id and the columns the model reads: with --id-column nothing else is written, so nothing else need
+    travel through the Python workers (the schema is checked first, for its messages)."""
+    model.check_schema(df.schema, f"scoring with {model.directory}")
+    return df.select(*[F.col(column_ref(c)) for c in dict.fromkeys([id_column, *model.manifest.inputs])])
 
 
 def add_score_arguments(parser) -> None:
