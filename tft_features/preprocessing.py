@@ -152,6 +152,12 @@ def _scope(column: str, index: int, step: str) -> str:
     return re.sub(r"\W", "_", f"{column}_{index}_{step}")
 
 
+def vocabulary_name(column: str, index: int) -> str:
+    """The name TFT keeps the vocabulary of step `index` of a column under (`analyzers.vocabulary` names it after
+    its scope), for `TFTransformOutput.vocabulary_file_by_name`."""
+    return f"{_scope(graph_input_name(column), index, 'vocabulary')}_vocabulary"
+
+
 class StatsReport:
     """Collects each step's statistics during tracing and exposes them as transform_fn outputs.
 

@@ -40,7 +40,7 @@ def build_report(config: PipelineConfig) -> Report:
     metrics = json.loads(layout.metrics_path.read_text()) if layout.metrics_path.exists() else None
     if metrics is not None:
         sections.append(_model_section(config, metrics))
-    hand_offs = [h for h in (checks.onnx_vs_saved_model(config), checks.spark_vs_onnxruntime(config)) if h]
+    hand_offs = checks.hand_offs(config)
     scoring = _scoring(config)
     sections.append(_hand_off_section(hand_offs, scoring))
     results = {"metrics": metrics, "hand_offs": [dataclasses.asdict(h) for h in hand_offs], "scoring": scoring,
@@ -69,14 +69,13 @@ def _sample_split(config: PipelineConfig, manifest: FeaturesManifest) -> str:
     return "eval" if manifest.rows.get("eval") else "train"
 
 
-def _transformed_sample(config: PipelineConfig, split: str) -> dict[str, Any]:
+def _transformed_sample(config: PipelineConfig, transform_output, split: str) -> dict[str, Any]:
     """Up to SAMPLE_ROWS rows of a split's transformed shards, by feature (lists of ids for token ids)."""
     import glob
 
     import tensorflow as tf
-    import tensorflow_transform as tft
 
-    spec = materialized_feature_spec(tft.TFTransformOutput(str(config.layout.features_dir)).transformed_feature_spec())
+    spec = materialized_feature_spec(transform_output.transformed_feature_spec())
     files = sorted(glob.glob(config.layout.transformed_pattern(split)))
     for serialized in tf.data.TFRecordDataset(files, compression_type="GZIP").batch(SAMPLE_ROWS).take(1):
         parsed = tf.io.parse_example(serialized, spec)
@@ -93,10 +92,13 @@ def _features_section(config: PipelineConfig, manifest: FeaturesManifest) -> pag
         section.note = f"The features come from the user's preprocessing_fn {config.preprocessing_fn}."
         section.table = [(name, output.kind, output.width) for name, output in sorted(manifest.outputs.items())]
         return section
+    import tensorflow_transform as tft
+
     from tft_features.pipeline import split_rows
 
+    transform_output = tft.TFTransformOutput(str(config.layout.features_dir))
     split = _sample_split(config, manifest)
-    transformed, raw = _transformed_sample(config, split), split_rows(config, split, SAMPLE_ROWS)
+    transformed, raw = _transformed_sample(config, transform_output, split), split_rows(config, split, SAMPLE_ROWS)
     section.intro += f" Plots: the first {raw.num_rows:,} rows of the {split} split, raw and transformed."
     rows = []
     for column, steps in config.features.items():
@@ -113,7 +115,7 @@ def _features_section(config: PipelineConfig, manifest: FeaturesManifest) -> pag
                 column, raw.column(column).to_numpy(zero_copy_only=False), transformed[key], chain, column_stats)
         elif output.kind in (FeatureKind.IDS, FeatureKind.TOKEN_IDS) and "vocabulary_size" in column_stats:
             size = int(column_stats["vocabulary_size"])
-            vocabulary = _vocabulary(config, key, size)
+            vocabulary = _vocabulary(transform_output, column, steps, size)
             ids = transformed[key].reshape(-1)
             ids = ids[ids >= 0]  # -1: token-list padding
             counts = np.bincount(np.minimum(ids, size), minlength=size + 1)
@@ -131,15 +133,13 @@ def _is_number(arrow_type) -> bool:
     return pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type) or pa.types.is_decimal(arrow_type)
 
 
-def _vocabulary(config: PipelineConfig, key: str, size: int) -> list[str]:
-    """The vocabulary file of a column's vocabulary step: one value per line, line number = id."""
-    import tensorflow_transform as tft
+def _vocabulary(transform_output, column: str, steps, size: int) -> list[str]:
+    """The values of a column's (last) vocabulary step, by id: TFT's vocabulary file, one value per line."""
+    from tft_features.preprocessing import vocabulary_name
 
-    assets = Path(tft.TFTransformOutput(str(config.layout.features_dir)).transform_savedmodel_dir) / "assets"
-    files = sorted(assets.glob(f"{key}_*_vocabulary_vocabulary"))
-    if not files:
-        return [str(i) for i in range(size)]
-    return files[0].read_text(encoding="utf-8", errors="replace").splitlines()[:size]
+    index = max(i for i, step in enumerate(steps) if step.name == "vocabulary")
+    path = transform_output.vocabulary_file_by_name(vocabulary_name(column, index))
+    return Path(path).read_text(encoding="utf-8", errors="replace").splitlines()[:size]
 
 
 def _model_section(config: PipelineConfig, metrics: dict) -> page.Section:

@@ -39,14 +39,21 @@ def _largest_differences(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> 
     return out
 
 
-def onnx_vs_saved_model(config: PipelineConfig) -> HandOff | None:
-    """Eval rows (train rows when the run keeps no eval split) through model.onnx (onnxruntime) and the SavedModel
-    (TensorFlow); None without an ONNX graph."""
+def hand_offs(config: PipelineConfig) -> list[HandOff]:
+    """Both checks, with the model read (and its files checked) once; none before an ONNX graph is exported."""
     from spark_infer import load_model
 
+    if not config.layout.model_manifest_path.exists():
+        return []
     model = load_model(config.layout.model_dir)
     if model.onnx_bytes is None:
-        return None
+        return []
+    return [h for h in (onnx_vs_saved_model(config, model), spark_vs_onnxruntime(config, model)) if h]
+
+
+def onnx_vs_saved_model(config: PipelineConfig, model) -> HandOff:
+    """Eval rows (train rows when the run keeps no eval split) through model.onnx (onnxruntime) and the SavedModel
+    (TensorFlow)."""
     import tensorflow as tf
 
     from tft_features.pipeline import split_rows
@@ -61,15 +68,10 @@ def onnx_vs_saved_model(config: PipelineConfig) -> HandOff | None:
                    _largest_differences({k: _decoded(v) for k, v in onnx_out.items()}, tf_out))
 
 
-def spark_vs_onnxruntime(config: PipelineConfig) -> HandOff | None:
-    """The first scored rows again through onnxruntime here; None before scoring or without an ONNX graph."""
-    from spark_infer import load_model
-
+def spark_vs_onnxruntime(config: PipelineConfig, model) -> HandOff | None:
+    """The first scored rows again through onnxruntime here; None before scoring."""
     scores = config.layout.scores_dir
     if not scores.is_dir():
-        return None
-    model = load_model(config.layout.model_dir)
-    if model.onnx_bytes is None:
         return None
     table = pads.dataset(str(scores), format="parquet").head(CHECK_ROWS)
     ours = model.predict(table)
