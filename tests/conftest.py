@@ -23,7 +23,8 @@ def python_env():
 
 @pytest.fixture(scope="session")
 def exported(tmp_path_factory):
-    """`tfbridge run` (features, 1 epoch on 1 worker, ONNX export) on the parity data: its config."""
+    """`tfbridge run` (features, 1 epoch on 1 worker, ONNX export) on the parity data: its config. Numbers go
+    through periodic embeddings, so the sin and cos of the model are compared at every hand-off too."""
     import pyarrow.parquet as pq
     import yaml
 
@@ -34,7 +35,8 @@ def exported(tmp_path_factory):
     pq.write_table(with_exact_copy(make_table(seed=5)), root / "raw.parquet")
     config = {"data": {"path": str(root / "raw.parquet")}, "label": "target", "task": "regression",
               "features": all_features(), "output": str(root / "out"),
-              "train": {"epochs": 1, "batch_size": 128, "hidden_units": [8], "workers": 1}}
+              "train": {"epochs": 1, "batch_size": 128, "hidden_units": [8], "workers": 1,
+                        "numeric_embedding": "periodic"}}
     (root / "c.yaml").write_text(yaml.safe_dump(config))
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     os.environ["PYTHONPATH"] = os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")])

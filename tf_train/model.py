@@ -1,7 +1,8 @@
 """The tf_keras model built from the transformed features, and its raw-features export.
 
-One input per transformed feature: numbers and vectors go in as they are,
-ids through an embedding, token ids through a mean-pooled embedding. The
+One input per transformed feature: numbers and vectors go in as they are
+(numbers, if asked, through a learned periodic embedding), ids through an
+embedding, token ids through a mean-pooled embedding. The
 concatenation feeds `train.hidden_units` ReLU layers (none: a linear model on
 the same inputs, since an embedding followed by a linear layer is linear in the
 one-hot ids) and a head per task. No batch normalisation or dropout: the update
@@ -25,6 +26,7 @@ from tf_train.data import PAD_ID, LabelSpec, model_inputs, tf_dtype
 
 
 DENSE_GRADIENT_MAX_ROWS = 65536
+PERIODIC_FREQUENCIES, PERIODIC_DIM, PERIODIC_SIGMA = 16, 16, 0.1  # on z-scored numbers (the paper's ranges)
 
 
 def embedding_dim(width: int, config: TrainConfig) -> int:
@@ -66,13 +68,68 @@ class PooledEmbedding(IdEmbedding):
         return total / tf.maximum(tf.reduce_sum(present, axis=1), 1.0)
 
 
+class PeriodicEmbedding(tf_keras.layers.Layer):
+    """A number as ReLU(W [sin(2 pi c x), cos(2 pi c x)] + b) with k frequencies c learned from N(0, sigma):
+    the "PLR" embedding of Gorishniy, Rubachev and Babenko (NeurIPS 2022). An MLP on such embeddings fits
+    the sharp, non-monotone effects of a number that it misses on the z-scored value alone."""
+
+    def __init__(self, frequencies: int, dim: int, sigma: float, **kwargs):
+        super().__init__(**kwargs)
+        self.frequencies, self.dim, self.sigma = frequencies, dim, sigma
+        self.linear = tf_keras.layers.Dense(dim, activation="relu")
+
+    def build(self, input_shape):
+        self.coefficients = self.add_weight(
+            name="coefficients", shape=(self.frequencies,),
+            initializer=tf_keras.initializers.RandomNormal(stddev=self.sigma))
+        self.linear.build((None, 2 * self.frequencies))
+        super().build(input_shape)
+
+    def call(self, x):
+        turns = tf.expand_dims(x, -1) * self.coefficients
+        # sin(2 pi t) on the fraction of t alone: the same value, but an argument in [0, 2 pi) on which TF and
+        # onnxruntime agree to an ulp. Their sin differ wildly far out (t = 1e17 from an extreme raw value).
+        angles = 2 * math.pi * (turns - tf.floor(turns))
+        return self.linear(tf.concat([tf.sin(angles), tf.cos(angles)], -1))
+
+    def get_config(self):
+        return {**super().get_config(), "frequencies": self.frequencies, "dim": self.dim, "sigma": self.sigma}
+
+
+class ClassWeightedCrossentropy(tf_keras.losses.Loss):
+    """The task's cross-entropy on logits, each row's times the weight of its class (`train.class_weight`).
+
+    The weight comes from the target itself, so training, the validation loss that stops it and the
+    eval loss curve all weigh rows alike, with no sample weights to carry through the input pipeline."""
+
+    def __init__(self, task: str, class_weights, **kwargs):
+        super().__init__(**kwargs)
+        self.task, self.class_weights = task, tuple(float(w) for w in class_weights)
+
+    def call(self, y_true, y_pred):
+        classes = tf.reshape(tf.cast(y_true, tf.int32), [-1])
+        weight = tf.gather(tf.constant(self.class_weights, tf.float32), classes)
+        if self.task == "binary":
+            per_row = tf.nn.sigmoid_cross_entropy_with_logits(tf.cast(classes, tf.float32), tf.reshape(y_pred, [-1]))
+        else:
+            per_row = tf.nn.sparse_softmax_cross_entropy_with_logits(classes, y_pred)
+        return per_row * weight
+
+    def get_config(self):
+        return {**super().get_config(), "task": self.task, "class_weights": list(self.class_weights)}
+
+
 def build_model(features: dict[str, FeatureOutput], label: LabelSpec, config: TrainConfig) -> tf_keras.Model:
     inputs, parts = {}, []
     for feature, output in sorted(features.items()):
         name = graph_input_name(feature)  # a user's preprocessing_fn may name its outputs anything
         if output.kind == FeatureKind.NUMBER:
             inputs[name] = tf_keras.Input(shape=(), dtype=tf.float32, name=name)
-            parts.append(tf_keras.layers.Reshape((1,), name=f"{name}_column")(inputs[name]))
+            if config.numeric_embedding == "periodic":
+                parts.append(PeriodicEmbedding(PERIODIC_FREQUENCIES, PERIODIC_DIM, PERIODIC_SIGMA,
+                                               name=f"{name}_periodic")(inputs[name]))
+            else:
+                parts.append(tf_keras.layers.Reshape((1,), name=f"{name}_column")(inputs[name]))
         elif output.kind == FeatureKind.VECTOR:
             inputs[name] = tf_keras.Input(shape=(output.width,), dtype=tf.float32, name=name)
             parts.append(inputs[name])
@@ -92,9 +149,12 @@ def build_model(features: dict[str, FeatureOutput], label: LabelSpec, config: Tr
     else:
         out = tf_keras.layers.Reshape((), name="output")(tf_keras.layers.Dense(1, name="logit")(x))
     model = tf_keras.Model(inputs, out)
-    loss = {"regression": tf_keras.losses.MeanSquaredError(),
-            "binary": tf_keras.losses.BinaryCrossentropy(from_logits=True),
-            "multiclass": tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True)}[label.task]
+    if label.class_weights:
+        loss = ClassWeightedCrossentropy(label.task, label.class_weights)
+    else:
+        loss = {"regression": tf_keras.losses.MeanSquaredError(),
+                "binary": tf_keras.losses.BinaryCrossentropy(from_logits=True),
+                "multiclass": tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True)}[label.task]
     model.compile(optimizer=tf_keras.optimizers.Adam(config.learning_rate), loss=loss)
     return model
 

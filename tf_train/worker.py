@@ -70,21 +70,40 @@ def run_worker(config: PipelineConfig) -> None:
     data = training_data.load_training_data(config)
     log.info("train: %s: %s; %d replica(s) in sync", name, training_data.describe(data), strategy.num_replicas_in_sync)
     tf_keras.utils.set_random_seed(train.seed)
-    steps = training_data.steps_per_epoch(data, train.batch_size)
+    steps = training_data.steps_per_epoch(data, data.batch_size)
+
+    pipeline = {}
 
     def dataset_fn(context: tf.distribute.InputContext):
+        pipeline.update(id=context.input_pipeline_id, count=context.num_input_pipelines)
         return training_data.train_dataset(data, context.input_pipeline_id, context.num_input_pipelines,
-                                           context.get_per_replica_batch_size(train.batch_size), train.seed)
+                                           context.get_per_replica_batch_size(data.batch_size), train.seed)
 
     dataset = strategy.distribute_datasets_from_function(dataset_fn)
     with strategy.scope():
         model = training_model.build_model(data.features, data.label, train)
     layout = config.layout
     layout.model_dir.mkdir(parents=True, exist_ok=True)
-    history = EpochLog(name, train.epochs, steps * train.batch_size, layout.model_dir / HISTORY_FILE,
-                       (lambda: eval_loss(model, data)) if chief else None)
-    model.fit(dataset, epochs=train.epochs, steps_per_epoch=steps, verbose=0,
-              callbacks=[tf_keras.callbacks.BackupAndRestore(str(layout.backup_dir)), history])
+    eval_batches = training_data.eval_dataset(data).take(EVAL_LOSS_BATCHES)  # built once: no retracing per epoch
+    history = EpochLog(name, train.epochs, steps * data.batch_size, layout.model_dir / HISTORY_FILE,
+                       (lambda: eval_loss(model, data.label, eval_batches)) if chief else None)
+    callbacks = [tf_keras.callbacks.BackupAndRestore(str(layout.backup_dir))]
+    stopping = None
+    if data.validation_every:
+        stopping = tf_keras.callbacks.EarlyStopping("val_loss", patience=train.patience, restore_best_weights=True)
+        callbacks += [
+            ValidationLoss(strategy, training_data.validation_dataset(data, pipeline["id"], pipeline["count"]),
+                           data.label.task),
+            stopping,
+            tf_keras.callbacks.ReduceLROnPlateau("val_loss", factor=0.5, patience=max(1, train.patience // 3),
+                                                 min_lr=train.learning_rate / 64)]
+    fitted = model.fit(dataset, epochs=train.epochs, steps_per_epoch=steps, verbose=0, callbacks=[*callbacks, history])
+    fitting = {"epochs": fitted.epoch[-1] + 1 if fitted.epoch else train.epochs, "batch_size": data.batch_size,
+               "validation_every": data.validation_every,
+               "kept_epoch": stopping.best_epoch + 1 if stopping else train.epochs}
+    if stopping and stopping.stopped_epoch:
+        log.info("train: %s: stopped after epoch %d of %d (no better validation loss in %d epochs); kept epoch %d",
+                 name, fitting["epochs"], train.epochs, train.patience, fitting["kept_epoch"])
 
     module = training_model.RawFeaturesModel(str(layout.features_dir), data.manifest, data.features, model,
                                              data.label)
@@ -96,6 +115,7 @@ def run_worker(config: PipelineConfig) -> None:
     with staged(layout.saved_model_dir) as target:
         training_model.save_raw_features_model(module, str(target))
         metrics = {"task": data.label.task, **evaluate(model, data, layout.eval_predictions_path),
+                   "fitting": {**fitting, "eval_loss": eval_loss(model, data.label, eval_batches)},
                    "history": history.losses()}
     write_json_atomic(metrics, layout.metrics_path)
     ModelManifest(
@@ -115,22 +135,53 @@ def run_worker(config: PipelineConfig) -> None:
     log.info("train: %s exported %s; eval %s", name, layout.saved_model_dir, json.dumps(metrics["eval"]))
 
 
-def eval_loss(model, data: training_data.TrainingData) -> float | None:
-    """The training loss on the eval split (its first EVAL_LOSS_BATCHES batches), rows of unseen classes left out."""
+def summed_loss(model, task: str, batches) -> tuple[float, int]:
+    """(the training loss summed over the rows of (inputs, target) batches, rows); rows of classes unseen in
+    training (target -1) left out."""
     total, rows = 0.0, 0
-    for inputs, raw_label in training_data.eval_dataset(data).take(EVAL_LOSS_BATCHES):
-        y = training_data.target(raw_label, data.label)
+    for inputs, y in batches:
         out = model(inputs, training=False)
-        if data.label.task != "regression":
+        if task != "regression":
             known = y >= 0
             y, out = tf.boolean_mask(y, known), tf.boolean_mask(out, known)
-        if data.label.task != "multiclass":
+        if task != "multiclass":
             y = tf.cast(y, tf.float32)
         count = int(tf.shape(y)[0])
         if count:
             total += float(model.loss(y, out)) * count
             rows += count
+    return total, rows
+
+
+def eval_loss(model, label: training_data.LabelSpec, eval_batches) -> float | None:
+    """The training loss on eval batches (inputs, raw label), for the report's loss curve."""
+    batches = ((inputs, training_data.target(raw_label, label)) for inputs, raw_label in eval_batches)
+    total, rows = summed_loss(model, label.task, batches)
     return total / rows if rows else None
+
+
+class ValidationLoss(tf_keras.callbacks.Callback):
+    """Puts the loss on the validation rows into each epoch's logs as `val_loss`, for early stopping and the
+    learning-rate plateau. Each worker sums the loss over its own shards' validation rows and the sums are
+    all-reduced, so every worker reads the same number and they stop, or lower the rate, at the same epoch
+    (a worker deciding alone would leave the others waiting in a collective)."""
+
+    def __init__(self, strategy, batches: tf.data.Dataset, task: str):
+        super().__init__()
+        self._batches, self._task = batches, task
+
+        @tf.function
+        def all_reduced_sum(values):
+            # With several replicas on a worker each adds the worker's sums: the ratio is unchanged.
+            return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(tf.identity, args=(values,)), axis=None)
+
+        self._all_reduced_sum = all_reduced_sum
+
+    def on_epoch_end(self, epoch, logs=None):
+        total, rows = summed_loss(self.model, self._task, self._batches)
+        total, rows = self._all_reduced_sum(tf.constant([total, rows], tf.float64)).numpy()
+        if logs is not None and rows > 0:
+            logs["val_loss"] = total / rows
 
 
 class EpochLog(tf_keras.callbacks.Callback):
@@ -155,12 +206,16 @@ class EpochLog(tf_keras.callbacks.Callback):
         self._last_step = time.perf_counter()  # the epoch's time excludes its backup
 
     def on_epoch_end(self, epoch, logs=None):
-        loss = float((logs or {}).get("loss", float("nan")))
+        logs = logs or {}
+        loss = float(logs.get("loss", float("nan")))
+        validation = logs.get("val_loss")
         seconds = self._last_step - self._start
-        log.info("train: %s: epoch %d/%d loss %.5f (%.1f s, %s examples/s)", self._worker, epoch + 1,
-                 self._epochs, loss, seconds, f"{self._examples / max(seconds, 1e-9):,.0f}")
+        log.info("train: %s: epoch %d/%d loss %.5f%s (%.1f s, %s examples/s)", self._worker, epoch + 1,
+                 self._epochs, loss, "" if validation is None else f" validation {validation:.5f}", seconds,
+                 f"{self._examples / max(seconds, 1e-9):,.0f}")
         if self._chief:
-            self._loss[epoch + 1] = {"loss": loss, "eval_loss": self._eval_loss()}
+            self._loss[epoch + 1] = {"loss": loss, "validation_loss": None if validation is None else float(validation),
+                                     "eval_loss": self._eval_loss()}
             write_json_atomic(self._loss, self._path)
 
     def losses(self) -> list[dict]:

@@ -164,9 +164,12 @@ def train_stage(config: PipelineConfig, args, beam_args: list[str], console: Con
 
         stage.track("epochs", lambda: (epochs_done(config), config.train.epochs))
         launch(config, workers, args.retries)
-        quality = json.loads(config.layout.metrics_path.read_text())["eval"]
-        figures = ", ".join(f"{k} {_figure(v)}" for k, v in quality.items() if k != "rows")
-        stage.result = (f"{config.train.epochs} epochs on {workers} worker(s){', eval ' + figures if figures else ''}"
+        metrics = json.loads(config.layout.metrics_path.read_text())
+        figures = ", ".join(f"{k} {_figure(v)}" for k, v in metrics["eval"].items() if k != "rows")
+        fitting = metrics["fitting"]
+        epochs = (f"{fitting['epochs']} epochs" if fitting["epochs"] == fitting["kept_epoch"]
+                  else f"{fitting['epochs']} epochs (kept {fitting['kept_epoch']})")
+        stage.result = (f"{epochs} on {workers} worker(s){', eval ' + figures if figures else ''}"
                         f" → {config.layout.saved_model_dir}")
 
 

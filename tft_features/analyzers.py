@@ -88,6 +88,28 @@ def quantile_buckets(x: tf.Tensor, name: str, num_buckets: int):
     return ids, {"boundaries": tf.reshape(boundaries, [-1])}
 
 
+def piecewise_linear(x: tf.Tensor, name: str, num_buckets: int):
+    """Piecewise-linear encoding (Gorishniy, Rubachev and Babenko, NeurIPS 2022): a [batch, num_buckets] vector.
+
+    The bins are the quantile buckets of the column between its minimum and maximum; element t is 0 below
+    bin t, 1 above it, and the value's position inside it, so the vector says which bin a value is in and
+    where. A network reads a number this way far better than as one z-scored input. Values outside the
+    train split's range map like its ends (all 0, or all 1), as a tree would. A bin of zero width (a value
+    repeated over a whole quantile) is a step at that value: 1 from the value up.
+    """
+    inner = tf.reshape(tft.quantiles(x, num_buckets, QUANTILE_EPSILON, name=f"{name}_quantiles"), [-1])
+    lo = tf.reshape(tft.min(x, name=f"{name}_min"), [1])
+    hi = tf.reshape(tft.max(x, name=f"{name}_max"), [1])
+    edges = tf.concat([lo, inner, hi], 0)
+    left, right = edges[:-1], edges[1:]  # [num_buckets]
+    width = right - left
+    column = tf.expand_dims(x, 1)
+    inside = (column - left) / tf.where(width > 0, width, 1.0)
+    step = tf.cast(column >= right, tf.float32)
+    out = tf.clip_by_value(tf.where(width > 0, inside, step), 0.0, 1.0)
+    return out, {"edges": edges}
+
+
 def impute(x, name: str, strategy: str, value=None):
     """Fills missing values (a SparseTensor [batch, 1] whose absent rows are missing).
 

@@ -141,6 +141,12 @@ def _bucketize_problem(p: Params, incoming: StepKind) -> str | None:
     return None
 
 
+def _piecewise_linear_problem(p: Params, incoming: StepKind) -> str | None:
+    n = p.get("num_buckets")
+    return None if isinstance(n, int) and not isinstance(n, bool) and n >= 2 else \
+        f"num_buckets must be an integer >= 2, got {n!r}"
+
+
 def _vocabulary_problem(p: Params, incoming: StepKind) -> str | None:
     for key in ("top_k", "frequency_threshold", "num_oov_buckets"):
         if key in p and not (isinstance(p[key], int) and p[key] >= 0):
@@ -213,6 +219,8 @@ STEPS: dict[str, StepDef] = {s.name: s for s in [
     StepDef("yeo_johnson", (NUMBER,), (), _to(NUMBER), _mapper(analyzers.yeo_johnson), _always),
     StepDef("bucketize", (NUMBER,), ("num_buckets", "boundaries"), _bucketize_result, _build_bucketize,
             lambda params: "num_buckets" in params, _bucketize_problem),
+    StepDef("piecewise_linear", (NUMBER,), ("num_buckets",), _to(VECTOR), _mapper(analyzers.piecewise_linear),
+            _always, _piecewise_linear_problem, short="num_buckets"),
     StepDef("vocabulary", (TEXT, TOKENS), ("top_k", "frequency_threshold", "num_oov_buckets"), _vocabulary_result,
             _mapper(analyzers.vocabulary), _always, _vocabulary_problem, reads=_reads_string),
     StepDef("impute", (NUMBER, TEXT), ("strategy", "value"), _same_kind, _mapper(analyzers.impute),

@@ -34,10 +34,11 @@ def edge_rows(stats: dict) -> dict[str, list]:
         "z": [1e20, -1e20], "mm": [-50.0, 50.0, 1e9], "huge": [1e30, -1e30, 0.0],
         "miss_mean": [np.nan, np.nan], "miss_median": [np.nan], "miss_const": [np.nan],
         "px": [1e6, -1e-6], "py": [0.0], "pz": [1e-3], "thr": [0.5, 0.50001],
+        "ple": [*stats["ple"]["edges"], -1e30, 1e30, 0.0], "ple_steps": [*stats["ple_steps"]["edges"], 1e-7, 3e38],
     }
 
 
-EDGE_ROWS = range(10)  # covers the longest edge list (q's boundaries: 3)
+EDGE_ROWS = range(10)  # covers the longest edge list (ple's 7 edges and 3 more)
 
 
 def fresh_rows(seed: int, stats: dict) -> pa.Table:
@@ -116,6 +117,8 @@ def test_manifest_records_the_onnx_signature(exported):
     assert graph.inputs["z"] == {"dtype": "float32", "shape": [None]}
     assert set(graph.inputs) == set(ModelManifest.read(layout.model_manifest_path).inputs)
     assert graph.outputs["prediction"]["dtype"] == "float32"
+    # the model's periodic embeddings are in the graph the parity tests compare
+    assert {"Sin", "Cos", "Floor"} <= {node.op_type for node in onnx.load(layout.onnx_path).graph.node}
 
 
 def test_an_op_with_no_lowering_names_the_op_and_the_feature(tmp_path):

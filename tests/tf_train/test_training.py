@@ -25,7 +25,8 @@ import tensorflow as tf
 import yaml
 
 from tests.helpers import decode_split, onnx_session, serving_inputs, tf_inputs
-from tf_train.data import load_training_data
+from tf_train.data import (default_batch_size, load_training_data, read_labels, shard_rows, target,
+                           validation_dataset)
 from tf_train.launcher import launch
 from onnx_export.convert import export_onnx
 from tfbridge.cli import main
@@ -59,8 +60,9 @@ def features_root(tmp_path_factory):
     table = table.append_column("above", pa.array((target > np.median(target)).astype(np.int64)))
     table = table.append_column("level", pa.array(np.array(["low", "mid", "high"])[
         np.digitize(target, np.quantile(target, [1 / 3, 2 / 3]))]))
+    table = table.append_column("rare", pa.array((target > np.quantile(target, 0.9)).astype(np.int64)))
     pq.write_table(table, root / "raw.parquet")
-    for label, task in (("target", "regression"), ("above", "binary"), ("level", "multiclass")):
+    for label, task in (("target", "regression"), ("above", "binary"), ("level", "multiclass"), ("rare", "binary")):
         assert main(["features", "--config", str(write_config(root / label, root / "raw.parquet", label, task))]) == 0
     return root
 
@@ -122,6 +124,63 @@ def test_two_workers_compute_the_same_update_as_one(features_root, tmp_path):
     history = json.loads(runs[2].metrics_path.read_text())["history"]
     assert [h["epoch"] for h in history] == [1, 2] and history[1]["loss"] < history[0]["loss"]
     assert history[1]["eval_loss"] < history[0]["eval_loss"]
+
+
+def test_validation_rows_are_every_kth_row_of_each_shard_and_never_trained_on(features_root, tmp_path):
+    data = load_training_data(training_run(features_root, tmp_path, "holdout", validation_fraction=0.25))
+    assert data.validation_every == 4
+    held = []
+    for file in data.train_files:
+        rows = [r.numpy() for r in tf.data.TFRecordDataset(file, compression_type="GZIP")]
+        assert [r.numpy() for r in shard_rows(data, file, validation=True)] == rows[::4]
+        assert [r.numpy() for r in shard_rows(data, file)] == [r for i, r in enumerate(rows) if i % 4]
+        held += rows[::4]
+    # Two input pipelines (workers) each read the validation rows of their own shards: together, each row once.
+    label = data.manifest.label_key
+    want = target(tf.io.parse_example(held, {label: tf.io.FixedLenFeature([], tf.float32)})[label], data.label)
+    got = [y.numpy() for pipeline in (0, 1) for _, y in validation_dataset(data, pipeline, 2)]
+    np.testing.assert_array_equal(np.sort(np.concatenate(got)), np.sort(want.numpy()))
+    assert data.train_rows == data.manifest.rows["train"] - data.manifest.rows["train"] // 4
+
+
+def test_the_default_batch_gives_a_small_table_enough_steps(features_root, tmp_path):
+    assert [default_batch_size(n) for n in (100, 192, 1_857, 2_140, 43_000, 10**7)] == [16, 16, 32, 64, 256, 256]
+    data = load_training_data(training_run(features_root, tmp_path, "batch", batch_size=None))
+    assert data.batch_size == default_batch_size(data.train_rows) == 64
+
+
+def test_two_workers_stop_early_together_and_keep_the_best_epoch(features_root, tmp_path):
+    """A high learning rate on 3,000 rows overfits within a few epochs: both workers stop at the same epoch
+    (one stopping alone would fail the run: its peer would wait in a collective for a worker that has left),
+    and the exported model is the best epoch's, not the last one's."""
+    config = training_run(features_root, tmp_path, "stop", epochs=40, patience=2, learning_rate=0.05, seed=3)
+    launch(config, workers=2)
+    metrics = json.loads(config.layout.metrics_path.read_text())
+    fitting, history = metrics["fitting"], metrics["history"]
+    assert fitting["epochs"] == len(history) < 40, fitting
+    validation = [h["validation_loss"] for h in history]
+    assert fitting["kept_epoch"] == int(np.argmin(validation)) + 1 < fitting["epochs"]
+    # the kept weights are the best epoch's: their eval loss is that epoch's, not the last epoch's
+    assert fitting["eval_loss"] == pytest.approx(history[fitting["kept_epoch"] - 1]["eval_loss"], rel=1e-5)
+    assert fitting["eval_loss"] != pytest.approx(history[-1]["eval_loss"], rel=1e-5)
+
+
+def test_balanced_class_weights_raise_the_recall_of_a_rare_class(features_root, tmp_path):
+    runs = {}
+    for weight in ("none", "balanced"):
+        runs[weight] = training_run(features_root, tmp_path, f"rare-{weight}", label="rare", task="binary", epochs=4,
+                                    class_weight=weight)
+        launch(runs[weight], workers=1)
+    data = load_training_data(runs["balanced"])
+    counts = np.bincount(read_labels(data.train_files, data.manifest.label_key, "int").astype(np.int64))
+    assert counts[1] < counts[0] / 5
+    assert data.label.class_weights == pytest.approx(tuple(counts.sum() / (2 * counts)))
+    recall = {}
+    for weight, config in runs.items():
+        kept = pq.read_table(config.layout.eval_predictions_path).to_pandas()
+        rare = kept["label_index"].to_numpy() == 1
+        recall[weight] = float((np.stack(kept["probabilities"][rare])[:, 1] > 0.5).mean())
+    assert recall["balanced"] > recall["none"] + 0.1, recall
 
 
 def test_export_takes_raw_columns_and_matches_the_trained_model(features_root, tmp_path):

@@ -29,7 +29,7 @@ def test_issue_example_parses():
 def test_train_section_defaults_and_round_trip():
     assert config().train == TrainConfig()
     cfg = config(train={"hidden_units": [], "epochs": 3, "label_transform": "log", "embedding_dim": 4})
-    assert cfg.train.hidden_units == () and cfg.train.epochs == 3 and cfg.train.batch_size == 256
+    assert cfg.train.hidden_units == () and cfg.train.epochs == 3 and cfg.train.batch_size is None
     assert PipelineConfig.from_dict(cfg.to_dict()).train == cfg.train
 
 
@@ -50,7 +50,13 @@ def test_train_section_defaults_and_round_trip():
     ({"train": {"hidden_units": [64, "x"]}}, "'train.hidden_units' must be a list of positive integers"),
     ({"train": {"learning_rate": -1}}, "'train.learning_rate' must be a positive number"),
     ({"train": {"label_transform": "sqrt"}}, "'train.label_transform' must be one of"),
+    ({"train": {"validation_fraction": 0.9}}, "'train.validation_fraction' must be a number in [0, 0.5]"),
+    ({"train": {"batch_size": 0}}, "'train.batch_size' must be a positive integer"),
+    ({"train": {"patience": 0}}, "'train.patience' must be a positive integer"),
     ({"task": "binary", "train": {"label_transform": "log"}}, "applies to regression only"),
+    ({"train": {"class_weight": "balanced"}}, "'train.class_weight' applies to binary and multiclass"),
+    ({"task": "binary", "train": {"class_weight": "auto"}}, "'train.class_weight' must be one of"),
+    ({"train": {"numeric_embedding": "fourier"}}, "'train.numeric_embedding' must be one of"),
 ])
 def test_bad_config_names_the_key(changes, needle):
     with pytest.raises(ConfigError, match="c.yaml") as err:

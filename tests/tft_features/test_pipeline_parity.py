@@ -46,6 +46,8 @@ FEATURES = {
     "text": [{"normalize_text": {"stopwords": "english"}}, {"vocabulary": {"frequency_threshold": 2}}],
     "px": [{"polynomial": {"degree": 3, "with": ["py"]}}],
     "pz": [{"polynomial": {"degree": 2, "with": ["py"]}}, "z_score"],
+    "ple": [{"piecewise_linear": 6}],
+    "ple_steps": [{"piecewise_linear": {"num_buckets": 5}}],  # a few repeated values: bins of zero width
 }
 
 
@@ -84,6 +86,8 @@ def make_table(seed: int) -> pa.Table:
         "px": rng.normal(0, 2, N),
         "py": rng.uniform(-3, 3, N),
         "pz": rng.lognormal(0, 1, N),
+        "ple": rng.lognormal(0, 1.5, N),
+        "ple_steps": rng.choice([0.0, 1.0, 2.0, 10.0], N, p=[0.6, 0.2, 0.15, 0.05]),
         "unused": rng.normal(0, 1, N),
     })
 
@@ -143,6 +147,7 @@ def test_layout_split_and_manifest(run):
     assert outputs["q"] == ("ids", 4) and outputs["edges"] == ("ids", len(FIXED_BOUNDARIES) + 1)
     assert outputs["cat_top"] == ("vector", 4) and outputs["px"] == ("vector", 9) and outputs["pz"] == ("vector", 5)
     assert outputs["text"] == ("token_ids", run["stats"]["text"]["vocabulary_size"] + 1)
+    assert outputs["ple"] == ("vector", 6) and outputs["ple_steps"] == ("vector", 5)
     assert "target" not in outputs and len(outputs) == len(FEATURES)
 
 
@@ -197,6 +202,33 @@ def test_bucketize_boundaries_put_edge_values_in_the_upper_bucket(run):
     x = run["train_raw"]["edges"].to_numpy()
     np.testing.assert_array_equal(run["train"]["edges"], np.searchsorted(FIXED_BOUNDARIES, x, side="right"))
     assert set(run["train"]["edges"][x == 1.0]) == {2}
+
+
+def piecewise_linear(x: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """The encoding in float32 numpy: per bin, the position inside it, clipped to [0, 1]; a zero-width bin is a
+    step up at its value."""
+    x, edges = np.asarray(x, np.float32)[:, None], np.asarray(edges, np.float32)
+    left, right = edges[:-1], edges[1:]
+    width = right - left
+    inside = (x - left) / np.where(width > 0, width, np.float32(1))
+    return np.clip(np.where(width > 0, inside, (x >= right).astype(np.float32)), 0, 1)
+
+
+def test_piecewise_linear_bins_are_quantiles_between_min_and_max(run):
+    for column, buckets in (("ple", 6), ("ple_steps", 5)):
+        x = f32(run["train_raw"][column])
+        edges = np.array(run["stats"][column]["edges"])
+        assert len(edges) == buckets + 1 and np.all(np.diff(edges) >= 0)
+        assert edges[0] == np.float32(x.min()) and edges[-1] == np.float32(x.max())
+        for q, b in zip(np.arange(1, buckets) / buckets, edges[1:-1]):
+            assert np.mean(x <= b) >= q - QUANTILE_EPSILON - 2 / len(x), (column, q)
+            assert np.mean(x < b) <= q + QUANTILE_EPSILON + 2 / len(x), (column, q)
+        for split in ("train", "eval"):
+            raw = run["raw"].set_index("target").loc[run[split]["target"]]
+            np.testing.assert_allclose(run[split][column], piecewise_linear(raw[column], edges), atol=1e-6,
+                                       err_msg=f"{column} {split}")
+    # the repeated values made bins of zero width, so the step path above was compared too
+    assert np.any(np.diff(run["stats"]["ple_steps"]["edges"]) == 0)
 
 
 def test_threshold_clip_log1p(run):

@@ -85,6 +85,8 @@ class SplitConfig:
 
 
 LABEL_TRANSFORMS = ("none", "log")
+NUMERIC_EMBEDDINGS = ("none", "periodic")
+CLASS_WEIGHTS = ("none", "balanced")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,12 +95,18 @@ class TrainConfig:
 
     hidden_units: tuple[int, ...] = (64, 32)  # () is a linear model on the same inputs
     embedding_dim: int | None = None  # None: min(16, about 1.6 * width ** 0.56) per id feature
-    epochs: int = 10
-    batch_size: int = 256  # global: per-replica batch x replicas
+    epochs: int = 100  # at most: with validation rows, training stops once their loss stops improving
+    batch_size: int | None = None  # global (per-replica batch x replicas); None: by the train split's size
     learning_rate: float = 1e-3
     seed: int = 42
     label_transform: str = "none"  # regression: "log" trains on log(label), predicts in label units
     workers: int = 2  # worker processes the embedded launcher starts
+    # Every round(1 / fraction)-th row of each train shard is held out as validation rows (never the eval
+    # split): their loss after each epoch stops training early and halves the learning rate on a plateau.
+    validation_fraction: float = 0.1  # 0: no validation rows, train all `epochs` at one learning rate
+    patience: int = 6  # epochs without a better validation loss before training stops; the best epoch is kept
+    numeric_embedding: str = "none"  # "periodic": each number feature through a learned periodic embedding
+    class_weight: str = "none"  # classification: "balanced" weighs each class by rows / (classes x its rows)
 
     @classmethod
     def from_dict(cls, raw: Any, source: str) -> "TrainConfig":
@@ -117,11 +125,12 @@ class TrainConfig:
             if not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
                 raise ConfigError(f"{source}: 'train.{key}' must be a positive integer, got {v!r}")
 
-        for key in ("epochs", "batch_size", "workers"):
+        for key in ("epochs", "workers", "patience"):
             if key in values:
                 positive_int(key)
-        if "embedding_dim" in values and values["embedding_dim"] is not None:
-            positive_int("embedding_dim")
+        for key in ("embedding_dim", "batch_size"):
+            if values.get(key) is not None:
+                positive_int(key)
         if "seed" in values and not isinstance(values["seed"], int):
             raise ConfigError(f"{source}: 'train.seed' must be an integer, got {values['seed']!r}")
         if "hidden_units" in values:
@@ -135,6 +144,18 @@ class TrainConfig:
             if not (isinstance(lr, (int, float)) and lr > 0):
                 raise ConfigError(f"{source}: 'train.learning_rate' must be a positive number, got {lr!r}")
             values["learning_rate"] = float(lr)
+        if "validation_fraction" in values:
+            fraction = values["validation_fraction"]
+            if not (isinstance(fraction, (int, float)) and not isinstance(fraction, bool) and 0 <= fraction <= 0.5):
+                raise ConfigError(f"{source}: 'train.validation_fraction' must be a number in [0, 0.5], "
+                                  f"got {fraction!r}")
+            values["validation_fraction"] = float(fraction)
+        if values.get("class_weight", "none") not in CLASS_WEIGHTS:
+            raise ConfigError(f"{source}: 'train.class_weight' must be one of {CLASS_WEIGHTS}, "
+                              f"got {values['class_weight']!r}")
+        if values.get("numeric_embedding", "none") not in NUMERIC_EMBEDDINGS:
+            raise ConfigError(f"{source}: 'train.numeric_embedding' must be one of {NUMERIC_EMBEDDINGS}, "
+                              f"got {values['numeric_embedding']!r}")
         if values.get("label_transform", "none") not in LABEL_TRANSFORMS:
             raise ConfigError(f"{source}: 'train.label_transform' must be one of {LABEL_TRANSFORMS}, "
                               f"got {values['label_transform']!r}")
@@ -242,6 +263,8 @@ class PipelineConfig:
         train = TrainConfig.from_dict(raw.get("train"), source)
         if train.label_transform != "none" and task != "regression":
             raise ConfigError(f"{source}: 'train.label_transform' applies to regression only, not {task}")
+        if train.class_weight != "none" and task == "regression":
+            raise ConfigError(f"{source}: 'train.class_weight' applies to binary and multiclass, not regression")
 
         return cls(
             data=DataSource(path=data_path, format=fmt),

@@ -143,13 +143,20 @@ def _vocabulary(transform_output, column: str, steps, size: int) -> list[str]:
 
 
 def _model_section(config: PipelineConfig, metrics: dict) -> page.Section:
+    fitting = metrics.get("fitting")
+    fitted = ""
+    if fitting:
+        fitted = f" Fitted for {fitting['epochs']} epochs in batches of {fitting['batch_size']:,}"
+        fitted += (f"; the weights of epoch {fitting['kept_epoch']}, the best validation loss, were kept."
+                   if fitting["validation_every"] else ".")
     section = page.Section("Model", "Eval-split quality of the model next to a linear baseline trained in the same "
-                           "run on the same features (metrics.json).")
+                           f"run on the same features (metrics.json).{fitted}")
     ours, base = metrics.get("eval", {}), metrics.get("baseline", {})
     section.table = [("metric", "model", f"linear baseline ({base.get('model', '')})"),
                      *[(k, page.number(v), page.number(base.get(k))) for k, v in ours.items()]]
     if metrics.get("history"):
-        section.figures["training_loss"] = figures.training_loss(metrics["history"])
+        section.figures["training_loss"] = figures.training_loss(metrics["history"],
+                                                                 fitting["kept_epoch"] if fitting else None)
     path = config.layout.eval_predictions_path
     if not path.exists():
         return section

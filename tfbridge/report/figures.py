@@ -54,14 +54,19 @@ def categorical_feature(column: str, top: list[tuple[str, int]], vocabulary_size
     return figure
 
 
-def training_loss(history: list[dict]) -> Figure:
-    """Train and eval loss per epoch."""
+def training_loss(history: list[dict], kept_epoch: int | None = None) -> Figure:
+    """Train, validation and eval loss per epoch, and the epoch whose weights were kept."""
     figure, (axis,) = _figure(1, width=6.5)
     epochs = [h["epoch"] for h in history]
     axis.plot(epochs, [h["loss"] for h in history], marker="o", label="train", color=OURS)
-    eval_loss = [h.get("eval_loss") for h in history]
-    if any(v is not None for v in eval_loss):
-        axis.plot(epochs, [np.nan if v is None else v for v in eval_loss], marker="o", label="eval", color=BASELINE)
+    for key, name, color, style in (("validation_loss", "validation (decides the stop)", OURS, "--"),
+                                    ("eval_loss", "eval", BASELINE, "-")):
+        values = [h.get(key) for h in history]
+        if any(v is not None for v in values):
+            axis.plot(epochs, [np.nan if v is None else v for v in values], marker="o", linestyle=style, label=name,
+                      color=color)
+    if epochs and kept_epoch is not None and kept_epoch != epochs[-1]:  # stopped early: the best epoch was kept
+        axis.axvline(kept_epoch, color="grey", linestyle=":", label=f"kept: epoch {kept_epoch}")
     axis.set(title="training loss per epoch", xlabel="epoch", ylabel="loss (training target)")
     axis.legend()
     return figure
