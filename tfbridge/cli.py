@@ -152,7 +152,7 @@ def features_stage(config: PipelineConfig, args, beam_args: list[str], console: 
         from tft_features.inputs import READ_PROGRESS
         from tft_features.pipeline import run_features
 
-        stage.track("rows read", READ_PROGRESS.snapshot)
+        stage.track("rows read (analysis, then transform)", READ_PROGRESS.snapshot)
         result = run_features(config, beam_args)
         stage.result = f"{_rows(result.rows)} → {result.features_dir}"
 

@@ -254,8 +254,9 @@ def as_text(values: pa.Array) -> pa.Array:
 
 
 class ReadProgress:
-    """Rows read so far by this process's in-process runner, of the rows the check counted: what `tfbridge`
-    shows as the stage's progress bar (a distributed runner reads elsewhere, and this stays at 0)."""
+    """Rows read so far by this process's in-process runner, of the rows to read (the input is read twice,
+    for the analysis and for the transform): what `tfbridge` shows as the stage's progress bar (a
+    distributed runner reads elsewhere, and this stays at 0)."""
 
     def __init__(self):
         self._lock = threading.Lock()
@@ -297,12 +298,15 @@ def eval_rows(table: pa.Table, eval_fraction: float) -> np.ndarray:
 
 
 class ReadRawData(beam.PTransform):
-    """Raw rows as list-typed RecordBatches, split into tagged outputs 'train' and 'eval'."""
+    """Raw rows as list-typed RecordBatches, split into tagged outputs 'train' and 'eval'. `purpose` names the
+    read in the log; only the "transform" read counts the rows of each split (the manifest's counts), so a
+    second read of the same input for the analysis does not count them twice."""
 
-    def __init__(self, raw: RawData, eval_fraction: float):
+    def __init__(self, raw: RawData, eval_fraction: float, purpose: str = "transform"):
         super().__init__()
         self._raw = raw
         self._eval_fraction = eval_fraction
+        self._purpose = purpose
 
     def expand(self, pipeline):
         raw = self._raw
@@ -316,29 +320,31 @@ class ReadRawData(beam.PTransform):
                       | "CsvFiles" >> beam.Create(list(raw.files))
                       | "ReadCsv" >> beam.Map(read_csv, raw.columns))
         return tables | "ToRecordBatches" >> beam.ParDo(
-            _SplitToRecordBatches(raw.columns, raw.arrow_schema(), self._eval_fraction, raw.rows)
+            _SplitToRecordBatches(raw.columns, raw.arrow_schema(), self._eval_fraction, raw.rows, self._purpose)
         ).with_outputs("eval", main="train")
 
 
 class _SplitToRecordBatches(beam.DoFn):
     """Assigns each row of a raw table to a split and converts both parts to list-typed RecordBatches."""
 
-    def __init__(self, columns, schema, eval_fraction, total_rows):
+    def __init__(self, columns, schema, eval_fraction, total_rows, purpose: str):
         self._columns, self._schema, self._eval_fraction = columns, schema, eval_fraction
-        self._total_rows = total_rows
+        self._total_rows, self._purpose = total_rows, purpose
         self._rows = {"train": Metrics.counter("tfbridge", "rows_train"), "eval": Metrics.counter("tfbridge", "rows_eval")}
         self._seen = 0
 
     def process(self, table: pa.Table):
         self._seen += table.num_rows
         READ_PROGRESS.add(table.num_rows)
-        log.info("features: read %s of %s rows (this worker)", f"{self._seen:,}", f"{self._total_rows:,}")
+        log.info("features: read %s of %s rows for the %s (this worker)", f"{self._seen:,}", f"{self._total_rows:,}",
+                 self._purpose)
         is_eval = eval_rows(table, self._eval_fraction)
         for split, mask in (("train", ~is_eval), ("eval", is_eval)):
             count = int(mask.sum())
             if not count:
                 continue
-            self._rows[split].inc(count)
+            if self._purpose == "transform":
+                self._rows[split].inc(count)
             part = table.filter(pa.array(mask)) if count < table.num_rows else table
             batch = to_list_batch(part, self._columns, self._schema)
             yield batch if split == "train" else beam.pvalue.TaggedOutput("eval", batch)

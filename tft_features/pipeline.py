@@ -148,7 +148,7 @@ def run_features(config: PipelineConfig, beam_args: list[str] | None = None) -> 
     start = time.monotonic()
     prep = _preprocessing(config)
     raw = inputs.inspect(config.data, prep.wanted, config.label, prep.positive, prep.why)
-    inputs.READ_PROGRESS.start(raw.rows)
+    inputs.READ_PROGRESS.start(2 * raw.rows)  # read twice: see _run_beam
     log.info("features: %d rows in %d file(s), %d columns checked", raw.rows, len(raw.files), len(raw.columns))
 
     layout = config.layout
@@ -193,8 +193,12 @@ def _run_beam(config, raw: inputs.RawData, prep: _Preprocessing, staging: Path,
     # it). A user's preprocessing_fn keeps TFT's default (TF2) semantics.
     compat_v1 = prep.plan is not None
     with pipeline as p, tft_beam.Context(temp_dir=tft_temp, force_tf_compat_v1=compat_v1):
+        # The input is read twice, once for the analysis and once for the transform. Read once, the train
+        # split would feed both, and the in-process runner would hold all of it in memory until the analysis
+        # (the transform's side input) is done: peak memory grew with the rows. Read twice, both stream.
+        analyzed = p | "ReadRawForAnalysis" >> inputs.ReadRawData(raw, config.split.eval_fraction, "analysis")
         splits = p | "ReadRaw" >> inputs.ReadRawData(raw, config.split.eval_fraction)
-        transform_fn = (splits.train, adapter) | "Analyze" >> tft_beam.AnalyzeDataset(prep.fn)
+        transform_fn = (analyzed.train, adapter) | "Analyze" >> tft_beam.AnalyzeDataset(prep.fn)
         # TFT's layout: <dir>/transform_fn and <dir>/transformed_metadata, so that
         # tft.TFTransformOutput(features_dir) reads it.
         _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(str(staging))
