@@ -12,6 +12,11 @@ each of
   numpy     a single-process numpy/pyarrow pass computing the same statistics and outputs, written
             as Parquet: the floor.
 Prints medians of `--repeats` runs and the ratios to Spark ML.
+
+With `--processes`, each run is instead a whole process as a user starts it, start-up included:
+`tfbridge features --config C` against this script's own Spark ML job in a fresh process (a new JVM
+and session, fit, transform, write, stop), with the peak resident memory of each process tree (the
+Python driver and Spark's JVM together), sampled every 0.2 s.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import argparse
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -149,18 +155,97 @@ def run_numpy_floor(data: Path, name: str, out: Path) -> None:
     pq.write_table(pa.table(cols), str(out / "part.parquet"))
 
 
+def tree_rss_kib(root: int) -> int:
+    """Resident memory of a process and all its descendants (Spark's JVM is a child of its Python driver)."""
+    parents, rss = {}, {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            status = (stat.parent / "status").read_text()
+        except OSError:
+            continue
+        pid = int(stat.parent.name)
+        parents[pid] = int(fields[1])
+        line = next((ln for ln in status.splitlines() if ln.startswith("VmRSS")), None)
+        rss[pid] = int(line.split()[1]) if line else 0
+    tree, frontier = {root}, [root]
+    while frontier:
+        children = [pid for pid, parent in parents.items() if parent in frontier and pid not in tree]
+        tree.update(children)
+        frontier = children
+    return sum(rss.get(pid, 0) for pid in tree)
+
+
+def timed_process(command: list[str]) -> tuple[float, float]:
+    """(seconds, peak resident GiB of the whole process tree, sampled every 0.2 s) of one process."""
+    start = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    peak = 0
+    while process.poll() is None:
+        peak = max(peak, tree_rss_kib(process.pid))
+        time.sleep(0.2)
+    seconds = time.perf_counter() - start
+    if process.returncode:
+        raise RuntimeError(f"{command} failed:\n{process.stderr.read()[-3000:]}")
+    return seconds, peak / 2**20
+
+
+def whole_processes(data: Path, configs: list[str], rows: int, repeats: int) -> None:
+    """--processes: each engine as the process a user starts, start-up included."""
+    import yaml
+
+    work = Path(tempfile.mkdtemp(prefix="tfbridge-bench-"))
+    results = {}
+    try:
+        for name in configs:
+            config = work / f"{name}.yaml"
+            config.write_text(yaml.safe_dump({"data": {"path": str(data)}, "label": "target", "task": "regression",
+                                              "features": CONFIGS[name], "output": str(work / f"{name}-out")}))
+            tfbridge = str(Path(sys.executable).with_name("tfbridge"))
+            commands = {"tfbridge": [tfbridge, "features", "--config", str(config)],
+                        "spark_ml": [sys.executable, __file__, "--spark-ml-job", name, str(data),
+                                     str(work / f"{name}-spark")]}
+            for engine, command in commands.items():
+                results[name, engine] = [timed_process(command) for _ in range(repeats)]
+                print(f"{name:6s} {engine:9s} {results[name, engine]}", flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"\n{rows:,} rows, 2 cores, whole processes (start-up included), median of {repeats} runs")
+    print("| config | engine | rows/s | vs Spark ML | peak RSS (GiB) | runs (s) |\n|---|---|---:|---:|---:|---|")
+    for name in configs:
+        spark_rate = rows / statistics.median(t for t, _ in results[name, "spark_ml"])
+        for engine in ("tfbridge", "spark_ml"):
+            runs = results[name, engine]
+            rate = rows / statistics.median(t for t, _ in runs)
+            print(f"| {name} | {engine} | {rate:,.0f} | {rate / spark_rate:.2f}x | {max(m for _, m in runs):.2f} | "
+                  f"{', '.join(f'{t:.1f}' for t, _ in runs)} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--data-dir", default=os.path.join(tempfile.gettempdir(), "tfbridge-bench"))
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--processes", action="store_true", help="time whole processes, start-up included")
+    parser.add_argument("--spark-ml-job", nargs=3, metavar=("CONFIG", "DATA", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.spark_ml_job:
+        name, data, out = args.spark_ml_job
+        spark = spark_session()
+        try:
+            run_spark_ml(spark, Path(data), name, Path(out))
+        finally:
+            spark.stop()
+        return
     setup_logging()
     data = Path(args.data_dir) / f"synthetic-{args.rows}"
     if not data.exists():
         print(f"writing {args.rows} synthetic rows to {data} ...", flush=True)
         write_synthetic(data, args.rows, seed=0)
+    if args.processes:
+        whole_processes(data, args.configs, args.rows, args.repeats)
+        return
     work = Path(tempfile.mkdtemp(prefix="tfbridge-bench-"))
     spark = spark_session()
     results = {}
