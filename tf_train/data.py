@@ -256,47 +256,39 @@ def train_dataset(data: TrainingData, pipeline_id: int, num_pipelines: int, per_
     if not files:
         raise DataError(f"input pipeline {pipeline_id} of {num_pipelines} has no shard file "
                         f"({len(data.train_files)} shards): use at most {len(data.train_files)} workers")
-    spec = parse_spec(data)
     streams = [shard_rows(data, file)
                .shuffle(SHUFFLE_BUFFER, seed=seed + data.train_files.index(file), reshuffle_each_iteration=True)
                .repeat()
                .batch(size, drop_remainder=True)
                for file, size in zip(files, sub_batches(per_replica_batch, len(files))) if size]
+    dataset = tf.data.Dataset.zip(tuple(streams)).map(lambda *parts: tf.concat(parts, 0))
+    return dataset.map(batch_parser(data), num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def batch_parser(data: TrainingData, raw_label: bool = False):
+    """A batch of serialized records to (model inputs, target), or (model inputs, raw label)."""
+    spec = parse_spec(data)
     label = data.manifest.label_key
 
     def parse(serialized):
         parsed = tf.io.parse_example(serialized, spec)
-        return model_inputs(parsed, data.features), target(parsed[label], data.label)
+        y = parsed[label] if raw_label else target(parsed[label], data.label)
+        return model_inputs(parsed, data.features), y
 
-    dataset = tf.data.Dataset.zip(tuple(streams)).map(lambda *parts: tf.concat(parts, 0))
-    return dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    return parse
 
 
 def labelled_batches(data: TrainingData, files, batch_size: int = EVAL_BATCH) -> tf.data.Dataset:
     """Every row of `files` once, in file order: (model inputs, raw label)."""
-    spec = parse_spec(data)
-    label = data.manifest.label_key
-
-    def parse(serialized):
-        parsed = tf.io.parse_example(serialized, spec)
-        return model_inputs(parsed, data.features), parsed[label]
-
     return (tf.data.TFRecordDataset(list(files), compression_type="GZIP")
-            .batch(batch_size).map(parse).prefetch(2))
+            .batch(batch_size).map(batch_parser(data, raw_label=True)).prefetch(2))
 
 
 def validation_dataset(data: TrainingData, pipeline_id: int, num_pipelines: int) -> tf.data.Dataset:
     """The validation rows of the shards input pipeline `pipeline_id` owns, once: (model inputs, target)."""
-    spec = parse_spec(data)
-    label = data.manifest.label_key
-
-    def parse(serialized):
-        parsed = tf.io.parse_example(serialized, spec)
-        return model_inputs(parsed, data.features), target(parsed[label], data.label)
-
     files = list(data.train_files[pipeline_id::num_pipelines])
     rows = tf.data.Dataset.from_tensor_slices(files).flat_map(lambda f: shard_rows(data, f, validation=True))
-    return rows.batch(EVAL_BATCH).map(parse).prefetch(2)
+    return rows.batch(EVAL_BATCH).map(batch_parser(data)).prefetch(2)
 
 
 def eval_dataset(data: TrainingData) -> tf.data.Dataset:

@@ -298,15 +298,17 @@ def eval_rows(table: pa.Table, eval_fraction: float) -> np.ndarray:
 
 
 class ReadRawData(beam.PTransform):
-    """Raw rows as list-typed RecordBatches, split into tagged outputs 'train' and 'eval'. `purpose` names the
-    read in the log; only the "transform" read counts the rows of each split (the manifest's counts), so a
-    second read of the same input for the analysis does not count them twice."""
+    """Raw rows as list-typed RecordBatches, split into tagged outputs 'train' and 'eval'.
 
-    def __init__(self, raw: RawData, eval_fraction: float, purpose: str = "transform"):
+    `for_analysis`: the second read of the same input, for TFT's analysis only: it makes the train split
+    alone (eval rows are dropped unconverted) and does not count rows (the manifest's counts come from
+    the transform's read)."""
+
+    def __init__(self, raw: RawData, eval_fraction: float, for_analysis: bool = False):
         super().__init__()
         self._raw = raw
         self._eval_fraction = eval_fraction
-        self._purpose = purpose
+        self._for_analysis = for_analysis
 
     def expand(self, pipeline):
         raw = self._raw
@@ -320,16 +322,16 @@ class ReadRawData(beam.PTransform):
                       | "CsvFiles" >> beam.Create(list(raw.files))
                       | "ReadCsv" >> beam.Map(read_csv, raw.columns))
         return tables | "ToRecordBatches" >> beam.ParDo(
-            _SplitToRecordBatches(raw.columns, raw.arrow_schema(), self._eval_fraction, raw.rows, self._purpose)
+            _SplitToRecordBatches(raw.columns, raw.arrow_schema(), self._eval_fraction, raw.rows, self._for_analysis)
         ).with_outputs("eval", main="train")
 
 
 class _SplitToRecordBatches(beam.DoFn):
     """Assigns each row of a raw table to a split and converts both parts to list-typed RecordBatches."""
 
-    def __init__(self, columns, schema, eval_fraction, total_rows, purpose: str):
+    def __init__(self, columns, schema, eval_fraction, total_rows, for_analysis: bool):
         self._columns, self._schema, self._eval_fraction = columns, schema, eval_fraction
-        self._total_rows, self._purpose = total_rows, purpose
+        self._total_rows, self._for_analysis = total_rows, for_analysis
         self._rows = {"train": Metrics.counter("tfbridge", "rows_train"), "eval": Metrics.counter("tfbridge", "rows_eval")}
         self._seen = 0
 
@@ -337,13 +339,14 @@ class _SplitToRecordBatches(beam.DoFn):
         self._seen += table.num_rows
         READ_PROGRESS.add(table.num_rows)
         log.info("features: read %s of %s rows for the %s (this worker)", f"{self._seen:,}", f"{self._total_rows:,}",
-                 self._purpose)
+                 "analysis" if self._for_analysis else "transform")
         is_eval = eval_rows(table, self._eval_fraction)
-        for split, mask in (("train", ~is_eval), ("eval", is_eval)):
+        splits = (("train", ~is_eval),) if self._for_analysis else (("train", ~is_eval), ("eval", is_eval))
+        for split, mask in splits:
             count = int(mask.sum())
             if not count:
                 continue
-            if self._purpose == "transform":
+            if not self._for_analysis:
                 self._rows[split].inc(count)
             part = table.filter(pa.array(mask)) if count < table.num_rows else table
             batch = to_list_batch(part, self._columns, self._schema)

@@ -196,7 +196,7 @@ def _run_beam(config, raw: inputs.RawData, prep: _Preprocessing, staging: Path,
         # The input is read twice, once for the analysis and once for the transform. Read once, the train
         # split would feed both, and the in-process runner would hold all of it in memory until the analysis
         # (the transform's side input) is done: peak memory grew with the rows. Read twice, both stream.
-        analyzed = p | "ReadRawForAnalysis" >> inputs.ReadRawData(raw, config.split.eval_fraction, "analysis")
+        analyzed = p | "ReadRawForAnalysis" >> inputs.ReadRawData(raw, config.split.eval_fraction, for_analysis=True)
         splits = p | "ReadRaw" >> inputs.ReadRawData(raw, config.split.eval_fraction)
         transform_fn = (analyzed.train, adapter) | "Analyze" >> tft_beam.AnalyzeDataset(prep.fn)
         # TFT's layout: <dir>/transform_fn and <dir>/transformed_metadata, so that
