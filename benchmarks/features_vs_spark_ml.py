@@ -1,12 +1,13 @@
 """Feature stage throughput next to its peers, measured side by side in one run.
 
     .venv/bin/python benchmarks/features_vs_spark_ml.py --rows 1000000 --repeats 3
+    .venv/bin/python benchmarks/features_vs_spark_ml.py --processes --configs wide --rows 1000000 4000000 10000000 --repeats 1
 
 On the same synthetic Parquet (tfbridge.datasets.write_synthetic), for two configs:
   small: z-score + vocabulary + 10 quantile buckets (3 features);
   wide:  the 10-feature config below (power transforms, scaling, buckets, vocabularies, one-hot, text).
 each of
-  tfbridge  run_features: check, analyze (train split), transform both splits, write gzipped TFRecords;
+  tfbridge  run_features: check, analyze (train split), transform both splits, write Parquet shards;
   spark_ml  the equivalent Spark ML pipeline on local[2]: fit, transform, write Parquet
             (first repeat cold: JVM and Python workers start; the median covers warm repeats too);
   numpy     a single-process numpy/pyarrow pass computing the same statistics and outputs, written
@@ -16,7 +17,8 @@ Prints medians of `--repeats` runs and the ratios to Spark ML.
 With `--processes`, each run is instead a whole process as a user starts it, start-up included:
 `tfbridge features --config C` against this script's own Spark ML job in a fresh process (a new JVM
 and session, fit, transform, write, stop), with the peak resident memory of each process tree (the
-Python driver and Spark's JVM together), sampled every 0.2 s.
+Python driver and Spark's JVM together), sampled every 0.2 s. Several `--rows` make a scale curve: one
+table per size, on synthetic data of that size (written once under --data-dir).
 """
 
 from __future__ import annotations
@@ -223,7 +225,7 @@ def whole_processes(data: Path, configs: list[str], rows: int, repeats: int) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--data-dir", default=os.path.join(tempfile.gettempdir(), "tfbridge-bench"))
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
@@ -239,23 +241,29 @@ def main() -> None:
             spark.stop()
         return
     setup_logging()
-    data = Path(args.data_dir) / f"synthetic-{args.rows}"
-    if not data.exists():
-        print(f"writing {args.rows} synthetic rows to {data} ...", flush=True)
-        write_synthetic(data, args.rows, seed=0)
-    if args.processes:
-        whole_processes(data, args.configs, args.rows, args.repeats)
-        return
+    for rows in args.rows:
+        data = Path(args.data_dir) / f"synthetic-{rows}"
+        if not data.exists():
+            print(f"writing {rows} synthetic rows to {data} ...", flush=True)
+            write_synthetic(data, rows, seed=0)
+        if args.processes:
+            whole_processes(data, args.configs, rows, args.repeats)
+        else:
+            in_session(data, args.configs, rows, args.repeats)
+
+
+def in_session(data: Path, configs: list[str], rows: int, repeats: int) -> None:
+    """Each engine warm, in this process (Spark's session shared), fit + transform + write."""
     work = Path(tempfile.mkdtemp(prefix="tfbridge-bench-"))
     spark = spark_session()
     results = {}
     try:
-        for name in args.configs:
+        for name in configs:
             for engine, fn in (("tfbridge", lambda o: run_tfbridge(data, CONFIGS[name], o)),
                                ("spark_ml", lambda o: run_spark_ml(spark, data, name, o)),
                                ("numpy", lambda o: run_numpy_floor(data, name, o))):
                 times = []
-                for i in range(args.repeats):
+                for i in range(repeats):
                     out = work / f"{name}-{engine}-{i}"
                     times.append(timed(lambda: fn(out)))
                     shutil.rmtree(out, ignore_errors=True)
@@ -265,15 +273,17 @@ def main() -> None:
         spark.stop()
         shutil.rmtree(work, ignore_errors=True)
 
-    print(f"\n{args.rows:,} rows, 2 cores, median of {args.repeats} runs (seconds per run in brackets)")
+    print(f"\n{rows:,} rows, 2 cores, median of {repeats} runs (seconds per run in brackets)")
     print(f"{'config':8s} {'engine':10s} {'rows/s':>10s} {'vs spark_ml':>12s}   runs")
-    for name in args.configs:
-        spark_rate = args.rows / statistics.median(results[name, "spark_ml"])
+    for name in configs:
+        spark_rate = rows / statistics.median(results[name, "spark_ml"])
         for engine in ("tfbridge", "spark_ml", "numpy"):
             times = results[name, engine]
-            rate = args.rows / statistics.median(times)
+            rate = rows / statistics.median(times)
             print(f"{name:8s} {engine:10s} {rate:10,.0f} {rate / spark_rate:11.2f}x   "
                   f"[{', '.join(f'{t:.1f}' for t in times)}]")
+
+
 
 
 if __name__ == "__main__":

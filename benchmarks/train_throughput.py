@@ -1,12 +1,13 @@
-"""Training throughput: 1 and 2 workers on TFRecords next to the in-memory floor, in one run.
+"""Training throughput: 1 and 2 workers on Parquet and on TFRecord shards next to the in-memory floor, in one run.
 
     .venv/bin/python benchmarks/train_throughput.py --rows 1000000 --repeats 3
 
 On synthetic rows (tfbridge.datasets.write_synthetic) through the feature stage
-(numbers, ids, a one-hot vector and token ids), then, each `--repeats` times:
+twice, `output_format: parquet` and `tfrecord` (numbers, ids, a one-hot vector
+and token ids), then, each `--repeats` times:
   floor      one worker, the same model, strategy and thread settings, on per-replica batches
-             already parsed and cached in memory (the step-time floor);
-  1 worker   `tfbridge train` on 1 worker: TFRecords read, batched and parsed every step;
+             already read and cached in memory (the step-time floor);
+  1 worker   `tfbridge train` on 1 worker: shards read, shuffled and batched every step;
   2 workers  the same on 2 workers on loopback (RING all-reduce over gRPC).
 Throughput is examples/s of the last epoch (the first one traces and warms up),
 as the workers log it. Prints medians and the ratios to the floor.
@@ -41,9 +42,9 @@ TRAIN = {"batch_size": 1024, "epochs": 2, "hidden_units": [64, 32]}
 _EPOCH = re.compile(r"\[worker 0\].*: epoch \d+/\d+ .*\(([\d.]+) s, ([\d,]+) examples/s\)")
 
 
-def config_dict(data: Path, out: Path) -> dict:
+def config_dict(data: Path, out: Path, output_format: str) -> dict:
     return {"data": {"path": str(data)}, "label": "target", "task": "regression", "features": FEATURES,
-            "output": str(out), "train": TRAIN}
+            "output": str(out), "output_format": output_format, "train": {**TRAIN, "validation_fraction": 0}}
 
 
 def floor(config_path: str, steps: int) -> float:
@@ -112,17 +113,20 @@ def main() -> None:
     data = Path(args.data_dir or work / "data") / f"synthetic-{args.rows}"
     if not data.exists():
         write_synthetic(data, args.rows, seed=0)
-    config = PipelineConfig.from_dict(config_dict(data, work / "run"))
-    (work / "config.yaml").write_text(yaml.safe_dump(config.to_dict()))
-    run_features(config)
+    configs = {}
+    for output_format in ("parquet", "tfrecord"):
+        configs[output_format] = PipelineConfig.from_dict(config_dict(data, work / output_format, output_format))
+        run_features(configs[output_format])
+    (work / "config.yaml").write_text(yaml.safe_dump(configs["parquet"].to_dict()))
     steps = 200
-    runs = {"1 worker": 1, "2 workers": 2}
+    runs = {f"{workers} worker{'s' if workers > 1 else ''}, {output_format}": (configs[output_format], workers)
+            for workers in (1, 2) for output_format in configs}
     results: dict[str, list[float]] = {"floor (in memory)": [], **{name: [] for name in runs}}
     for repeat in range(args.repeats):
         done = subprocess.run([sys.executable, __file__, "--floor", str(work / "config.yaml"), str(steps)],
                               capture_output=True, text=True, check=True, env={**os.environ, **thread_env(1)})
         results["floor (in memory)"].append(json.loads(done.stdout.strip().splitlines()[-1])["floor"])
-        for name, workers in runs.items():
+        for name, (config, workers) in runs.items():
             results[name].append(trained_throughput(config, workers))
         print(f"repeat {repeat + 1}: " + ", ".join(f"{k} {v[-1]:,.0f}" for k, v in results.items()), flush=True)
 

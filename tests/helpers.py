@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import glob
 import os
 from pathlib import Path
 
@@ -10,32 +9,16 @@ import numpy as np
 
 
 def decode_split(features_dir, split: str) -> dict[str, np.ndarray]:
-    """Every row of one split's TFRecords, as arrays (VarLen features as lists of arrays)."""
-    import tensorflow as tf
+    """Every row of one split's shard files, as arrays (list features as lists of arrays)."""
     import tensorflow_transform as tft
 
-    from tfbridge.contracts import ArtifactLayout, materialized_feature_spec
+    from tf_train.shards import decode_rows
+    from tfbridge.contracts import ArtifactLayout, FeaturesManifest, materialized_feature_spec
 
     spec = materialized_feature_spec(tft.TFTransformOutput(str(features_dir)).transformed_feature_spec())
     layout = ArtifactLayout(Path(features_dir).parent)
-    files = sorted(glob.glob(layout.transformed_pattern(split)))
-    dataset = tf.data.TFRecordDataset(files, compression_type="GZIP").batch(1 << 20)
-    columns: dict[str, list] = {k: [] for k in spec}
-    for serialized in dataset:
-        parsed = tf.io.parse_example(serialized, spec)
-        for key, value in parsed.items():
-            if isinstance(value, tf.SparseTensor):
-                dense = tf.RaggedTensor.from_sparse(value)
-                columns[key].extend(row.numpy() for row in dense)
-            else:
-                columns[key].append(value.numpy())
-    out = {}
-    for key, parts in columns.items():
-        if isinstance(spec[key], tf.io.VarLenFeature):
-            out[key] = parts
-        else:
-            out[key] = np.concatenate(parts) if parts else np.array([])
-    return out
+    manifest = FeaturesManifest.read(layout.features_manifest_path)
+    return decode_rows(manifest.shard_paths(layout.transformed_dir, split), manifest.format, spec)
 
 
 def all_features() -> dict:

@@ -1,14 +1,19 @@
-"""What training reads: the feature stage's TFRecords, checked, and the label made ready for a loss.
+"""What training reads: the feature stage's shard files, checked, and the label made ready for a loss.
+
+The shards are Parquet (read as columns with pyarrow, a row group at a time,
+never the whole split) or gzipped tf.Example TFRecords (`output_format`);
+`shard_reader(data)` reads either (tf_train.shards), and both give the model the same tensors.
 
 The input pipeline gives every worker count the same global batches. Each
 shard file is its own stream (its training rows: every k-th row is a
-validation row instead, see validation_every; seeded shuffle, repeated) cut into sub-batches;
-a worker zips the streams of the files it owns (file i goes to input pipeline
-i mod P) and concatenates one sub-batch of each into its per-replica batch.
-When P divides the shard count and the shard count divides the global batch,
-global batch s holds the same rows for 1, 2, 4 or 8 workers, so the update is
-the same: the single- vs multi-worker parity test relies on it. Records are
-parsed after batching, once per per-replica batch.
+validation row instead, see validation_every; seeded shuffle, repeated) cut
+into sub-batches; a worker takes the streams of the files it owns (file i goes
+to input pipeline i mod P) and concatenates one sub-batch of each into its
+per-replica batch. When P divides the shard count and the shard count divides
+the global batch, global batch s holds the same rows for 1, 2, 4 or 8 workers,
+so the update is the same: the single- vs multi-worker parity test relies on
+it. A shard's shuffle is seeded by its index in the split, so it is the same
+stream whichever worker reads it.
 """
 
 from __future__ import annotations
@@ -23,13 +28,12 @@ import tensorflow as tf
 
 from tfbridge.contracts import (DataError, FeatureKind, FeatureOutput, FeaturesManifest, PipelineConfig,
                                 TrainConfig, graph_input_name, graph_input_names)
+from tf_train.shards import PAD_ID, READERS, ShardReader
 
 log = logging.getLogger(__name__)
 
 MAX_CLASSES = 1000
-SHUFFLE_BUFFER = 4096
 EVAL_BATCH = 8192
-PAD_ID = -1  # token_ids pad value in the model's dense [batch, tokens] input
 MIN_DEFAULT_BATCH, MAX_DEFAULT_BATCH = 16, 256
 
 
@@ -42,7 +46,7 @@ class LabelSpec:
     """
 
     task: str
-    dtype: str  # "float" | "int" | "string", as in the TFRecords
+    dtype: str  # "float" | "int" | "string", as in the shard files
     transform: str
     mean: float = 0.0
     std: float = 1.0
@@ -77,10 +81,10 @@ def load_training_data(config: PipelineConfig) -> TrainingData:
     if config.label not in manifest.raw_columns:
         raise DataError(f"label '{config.label}' is not among the columns the feature stage read "
                         f"({sorted(manifest.raw_columns)})")
-    files = {split: tuple(sorted(glob.glob(layout.transformed_pattern(split)))) for split in ("train", "eval")}
+    files = {split: shard_files(layout, manifest, split) for split in ("train", "eval")}
     if not files["train"]:
-        raise DataError(f"no transformed training shards match {layout.transformed_pattern('train')}: "
-                        f"run `tfbridge features` first")
+        raise DataError(f"no transformed training shards in {layout.transformed_dir} "
+                        f"({layout.transformed_pattern('train', manifest.format)}): run `tfbridge features` first")
     features = {}
     for name, output in sorted(manifest.outputs.items()):
         if not output.kind.is_model_input:
@@ -106,6 +110,14 @@ def load_training_data(config: PipelineConfig) -> TrainingData:
     return TrainingData(manifest, features, label, files["train"], files["eval"], every, batch_size)
 
 
+def shard_files(layout, manifest: FeaturesManifest, split: str) -> tuple[str, ...]:
+    """A split's shard files, checked against the manifest (FeaturesManifest.shard_paths); found by name for a
+    manifest from before it listed them."""
+    if manifest.files:
+        return manifest.shard_paths(layout.transformed_dir, split)
+    return tuple(sorted(glob.glob(layout.transformed_pattern(split, manifest.format))))
+
+
 def default_batch_size(train_rows: int) -> int:
     """The global batch when the config gives none: a power of two between MIN_DEFAULT_BATCH and
     MAX_DEFAULT_BATCH that makes at least ~32 steps per epoch. A small table then still gets enough updates
@@ -127,33 +139,23 @@ def fitted_rows(train_rows: int, every: int) -> int:
     return train_rows - (train_rows // every if every else 0)
 
 
-def shard_rows(data: TrainingData, file: str, validation: bool = False) -> tf.data.Dataset:
-    """A train shard's serialized rows: the ones training fits on, or (validation=True) the held-out ones."""
-    rows = tf.data.TFRecordDataset(file, compression_type="GZIP")
-    every = data.validation_every
-    if not every:
-        return rows if not validation else rows.take(0)
-    if validation:
-        return rows.shard(every, 0)
-    # Rows in blocks of a multiple of `every`, each less its rows 0, k, 2k, ...: a row's position in the block
-    # is its position in the file modulo k. (A per-row filter made the whole input pipeline 13x slower.)
-    block = every * 128
-    keep = tf.constant(np.arange(block) % every != 0)
-    return rows.batch(block).map(lambda rows: tf.boolean_mask(rows, keep[:tf.shape(rows)[0]])).unbatch()
+def shard_reader(data: TrainingData) -> ShardReader:
+    """The reader of this run's shards, in their format, for the model's features and the label."""
+    outputs = data.manifest.outputs
+    columns = {name: (outputs[name].kind, output.width) for name, output in data.features.items()}
+    return READERS[data.manifest.format](columns, data.manifest.label_key, data.label.dtype, data.validation_every)
 
 
-def read_labels(files, name: str, dtype: str) -> np.ndarray:
-    spec = {name: tf.io.FixedLenFeature([], tf_dtype(dtype))}
-    dataset = tf.data.TFRecordDataset(list(files), compression_type="GZIP").batch(65536)
-    parts = [tf.io.parse_example(batch, spec)[name].numpy() for batch in dataset]
-    return np.concatenate(parts) if parts else np.zeros([0])
+def label_reader(manifest: FeaturesManifest) -> ShardReader:
+    dtype = manifest.raw_columns[manifest.label].dtype
+    return READERS[manifest.format]({}, manifest.label_key, dtype, 0)
 
 
 def analyze_label(train_files, manifest: FeaturesManifest, task: str, train: TrainConfig) -> LabelSpec:
     """One pass over the train split's labels: checks the task against them and fixes the target's scale."""
     name = manifest.label
     dtype = manifest.raw_columns[name].dtype
-    values = read_labels(train_files, manifest.label_key, dtype)
+    values = label_reader(manifest).labels(train_files)
     where = f"label '{name}' (train split, {len(values)} rows)"
     if task == "regression":
         if dtype == "string":
@@ -191,37 +193,17 @@ def balanced_weights(counts: np.ndarray) -> tuple[float, ...]:
     return tuple(float(w) for w in counts.sum() / (len(counts) * counts))
 
 
-def tf_dtype(dtype: str) -> tf.DType:
-    """The TF dtype of a contract dtype ("float", "int", "string")."""
-    return {"float": tf.float32, "int": tf.int64, "string": tf.string}[dtype]
-
-
-def parse_spec(data: TrainingData) -> dict:
-    spec = {}
-    for name, output in data.features.items():
-        if output.kind == FeatureKind.TOKEN_IDS:
-            spec[name] = tf.io.VarLenFeature(tf.int64)
-        elif output.kind == FeatureKind.VECTOR:
-            spec[name] = tf.io.FixedLenFeature([output.width], tf.float32)
-        elif data.manifest.outputs[name].kind == FeatureKind.IDS:  # ids of unknown range too: fed as numbers
-            spec[name] = tf.io.FixedLenFeature([], tf.int64)
-        else:
-            spec[name] = tf.io.FixedLenFeature([], tf.float32)
-    spec[data.manifest.label_key] = tf.io.FixedLenFeature([], tf_dtype(data.label.dtype))
-    return spec
-
-
 def model_inputs(transformed: dict, features: dict[str, FeatureOutput]) -> dict:
-    """Transformed tensors (from parse_example or the TFT layer) as the model's inputs.
+    """Transformed tensors (read from the shards, or from the TFT layer) as the model's inputs.
 
-    Token ids come as a SparseTensor; the model takes them dense, padded with PAD_ID.
+    Token ids may come as a SparseTensor; the model takes them dense, padded with PAD_ID.
     Number features the manifest typed as ids of unknown range are cast to float. Keys are the
     features' graph input names, as the model's inputs are named.
     """
     out = {}
     for name, output in features.items():
         x = transformed[name]
-        if output.kind == FeatureKind.TOKEN_IDS:
+        if output.kind == FeatureKind.TOKEN_IDS and isinstance(x, tf.SparseTensor):
             x = tf.sparse.to_dense(x, default_value=PAD_ID)
         elif output.kind == FeatureKind.NUMBER:
             x = tf.cast(x, tf.float32)
@@ -256,39 +238,32 @@ def train_dataset(data: TrainingData, pipeline_id: int, num_pipelines: int, per_
     if not files:
         raise DataError(f"input pipeline {pipeline_id} of {num_pipelines} has no shard file "
                         f"({len(data.train_files)} shards): use at most {len(data.train_files)} workers")
-    streams = [shard_rows(data, file)
-               .shuffle(SHUFFLE_BUFFER, seed=seed + data.train_files.index(file), reshuffle_each_iteration=True)
-               .repeat()
-               .batch(size, drop_remainder=True)
-               for file, size in zip(files, sub_batches(per_replica_batch, len(files))) if size]
-    dataset = tf.data.Dataset.zip(tuple(streams)).map(lambda *parts: tf.concat(parts, 0))
-    return dataset.map(batch_parser(data), num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    sizes = sub_batches(per_replica_batch, len(files))
+    used = [(file, seed + data.train_files.index(file), size) for file, size in zip(files, sizes) if size]
+    batches = shard_reader(data).train_batches(*map(list, zip(*used)))
+    return batches.map(batch_converter(data), num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
-def batch_parser(data: TrainingData, raw_label: bool = False):
-    """A batch of serialized records to (model inputs, target), or (model inputs, raw label)."""
-    spec = parse_spec(data)
+def batch_converter(data: TrainingData, raw_label: bool = False):
+    """A batch read from the shards to (model inputs, target), or (model inputs, raw label)."""
     label = data.manifest.label_key
 
-    def parse(serialized):
-        parsed = tf.io.parse_example(serialized, spec)
-        y = parsed[label] if raw_label else target(parsed[label], data.label)
-        return model_inputs(parsed, data.features), y
+    def convert(columns):
+        y = columns[label] if raw_label else target(columns[label], data.label)
+        return model_inputs(columns, data.features), y
 
-    return parse
+    return convert
 
 
 def labelled_batches(data: TrainingData, files, batch_size: int = EVAL_BATCH) -> tf.data.Dataset:
     """Every row of `files` once, in file order: (model inputs, raw label)."""
-    return (tf.data.TFRecordDataset(list(files), compression_type="GZIP")
-            .batch(batch_size).map(batch_parser(data, raw_label=True)).prefetch(2))
+    return shard_reader(data).batches(files, batch_size).map(batch_converter(data, raw_label=True)).prefetch(2)
 
 
 def validation_dataset(data: TrainingData, pipeline_id: int, num_pipelines: int) -> tf.data.Dataset:
     """The validation rows of the shards input pipeline `pipeline_id` owns, once: (model inputs, target)."""
     files = list(data.train_files[pipeline_id::num_pipelines])
-    rows = tf.data.Dataset.from_tensor_slices(files).flat_map(lambda f: shard_rows(data, f, validation=True))
-    return rows.batch(EVAL_BATCH).map(batch_parser(data)).prefetch(2)
+    return shard_reader(data).batches(files, EVAL_BATCH, validation=True).map(batch_converter(data)).prefetch(2)
 
 
 def eval_dataset(data: TrainingData) -> tf.data.Dataset:

@@ -22,7 +22,8 @@ import tensorflow_transform as tft
 import tf_keras
 
 from tfbridge.contracts import FeatureKind, FeatureOutput, FeaturesManifest, TrainConfig, graph_input_name
-from tf_train.data import PAD_ID, LabelSpec, model_inputs, tf_dtype
+from tf_train.data import LabelSpec, model_inputs
+from tf_train.shards import PAD_ID, tf_dtype
 
 
 DENSE_GRADIENT_MAX_ROWS = 65536

@@ -110,6 +110,32 @@ class PowerMoments:
             llf = (LAMBDA_GRID - 1) * self.log_jacobian - self.n / 2 * log_var
         return np.where(np.isfinite(llf), llf, -np.inf)
 
+    def output_moments(self, kind: str, lam: float) -> tuple[float, float]:
+        """Mean and standard deviation of the transformed column at `lam` (the chosen lambda): what a z-score
+        after the power transform needs, without a second pass over the data.
+
+        The summaries hold them exactly at the grid points; between them they are interpolated through
+        the five points around `lam` (the refinement's points): the log of E[x ** lam] (Box-Cox; the cumulant
+        generating function of log x, smooth and convex) or the mean itself (Yeo-Johnson), and the log of
+        the variance."""
+        if self.n == 0:
+            return 0.0, 0.0
+        k = int(np.argmin(np.abs(LAMBDA_GRID - lam)))
+        lo = min(max(k - 2, 0), len(LAMBDA_GRID) - 5)
+        grid = LAMBDA_GRID[lo:lo + 5]
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            log_var = np.log(self.m2[lo:lo + 5] / self.n)
+            if kind == "box_cox":
+                log_var = log_var + 2 * grid * self.shift - 2 * np.log(np.abs(grid))  # var of (x**lam - 1) / lam
+                log_power = np.log(self.mean[lo:lo + 5]) + grid * self.shift  # log E[x ** lam]
+                # E[(x**lam - 1) / lam] = expm1(log E[x ** lam]) / lam; at lam = 0, E[log x], its slope there.
+                mean = (np.expm1(_interpolate(grid, log_power, lam)) / lam if lam != 0
+                        else _interpolate(grid, log_power, 0.0, derivative=True))
+            else:
+                mean = _interpolate(grid, self.mean[lo:lo + 5], lam)
+            var = np.exp(_interpolate(grid, log_var, lam)) if self.lo < self.hi else 0.0
+        return float(mean), float(np.sqrt(var))
+
     def best_lambda(self, kind: str) -> float:
         if self.n < 2 or self.lo == self.hi:
             # An empty or constant column: every lambda is as good; 1 is the identity (shifted).
@@ -118,6 +144,13 @@ class PowerMoments:
         if not np.isfinite(llf).any():
             return 1.0
         return refine_maximum(LAMBDA_GRID, llf)
+
+
+def _interpolate(grid: np.ndarray, values: np.ndarray, at: float, derivative: bool = False) -> float:
+    """The polynomial through (grid, values) (relative to the middle point, for conditioning), or its slope, at `at`."""
+    middle = grid[len(grid) // 2]
+    poly = np.polyfit(grid - middle, values, len(grid) - 1)
+    return float(np.polyval(np.polyder(poly) if derivative else poly, at - middle))
 
 
 def refine_maximum(grid: np.ndarray, values: np.ndarray) -> float:
@@ -139,10 +172,11 @@ def refine_maximum(grid: np.ndarray, values: np.ndarray) -> float:
 
 
 class PowerLambdaCombineFn(beam.CombineFn):
-    """Beam combiner over batches of one column: accumulators are `PowerMoments`."""
+    """Beam combiner over batches of one column: accumulators are `PowerMoments`. Its output is the lambda, and
+    with `with_moments` also the mean and standard deviation of the transformed column (`output_moments`)."""
 
-    def __init__(self, kind: str):
-        self._kind = kind
+    def __init__(self, kind: str, with_moments: bool = False):
+        self._kind, self._with_moments = kind, with_moments
 
     def create_accumulator(self):
         return PowerMoments.empty()
@@ -162,18 +196,27 @@ class PowerLambdaCombineFn(beam.CombineFn):
         return result
 
     def extract_output(self, acc):
-        return [np.float32(acc.best_lambda(self._kind))]
+        lam = np.float32(acc.best_lambda(self._kind))  # the transform computes with the float32 lambda
+        if not self._with_moments:
+            return [lam]
+        mean, std = acc.output_moments(self._kind, float(lam))
+        return [lam, np.float64(mean), np.float64(std)]
 
 
 class PowerLambda(beam.PTransform):
     """The `ptransform_analyzer` body: one CombineGlobally over all batches of the column."""
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, with_moments: bool = False):
         super().__init__()
-        self._kind = kind
+        self._kind, self._with_moments = kind, with_moments
 
     def expand(self, batches):
-        return batches | "CombineMoments" >> beam.CombineGlobally(PowerLambdaCombineFn(self._kind))
+        outputs = batches | "CombineMoments" >> beam.CombineGlobally(PowerLambdaCombineFn(self._kind,
+                                                                                         self._with_moments))
+        if not self._with_moments:
+            return outputs
+        # One PCollection per analyzer output, as ptransform_analyzer takes several.
+        return tuple(outputs | f"Output{i}" >> beam.Map(lambda values, i=i: np.asarray(values[i])) for i in range(3))
 
 
 class MostFrequent(beam.PTransform):

@@ -29,9 +29,7 @@ def z_score(x: tf.Tensor, name: str):
     mean = tft.mean(x, reduce_instance_dims=per_row, name=f"{name}_mean")
     var = tft.var(x, reduce_instance_dims=per_row, name=f"{name}_var")
     std = tf.sqrt(var)
-    centred = x - mean
-    out = tf.where(std > 0, centred / tf.where(std > 0, std, 1.0), centred)
-    return out, {"mean": mean, "std": std}
+    return _standardised(x, mean, std), {"mean": mean, "std": std}
 
 
 def min_max(x: tf.Tensor, name: str, output_min: float = 0.0, output_max: float = 1.0):
@@ -132,28 +130,68 @@ def impute(x, name: str, strategy: str, value=None):
     return out, {"impute_value": fill}
 
 
+def _power_lambda(x: tf.Tensor, name: str, kind: str, with_moments: bool) -> list[tf.Tensor]:
+    """The lambda of a power transform by maximum likelihood (float32), and with `with_moments` the mean and
+    standard deviation of the transformed column (float64), from the same pass (PowerMoments.output_moments)."""
+    dtypes = [tf.float32, tf.float64, tf.float64] if with_moments else [tf.float32]
+    outputs = tft.experimental.ptransform_analyzer(
+        [x], PowerLambda(kind, with_moments), dtypes, [[]] * len(dtypes), name=f"{name}_{kind}_lambda")
+    return [tf.reshape(output, []) for output in outputs]
+
+
+def _standardised(y: tf.Tensor, mean: tf.Tensor, std: tf.Tensor) -> tf.Tensor:
+    """(y - mean) / std, or y - mean where std is 0 (a constant column): z_score's arithmetic."""
+    centred = y - mean
+    return tf.where(std > 0, centred / tf.where(std > 0, std, 1.0), centred)
+
+
 def box_cox(x: tf.Tensor, name: str):
     """Box-Cox power transform with lambda estimated by maximum likelihood.
 
     y = (x**lam - 1) / lam (log x when lam == 0). Needs x > 0; the feature stage
     checks that on the data before the run starts.
     """
-    lam, = tft.experimental.ptransform_analyzer(
-        [x], PowerLambda("box_cox"), [tf.float32], [[]], name=f"{name}_box_cox_lambda")
-    lam_32 = tf.reshape(lam, [])
-    lam, x = tf.cast(lam_32, tf.float64), tf.cast(x, tf.float64)  # see mappers.in_float64
+    lam, = _power_lambda(x, name, "box_cox", with_moments=False)
+    return tf.cast(_box_cox(x, lam), tf.float32), {"box_cox_lambda": lam}
+
+
+def box_cox_z_score(x: tf.Tensor, name: str):
+    """[box_cox, z_score] in one analysis pass: the z-score's moments are those of the Box-Cox output at the
+    chosen lambda, computed from the lambda search's own summaries. Two passes would make TFT run two
+    analysis phases, and the in-process runner hold the whole train split in memory between them.
+
+    The z-score is taken in float64, of the Box-Cox output before it is rounded to float32: where the
+    output's spread is below float32's resolution (tiny values, a strongly negative lambda) it still
+    separates the rows."""
+    lam, mean, std = _power_lambda(x, name, "box_cox", with_moments=True)
+    z = tf.cast(_standardised(_box_cox(x, lam), mean, std), tf.float32)
+    return z, {"box_cox_lambda": lam, "mean": mean, "std": std}
+
+
+def _box_cox(x: tf.Tensor, lam_32: tf.Tensor) -> tf.Tensor:
+    """In float64 (see mappers.in_float64)."""
+    lam, x = tf.cast(lam_32, tf.float64), tf.cast(x, tf.float64)
     logx = tf.math.log(x)
     safe = tf.where(tf.abs(lam) > 0, lam, 1.0)
-    y = tf.where(tf.abs(lam) > 0, tf.math.expm1(lam * logx) / safe, logx)
-    return tf.cast(y, tf.float32), {"box_cox_lambda": lam_32}
+    return tf.where(tf.abs(lam) > 0, tf.math.expm1(lam * logx) / safe, logx)
 
 
 def yeo_johnson(x: tf.Tensor, name: str):
     """Yeo-Johnson power transform (any sign) with lambda estimated by maximum likelihood."""
-    lam, = tft.experimental.ptransform_analyzer(
-        [x], PowerLambda("yeo_johnson"), [tf.float32], [[]], name=f"{name}_yeo_johnson_lambda")
-    lam_32 = tf.reshape(lam, [])
-    lam, x = tf.cast(lam_32, tf.float64), tf.cast(x, tf.float64)  # see mappers.in_float64
+    lam, = _power_lambda(x, name, "yeo_johnson", with_moments=False)
+    return tf.cast(_yeo_johnson(x, lam), tf.float32), {"yeo_johnson_lambda": lam}
+
+
+def yeo_johnson_z_score(x: tf.Tensor, name: str):
+    """[yeo_johnson, z_score] in one analysis pass, the z-score in float64 (see box_cox_z_score)."""
+    lam, mean, std = _power_lambda(x, name, "yeo_johnson", with_moments=True)
+    z = tf.cast(_standardised(_yeo_johnson(x, lam), mean, std), tf.float32)
+    return z, {"yeo_johnson_lambda": lam, "mean": mean, "std": std}
+
+
+def _yeo_johnson(x: tf.Tensor, lam_32: tf.Tensor) -> tf.Tensor:
+    """In float64 (see mappers.in_float64)."""
+    lam, x = tf.cast(lam_32, tf.float64), tf.cast(x, tf.float64)
     pos, zero = x >= 0, tf.zeros_like(x)
     lp = tf.math.log1p(tf.where(pos, x, zero))
     ln = tf.math.log1p(tf.where(pos, zero, -x))
@@ -161,4 +199,4 @@ def yeo_johnson(x: tf.Tensor, name: str):
     lam_n = tf.where(tf.abs(2.0 - lam) > 0, 2.0 - lam, 1.0)
     y_pos = tf.where(tf.abs(lam) > 0, tf.math.expm1(lam * lp) / lam_p, lp)
     y_neg = tf.where(tf.abs(2.0 - lam) > 0, -tf.math.expm1((2.0 - lam) * ln) / lam_n, -ln)
-    return tf.cast(tf.where(pos, y_pos, y_neg), tf.float32), {"yeo_johnson_lambda": lam_32}
+    return tf.where(pos, y_pos, y_neg)

@@ -1,8 +1,9 @@
 """The feature stage as one Beam job: check, analyze on the train split, transform both splits, write.
 
 Outputs (under `<output>/features/`, see `tfbridge.contracts.ArtifactLayout`):
-transform_fn/ (tft_beam.WriteTransformFn), transformed/{train,eval}-*.tfrecord.gz
-(tf.Example, gzipped, at least 8 shards each), stats.json and manifest.json.
+transform_fn/ (tft_beam.WriteTransformFn), transformed/{train,eval}-*.parquet (or, with
+`output_format: tfrecord`, *.tfrecord.gz of tf.Examples; at least 8 shards each, see shards.py),
+stats.json and manifest.json.
 Everything is written into a staging directory beside the final one and renamed
 into place at the end, so a failed run leaves no partial artifacts and an
 earlier run's features stay intact until the new ones are complete.
@@ -35,8 +36,8 @@ from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io
 
-from tfbridge.contracts import (FeaturesManifest, PipelineConfig, fingerprints, graph_input_name, graph_input_names,
-                                materialized_feature_spec, staged)
+from tfbridge.contracts import (FeaturesManifest, PipelineConfig, ShardFile, fingerprints, graph_input_name,
+                                graph_input_names, materialized_feature_spec, staged)
 from tft_features import inputs, preprocessing
 from tft_features.shards import MIN_SHARDS, WriteShards, name_shards
 
@@ -154,14 +155,14 @@ def run_features(config: PipelineConfig, beam_args: list[str] | None = None) -> 
     layout = config.layout
     with staged(layout.features_dir, directory=True) as staging:
         try:
-            rows, shards = _run_beam(config, raw, prep, staging, make_pipeline(beam_args, prep.analysis_phases))
+            rows, files = _run_beam(config, raw, prep, staging, make_pipeline(beam_args, prep.analysis_phases))
         except AssertionError as e:
             if _FNAPI_STALL not in str(e) or prep.analysis_phases is not None:
                 raise
             log.warning("features: FnApiRunner stalled on a deep analysis; rerunning on the bundle-based runner")
             shutil.rmtree(staging)
             staging.mkdir()
-            rows, shards = _run_beam(config, raw, prep, staging, make_pipeline(beam_args, _FNAPI_MAX_PHASES + 1))
+            rows, files = _run_beam(config, raw, prep, staging, make_pipeline(beam_args, _FNAPI_MAX_PHASES + 1))
         FeaturesManifest(
             raw_columns={c.name: c for c in raw.columns},
             input_names={c.name: c.graph_name for c in raw.columns},
@@ -169,10 +170,12 @@ def run_features(config: PipelineConfig, beam_args: list[str] | None = None) -> 
             task=config.task,
             outputs=_feature_outputs(staging, staging / layout.stats_path.name, config.label, prep.plan),
             rows=rows,
-            shards=shards,
+            shards={split: len(split_files) for split, split_files in files.items()},
             versions=versions(),
             config=config.to_dict(),
             fingerprint=fingerprints.features_fingerprint(config),
+            format=config.output_format,
+            files=files,
         ).write(staging / layout.features_manifest_path.name)
     seconds = time.monotonic() - start
     log.info("features: wrote %s (%s) in %.1f s", layout.features_dir, rows, seconds)
@@ -180,7 +183,7 @@ def run_features(config: PipelineConfig, beam_args: list[str] | None = None) -> 
 
 
 def _run_beam(config, raw: inputs.RawData, prep: _Preprocessing, staging: Path,
-              pipeline: beam.Pipeline) -> tuple[dict[str, int], dict[str, int]]:
+              pipeline: beam.Pipeline) -> tuple[dict[str, int], dict[str, tuple[ShardFile, ...]]]:
     layout = config.layout
     adapter = raw.tensor_adapter_config()
     stats_path = staging / layout.stats_path.name
@@ -210,7 +213,8 @@ def _run_beam(config, raw: inputs.RawData, prep: _Preprocessing, staging: Path,
                 tft_beam.TransformDataset(output_record_batches=True))
             schema = metadata.schema
             _ = (data
-                 | f"WriteShards[{split}]" >> beam.ParDo(WriteShards(schema, str(bundle_files), split, MIN_SHARDS))
+                 | f"WriteShards[{split}]" >> beam.ParDo(
+                     WriteShards(schema, str(bundle_files), split, MIN_SHARDS, config.output_format))
                  | f"ListShards[{split}]" >> beam.combiners.ToList()
                  | f"ReportShards[{split}]" >> beam.Map(_write_json, str(bundle_files / f"{split}.json")))
             if split == "train":
@@ -219,8 +223,9 @@ def _run_beam(config, raw: inputs.RawData, prep: _Preprocessing, staging: Path,
                      | "OneStatsRow" >> beam.CombineGlobally(_AnyFn()).without_defaults()
                      | "WriteStats" >> beam.Map(_write_json, str(stats_path)))
     shutil.rmtree(tft_temp, ignore_errors=True)
-    shards = {split: name_shards(json.loads((bundle_files / f"{split}.json").read_text()),
-                                  staging / layout.transformed_dir.name, split) for split in SPLITS}
+    shards = {split: name_shards([tuple(f) for f in json.loads((bundle_files / f"{split}.json").read_text())],
+                                 staging / layout.transformed_dir.name, split, schema, config.output_format)
+              for split in SPLITS}
     shutil.rmtree(bundle_files)  # with the files of failed bundles, if any
     if not stats_path.exists():
         _write_json({"features": {}}, str(stats_path))

@@ -46,6 +46,17 @@ class ColumnPlan:
         """The other raw columns its steps read (polynomial's `with`), each with the step that reads it."""
         return {other: step.name for step in self.steps for other in STEPS[step.name].partners(step.params)}
 
+    def step_groups(self) -> list[tuple[int, tuple[TransformStep, ...]]]:
+        """The steps as they are built: (index of the first, the steps), a step alone or with the next one
+        it fuses with (StepDef.fused), e.g. [box_cox, z_score] in one analysis pass."""
+        groups, i = [], 0
+        while i < len(self.steps):
+            pair = self.steps[i:i + 2]
+            size = 2 if len(pair) == 2 and pair[1].name in STEPS[pair[0].name].fused else 1
+            groups.append((i, self.steps[i:i + size]))
+            i += size
+        return groups
+
     @property
     def key(self) -> str:
         """The column's name inside the transform, its input and its output (`graph_input_name`)."""
@@ -68,8 +79,9 @@ class FeaturePlan:
         return cols
 
     def analysis_phases(self) -> int:
-        """The longest chain of full-pass steps: TFT runs one analysis phase per link."""
-        return max((sum(STEPS[s.name].full_pass(s.params) for s in c.steps) for c in self.columns), default=0)
+        """The longest chain of full-pass steps (a fused pair counting once): TFT runs one analysis phase per link."""
+        return max((sum(STEPS[group[0].name].full_pass(group[0].params) for _, group in c.step_groups())
+                    for c in self.columns), default=0)
 
     def positive_columns(self) -> set[str]:
         return {c.column for c in self.columns if c.positive}
@@ -165,7 +177,7 @@ class StatsReport:
     `stat_output_name`), the value repeated for every row.
     That keeps analyzer results reachable by name from the transform_fn and
     adds no analysis phase: a statistic is read off the first transformed row,
-    and the outputs are dropped before the TFRecords are written.
+    and the outputs are dropped before the shard files are written.
     """
 
     def __init__(self):
@@ -228,8 +240,8 @@ def make_preprocessing_fn(plan: FeaturePlan) -> Callable[[dict], dict]:
             x = inputs[col.key]
             if not col.nullable:
                 x = tf.squeeze(x, 1)
-            for i, step in enumerate(col.steps):
-                x, stats = _apply_step(x, col, i, step, inputs)
+            for i, steps in col.step_groups():
+                x, stats = _apply_steps(x, col, i, steps, inputs)
                 report.add(col.key, stats, batch_size)
             if isinstance(x, tf.RaggedTensor):
                 x = x.to_sparse()
@@ -241,11 +253,14 @@ def make_preprocessing_fn(plan: FeaturePlan) -> Callable[[dict], dict]:
     return preprocessing_fn
 
 
-def _apply_step(x, col: ColumnPlan, index: int, step: TransformStep, inputs: dict):
-    scope = _scope(col.key, index, step.name)
+def _apply_steps(x, col: ColumnPlan, index: int, steps: tuple[TransformStep, ...], inputs: dict):
+    """A step, or a fused pair of steps (ColumnPlan.step_groups), on x."""
+    first = steps[0]
+    scope = _scope(col.key, index, first.name)
     incoming = col.kinds[index - 1] if index else col.raw_kind
+    build = STEPS[first.name].fused[steps[1].name] if len(steps) == 2 else STEPS[first.name].build
     with tf.name_scope(scope):
-        return STEPS[step.name].build(x, StepInput(scope, dict(step.params), col.column, incoming, inputs))
+        return build(x, StepInput(scope, dict(first.params), col.column, incoming, inputs))
 
 
 def feature_outputs(spec: Mapping[str, Any], plan: FeaturePlan | None, stats: Mapping[str, Any],

@@ -1,14 +1,20 @@
-"""The transformed rows as shard files: gzipped TFRecords of tf.Examples, named only once complete.
+"""The transformed rows as shard files, Parquet (the default) or gzipped tf.Example TFRecords, named only once complete.
 
 `WriteShards` runs where the rows come out of TFT's transform and writes each bundle's rows to its own
 files; `name_shards` then gives the files of completed bundles their final names,
-`<split>-NNNNN-of-NNNNN.tfrecord.gz`, at least MIN_SHARDS per split so that training workers can share
-every split out by file. Files of a failed and retried bundle are never named, so never read.
+`<split>-NNNNN-of-NNNNN.<suffix>` (ArtifactLayout.transformed_file), at least MIN_SHARDS per split so that
+training workers can share every split out by file. Files of a failed and retried bundle are never named,
+so never read.
+
+A Parquet shard has one column per transformed feature, the statistics left out: a number or an id is a
+plain column, a vector a fixed-size list, token ids a list (`columnar_schema`). It is what training reads
+as columns and what a person opens with `pandas.read_parquet`.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -16,22 +22,27 @@ from pathlib import Path
 
 import apache_beam as beam
 import pyarrow as pa
+import pyarrow.parquet as pq
 import tensorflow as tf
 from apache_beam.transforms.window import GlobalWindows
 from tensorflow_metadata.proto.v0 import schema_pb2
 from tfx_bsl.coders import example_coder
 
-from tfbridge.contracts import STAT_OUTPUT_PREFIX
+from tfbridge.contracts import STAT_OUTPUT_PREFIX, DataError, ShardFile, file_sha256
+from tfbridge.contracts.layout import TRANSFORMED_SUFFIXES, transformed_file_name
 
 log = logging.getLogger(__name__)
 
 MIN_SHARDS = 8
 # Level 1: half the write time of zlib's default level 6, about the same size on these records.
 _GZIP = tf.io.TFRecordOptions(compression_type="GZIP", compression_level=1)
+# Rows per Parquet row group: the unit training reads and shuffles within. A shard buffers one group.
+ROW_GROUP_ROWS = 16384
+_VALUE_TYPES = {schema_pb2.FLOAT: pa.float32(), schema_pb2.INT: pa.int64(), schema_pb2.BYTES: pa.large_binary()}
 
 
 def feature_schema(schema: schema_pb2.Schema) -> schema_pb2.Schema:
-    """The transformed schema without the statistics: what goes into the TFRecords."""
+    """The transformed schema without the statistics: what goes into the shard files."""
     features = schema_pb2.Schema()
     features.CopyFrom(schema)
     del features.feature[:]
@@ -39,41 +50,144 @@ def feature_schema(schema: schema_pb2.Schema) -> schema_pb2.Schema:
     return features
 
 
+def columnar_schema(schema: schema_pb2.Schema) -> pa.Schema:
+    """The Parquet shards' columns: a fixed-shape feature of one value is a plain column, of several a
+    fixed-size list (row-major, as tf.Example holds it), and a feature of varying length a list."""
+    fields = []
+    for feature in feature_schema(schema).feature:
+        value_type = _VALUE_TYPES[feature.type]
+        # Items declared non-null: Parquet then stores no definition level per value (one-hot vectors read
+        # 2.7x faster).
+        item = pa.field("element", value_type, nullable=False)
+        if not feature.HasField("shape"):
+            fields.append(pa.field(feature.name, pa.large_list(item)))
+        elif not feature.shape.dim:
+            fields.append(pa.field(feature.name, value_type, nullable=False))
+        else:
+            size = math.prod(d.size for d in feature.shape.dim)
+            fields.append(pa.field(feature.name, pa.list_(item, size), nullable=False))
+    return pa.schema(fields)
+
+
+def _dictionary_columns(schema: pa.Schema) -> list[str]:
+    """The Parquet columns worth a dictionary: ids (few distinct values). Floats are stored plain: a dictionary
+    rarely pays for them, and reading it back cost more than the values (one-hot vectors 2x)."""
+    columns = []
+    for field in schema:
+        nested = pa.types.is_large_list(field.type) or pa.types.is_fixed_size_list(field.type)
+        value_type = field.type.value_type if nested else field.type
+        if pa.types.is_integer(value_type):
+            columns.append(f"{field.name}.list.element" if nested else field.name)
+    return columns
+
+
+def to_columns(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+    """TFT's transformed RecordBatch (a list column per output, statistics too) in the shards' columns."""
+    columns = []
+    for field in schema:
+        column = batch.column(field.name)
+        if pa.types.is_large_list(field.type):
+            columns.append(column.cast(field.type))
+            continue
+        values = column.flatten()
+        fixed = pa.types.is_fixed_size_list(field.type)
+        size = field.type.list_size if fixed else 1
+        if len(values) != size * batch.num_rows:
+            raise DataError(f"transformed feature '{field.name}' has {len(values)} values in {batch.num_rows} rows, "
+                            f"its schema says {size} per row")
+        columns.append(pa.FixedSizeListArray.from_arrays(values, type=field.type) if fixed else values)
+    return pa.RecordBatch.from_arrays(columns, schema=schema)
+
+
+class _ParquetShard:
+    """One Parquet file being written: rows buffered up to a row group, written a group at a time."""
+
+    def __init__(self, path: str, schema: pa.Schema):
+        self._writer = pq.ParquetWriter(path, schema, use_dictionary=_dictionary_columns(schema))
+        self._schema = schema
+        self._buffered, self._buffered_rows = [], 0
+
+    def write(self, rows: pa.RecordBatch) -> None:
+        self._buffered.append(to_columns(rows, self._schema))
+        self._buffered_rows += rows.num_rows
+        if self._buffered_rows >= ROW_GROUP_ROWS:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._buffered:
+            self._writer.write_table(pa.Table.from_batches(self._buffered, self._schema),
+                                     row_group_size=self._buffered_rows)
+        self._buffered, self._buffered_rows = [], 0
+
+    def close(self) -> None:
+        self._flush()
+        self._writer.close()
+
+
+class _TFRecordShard:
+    """One gzipped TFRecord file of tf.Examples being written (tfx_bsl encodes, TF's writer gzips)."""
+
+    def __init__(self, path: str, encoder: example_coder.RecordBatchToExamplesEncoder, columns: list[str]):
+        self._writer, self._encoder, self._columns = tf.io.TFRecordWriter(path, options=_GZIP), encoder, columns
+
+    def write(self, rows: pa.RecordBatch) -> None:
+        for example in self._encoder.encode(rows.select(self._columns)):
+            self._writer.write(example)
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+def write_empty_shard(path: str, schema: schema_pb2.Schema, output_format: str) -> None:
+    """A file of the format with no rows (and, for Parquet, the shards' columns)."""
+    if output_format == "parquet":
+        columns = columnar_schema(schema)
+        pq.write_table(columns.empty_table(), path, use_dictionary=_dictionary_columns(columns))
+    else:
+        with tf.io.TFRecordWriter(path, options=_GZIP):
+            pass
+
+
 class WriteShards(beam.DoFn):
-    """Writes the transformed rows of each bundle as gzipped TFRecord files of tf.Examples, in the transform's stage.
+    """Writes the transformed rows of each bundle to its own shard files, in the transform's stage.
 
     Writing where the rows come out of the transform keeps them in memory
     once: dealing them to fixed shards through a GroupByKey pickled every
     transformed row and cost more than the transform (measured: 1M rows of
     the `wide` benchmark config, 26.5 s -> 19.4 s for the feature stage). Each
     batch is cut into `shards` contiguous slices (no copy); a thread per core
-    encodes them (tfx_bsl) and gzips them (TF's TFRecordWriter), both release
-    the GIL, while the transform computes the next batch. A bundle's files
-    carry its id and are reported only in finish_bundle, once complete:
-    `name_shards` gives the reported ones their final names, so files of a
-    failed and retried bundle are never used.
+    converts and writes them (pyarrow's Parquet writer, or tfx_bsl's encoder
+    and TF's gzip, all release the GIL) while the transform computes the next
+    batch. A bundle's files carry its id and are reported, with their row
+    counts, only in finish_bundle, once complete: `name_shards` gives the
+    reported ones their final names, so files of a failed and retried bundle
+    are never used.
     """
 
-    def __init__(self, schema: schema_pb2.Schema, directory: str, split: str, shards: int):
+    def __init__(self, schema: schema_pb2.Schema, directory: str, split: str, shards: int, output_format: str):
         self._schema = feature_schema(schema)
-        self._columns = [f.name for f in self._schema.feature]
-        self._directory, self._split, self._shards = directory, split, shards
-        self._encoder, self._pool = None, None
-        self._bundle, self._writers, self._pending, self._next = "", {}, [], 0
+        self._directory, self._split, self._shards, self._format = directory, split, shards, output_format
+        self._open, self._pool = None, None
+        self._bundle, self._files, self._pending, self._next = "", {}, [], 0
 
     def setup(self):
-        self._encoder = example_coder.RecordBatchToExamplesEncoder(self._schema)
+        if self._format == "parquet":
+            columns = columnar_schema(self._schema)
+            self._open = lambda path: _ParquetShard(path, columns)
+        else:
+            encoder = example_coder.RecordBatchToExamplesEncoder(self._schema)
+            names = [f.name for f in self._schema.feature]
+            self._open = lambda path: _TFRecordShard(path, encoder, names)
         self._pool = ThreadPoolExecutor(min(self._shards, os.cpu_count() or 1), thread_name_prefix="write-shards")
         tf.io.gfile.makedirs(self._directory)
 
     def start_bundle(self):
-        self._bundle, self._writers, self._pending = uuid.uuid4().hex[:12], {}, []
+        self._bundle, self._files, self._pending = uuid.uuid4().hex[:12], {}, []
 
     def process(self, element):
         batch, _ = element
         if not batch.num_rows:
             return
-        batch = batch.select(self._columns)
         self._wait()  # a file takes one slice at a time; at most one batch is held here
         size = -(-batch.num_rows // self._shards)
         for i, start in enumerate(range(0, batch.num_rows, size)):
@@ -83,10 +197,10 @@ class WriteShards(beam.DoFn):
 
     def finish_bundle(self):
         self._wait()
-        writers, self._writers = self._writers, {}
-        for path, writer in writers.values():
-            writer.close()
-            yield GlobalWindows.windowed_value(path)
+        files, self._files = self._files, {}
+        for path, file, rows in files.values():
+            file.close()
+            yield GlobalWindows.windowed_value((path, rows))
 
     def teardown(self):
         if self._pool is not None:
@@ -98,30 +212,36 @@ class WriteShards(beam.DoFn):
             future.result()  # re-raises a writer's error in the bundle that wrote it
 
     def _write(self, shard: int, rows: pa.RecordBatch) -> None:
-        if shard not in self._writers:
-            path = os.path.join(self._directory, f"{self._split}-{self._bundle}-{shard:05d}.tfrecord.gz")
-            self._writers[shard] = (path, tf.io.TFRecordWriter(path, options=_GZIP))
-        writer = self._writers[shard][1]
-        for example in self._encoder.encode(rows):
-            writer.write(example)
+        if shard not in self._files:
+            suffix = TRANSFORMED_SUFFIXES[self._format]
+            path = os.path.join(self._directory, f"{self._split}-{self._bundle}-{shard:05d}.{suffix}")
+            self._files[shard] = [path, self._open(path), 0]
+        entry = self._files[shard]
+        entry[1].write(rows)
+        entry[2] += rows.num_rows
 
 
-def shard_path(directory: str, split: str, shard: int, shards: int) -> str:
-    return os.path.join(directory, f"{split}-{shard:05d}-of-{shards:05d}.tfrecord.gz")
-
-
-def name_shards(written: list[str], directory: Path, split: str) -> int:
-    """Moves the files of completed bundles to `<split>-NNNNN-of-NNNNN` in `directory`; returns how many.
+def name_shards(written: list[tuple[str, int]], directory: Path, split: str, schema: schema_pb2.Schema,
+                output_format: str) -> tuple[ShardFile, ...]:
+    """Moves the files of completed bundles ((path, rows) each) to their shard names in `directory`
+    (transformed_file_name); returns every file of the split with its rows and sha256.
 
     A split gets at least MIN_SHARDS files, empty ones where it had fewer rows
     or bundles, so that every split can be shared out by file.
     """
     directory.mkdir(parents=True, exist_ok=True)
+    written = sorted(written)
     count = max(len(written), MIN_SHARDS)
-    for shard, path in enumerate(sorted(written)):
-        os.replace(path, shard_path(str(directory), split, shard, count))
-    for shard in range(len(written), count):
-        with tf.io.TFRecordWriter(shard_path(str(directory), split, shard, count), options=_GZIP):
-            pass
-    log.info("features: %s: %d shard files (%d written, %d empty)", split, count, len(written), count - len(written))
-    return count
+    files = []
+    for shard in range(count):
+        path = directory / transformed_file_name(split, shard, count, output_format)
+        if shard < len(written):
+            source, rows = written[shard]
+            os.replace(source, path)
+        else:
+            write_empty_shard(str(path), schema, output_format)
+            rows = 0
+        files.append(ShardFile(path.name, int(rows), file_sha256(path)))
+    log.info("features: %s: %d %s files (%d written, %d empty)", split, count, output_format, len(written),
+             count - len(written))
+    return tuple(files)

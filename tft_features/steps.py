@@ -65,6 +65,8 @@ class StepDef:
     fills_missing: bool = False  # must come first: the raw column keeps its missing values for this step
     needs_positive: bool = False  # as the lead step it reads raw values, which must all be > 0
     partners: Callable[[Params], tuple[str, ...]] = lambda params: ()  # other raw columns it reads
+    # A next step (by name) built together with this one, in this one's analysis pass: what the pair builds.
+    fused: Mapping[str, Callable[[Any, StepInput], tuple[Any, dict]]] = dataclasses.field(default_factory=dict)
 
 
 def _always(params: Params) -> bool:
@@ -215,8 +217,10 @@ STEPS: dict[str, StepDef] = {s.name: s for s in [
     StepDef("z_score", (NUMBER, VECTOR), (), _same_kind, _mapper(analyzers.z_score), _always),
     StepDef("min_max", (NUMBER, VECTOR), ("output_min", "output_max"), _same_kind, _mapper(analyzers.min_max),
             _always, _min_max_problem),
-    StepDef("box_cox", (NUMBER,), (), _to(NUMBER), _mapper(analyzers.box_cox), _always, needs_positive=True),
-    StepDef("yeo_johnson", (NUMBER,), (), _to(NUMBER), _mapper(analyzers.yeo_johnson), _always),
+    StepDef("box_cox", (NUMBER,), (), _to(NUMBER), _mapper(analyzers.box_cox), _always, needs_positive=True,
+            fused={"z_score": _mapper(analyzers.box_cox_z_score)}),
+    StepDef("yeo_johnson", (NUMBER,), (), _to(NUMBER), _mapper(analyzers.yeo_johnson), _always,
+            fused={"z_score": _mapper(analyzers.yeo_johnson_z_score)}),
     StepDef("bucketize", (NUMBER,), ("num_buckets", "boundaries"), _bucketize_result, _build_bucketize,
             lambda params: "num_buckets" in params, _bucketize_problem),
     StepDef("piecewise_linear", (NUMBER,), ("num_buckets",), _to(VECTOR), _mapper(analyzers.piecewise_linear),

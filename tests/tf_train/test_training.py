@@ -25,8 +25,8 @@ import tensorflow as tf
 import yaml
 
 from tests.helpers import decode_split, onnx_session, serving_inputs, tf_inputs
-from tf_train.data import (default_batch_size, load_training_data, read_labels, shard_rows, target,
-                           validation_dataset)
+from tf_train.data import (default_batch_size, label_reader, labelled_batches, load_training_data, shard_reader,
+                           target, validation_dataset)
 from tf_train.launcher import launch
 from onnx_export.convert import export_onnx
 from tfbridge.cli import main
@@ -129,18 +129,55 @@ def test_two_workers_compute_the_same_update_as_one(features_root, tmp_path):
 def test_validation_rows_are_every_kth_row_of_each_shard_and_never_trained_on(features_root, tmp_path):
     data = load_training_data(training_run(features_root, tmp_path, "holdout", validation_fraction=0.25))
     assert data.validation_every == 4
+    reader, label = shard_reader(data), data.manifest.label_key
     held = []
-    for file in data.train_files:
-        rows = [r.numpy() for r in tf.data.TFRecordDataset(file, compression_type="GZIP")]
-        assert [r.numpy() for r in shard_rows(data, file, validation=True)] == rows[::4]
-        assert [r.numpy() for r in shard_rows(data, file)] == [r for i, r in enumerate(rows) if i % 4]
-        held += rows[::4]
+    for index, file in enumerate(data.train_files):
+        rows = pq.read_table(file).column(label).to_numpy()
+        validation = np.concatenate([b[label].numpy() for b in reader.batches([file], 64, validation=True)])
+        np.testing.assert_array_equal(validation, rows[::4])
+        # one epoch of the training stream (sub-batches of 1 row): every other row once, shuffled
+        fitted = [i for i in range(len(rows)) if i % 4]
+        stream = [b[label].numpy()[0] for b in reader.train_batches([file], [index], [1]).take(len(fitted))]
+        np.testing.assert_array_equal(np.sort(stream), np.sort(rows[fitted]))
+        assert stream != rows[fitted].tolist()
+        again = [b[label].numpy()[0] for b in reader.train_batches([file], [index], [1]).take(len(fitted))]
+        assert again == stream  # seeded: the same stream whichever worker reads the shard
+        held.append(rows[::4])
     # Two input pipelines (workers) each read the validation rows of their own shards: together, each row once.
-    label = data.manifest.label_key
-    want = target(tf.io.parse_example(held, {label: tf.io.FixedLenFeature([], tf.float32)})[label], data.label)
+    want = target(tf.constant(np.concatenate(held)), data.label).numpy()
     got = [y.numpy() for pipeline in (0, 1) for _, y in validation_dataset(data, pipeline, 2)]
-    np.testing.assert_array_equal(np.sort(np.concatenate(got)), np.sort(want.numpy()))
+    np.testing.assert_array_equal(np.sort(np.concatenate(got)), np.sort(want))
     assert data.train_rows == data.manifest.rows["train"] - data.manifest.rows["train"] // 4
+
+
+def test_tfrecord_shards_give_the_model_the_same_inputs_and_train(features_root, tmp_path):
+    """output_format: tfrecord: the same transformed rows reach the model as from Parquet (eval rows joined by
+    their unique target), and a run trains on them."""
+    parquet = load_training_data(training_run(features_root, tmp_path, "from-parquet"))
+    config_path = write_config(tmp_path / "tfrecord", features_root / "raw.parquet")
+    config_path.write_text(yaml.safe_dump({**yaml.safe_load(config_path.read_text()), "output_format": "tfrecord"}))
+    assert main(["features", "--config", str(config_path)]) == 0
+    config = PipelineConfig.from_yaml(config_path)
+    tfrecord = load_training_data(config)
+    assert tfrecord.manifest.format == "tfrecord" and tfrecord.train_files[0].endswith(".tfrecord.gz")
+
+    def inputs_by_label(data):
+        rows = {}
+        for inputs, labels in labelled_batches(data, data.eval_files, 128):
+            for i, y in enumerate(labels.numpy()):
+                rows[float(y)] = {k: v.numpy()[i] for k, v in inputs.items()}
+        return rows
+
+    from_parquet, from_tfrecord = inputs_by_label(parquet), inputs_by_label(tfrecord)
+    assert from_parquet.keys() == from_tfrecord.keys() and len(from_parquet) == parquet.manifest.rows["eval"]
+    for y, row in from_parquet.items():
+        for name, value in row.items():
+            other = from_tfrecord[y][name]
+            if name == "comment":  # token ids: padded to the longest row of each batch
+                value, other = value[value != -1], other[other != -1]
+            np.testing.assert_array_equal(value, other, err_msg=name)
+    launch(config, workers=1)
+    assert json.loads(config.layout.metrics_path.read_text())["fitting"]["epochs"] == 2
 
 
 def test_the_default_batch_gives_a_small_table_enough_steps(features_root, tmp_path):
@@ -172,7 +209,7 @@ def test_balanced_class_weights_raise_the_recall_of_a_rare_class(features_root, 
                                     class_weight=weight)
         launch(runs[weight], workers=1)
     data = load_training_data(runs["balanced"])
-    counts = np.bincount(read_labels(data.train_files, data.manifest.label_key, "int").astype(np.int64))
+    counts = np.bincount(label_reader(data.manifest).labels(data.train_files).astype(np.int64))
     assert counts[1] < counts[0] / 5
     assert data.label.class_weights == pytest.approx(tuple(counts.sum() / (2 * counts)))
     recall = {}

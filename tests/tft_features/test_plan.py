@@ -29,7 +29,13 @@ def test_chains_read_types_and_phases():
     assert by["c"].output_kind == VECTOR and by["b"].kinds[0].width == 3
     assert by["m"].positive and by["m"].nullable
     assert p.raw_columns()["q"] == ("float", False)
-    assert p.analysis_phases() == 3  # impute median, box_cox, z_score
+    # impute median, then box_cox and z_score in one pass (the z-score's moments from the lambda's summaries)
+    assert p.analysis_phases() == 2
+    assert [[s.name for s in steps] for _, steps in by["m"].step_groups()] == [["impute"], ["box_cox", "z_score"]]
+    assert [i for i, _ in by["m"].step_groups()] == [0, 1]
+    assert plan({"a": ["yeo_johnson", "z_score"]}).analysis_phases() == 1
+    assert plan({"a": ["box_cox", "min_max"]}).analysis_phases() == 2
+    assert plan({"a": ["box_cox", "z_score", "z_score"]}).analysis_phases() == 2
     assert plan({"a": ["z_score"], "b": [{"bucketize": {"boundaries": [0]}}]}).analysis_phases() == 1
     assert TEXT != IDS and isinstance(by["t"].output_kind, FeatureKind)
 

@@ -20,6 +20,9 @@ from tfbridge.contracts.layout import ArtifactLayout
 
 TASKS = ("regression", "binary", "multiclass")
 DATA_FORMATS = ("parquet", "csv")
+# What the feature stage writes the transformed rows as (see ArtifactLayout.transformed_pattern): Parquet, one
+# column per feature, which training reads as columns; or gzipped tf.Example TFRecords, for TFX trainers.
+OUTPUT_FORMATS = ("parquet", "tfrecord")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,6 +180,7 @@ class PipelineConfig:
     output: str
     features: Mapping[str, tuple[TransformStep, ...]]
     preprocessing_fn: str | None = None
+    output_format: str = "parquet"  # the transformed rows' files: OUTPUT_FORMATS
     split: SplitConfig = SplitConfig()
     train: TrainConfig = TrainConfig()
     source: str = "<config>"
@@ -203,7 +207,7 @@ class PipelineConfig:
         as a user typing `tfbridge run --config C` in the repo expects."""
         if not isinstance(raw, dict):
             raise ConfigError(f"{source}: the config must be a mapping, got {type(raw).__name__}")
-        known = {"data", "label", "task", "features", "preprocessing_fn", "output", "split", "train"}
+        known = {"data", "label", "task", "features", "preprocessing_fn", "output", "output_format", "split", "train"}
         unknown = sorted(set(raw) - known)
         if unknown:
             raise ConfigError(f"{source}: unknown key(s) {unknown}; expected some of {sorted(known)}")
@@ -228,6 +232,9 @@ class PipelineConfig:
         if task not in TASKS:
             raise ConfigError(f"{source}: 'task' must be one of {TASKS}, got {task!r}")
         output = str(required("output"))
+        output_format = raw.get("output_format", "parquet")
+        if output_format not in OUTPUT_FORMATS:
+            raise ConfigError(f"{source}: 'output_format' must be one of {OUTPUT_FORMATS}, got {output_format!r}")
 
         features_raw = raw.get("features")
         preprocessing_fn = raw.get("preprocessing_fn")
@@ -273,6 +280,7 @@ class PipelineConfig:
             output=output,
             features=features,
             preprocessing_fn=preprocessing_fn,
+            output_format=output_format,
             split=SplitConfig(eval_fraction=float(eval_fraction)),
             train=train,
             source=source,
@@ -285,6 +293,7 @@ class PipelineConfig:
             "label": self.label,
             "task": self.task,
             "output": self.output,
+            "output_format": self.output_format,
             "split": {"eval_fraction": self.split.eval_fraction},
             "train": self.train.to_dict(),
         }

@@ -59,7 +59,7 @@ def _module_identity(spec: str | None) -> list:
 def features_fingerprint(config: PipelineConfig) -> str:
     raw = config.to_dict()
     return _digest("features", data_identity(config.data), raw["data"], raw["label"], raw["task"], raw["split"],
-                   raw.get("features"), _module_identity(config.preprocessing_fn))
+                   raw["output_format"], raw.get("features"), _module_identity(config.preprocessing_fn))
 
 
 def model_fingerprint(config: PipelineConfig, features: str) -> str:

@@ -6,6 +6,13 @@ import dataclasses
 from pathlib import Path
 
 SCORE_RECORD = "_tfbridge_score.json"
+# The file name ending of each transformed-rows format (config.OUTPUT_FORMATS).
+TRANSFORMED_SUFFIXES = {"parquet": "parquet", "tfrecord": "tfrecord.gz"}
+
+
+def transformed_file_name(split: str, shard: int, shards: int, output_format: str) -> str:
+    """`<split>-NNNNN-of-NNNNN.<suffix>`: shard `shard` of `shards` of a split's transformed rows."""
+    return f"{split}-{shard:05d}-of-{shards:05d}.{TRANSFORMED_SUFFIXES[output_format]}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,9 +39,9 @@ class ArtifactLayout:
     def features_manifest_path(self) -> Path:
         return self.features_dir / "manifest.json"
 
-    def transformed_pattern(self, split: str) -> str:
-        """Glob of the gzipped TFRecord shards of one split ('train' or 'eval')."""
-        return str(self.transformed_dir / f"{split}-*.tfrecord.gz")
+    def transformed_pattern(self, split: str, output_format: str) -> str:
+        """Glob of the shard files of one split ('train' or 'eval') in one format ('parquet' or 'tfrecord')."""
+        return str(self.transformed_dir / f"{split}-*.{TRANSFORMED_SUFFIXES[output_format]}")
 
     @property
     def model_dir(self) -> Path:

@@ -14,16 +14,16 @@ from typing import Any, Mapping
 
 from tfbridge.contracts.columns import RawColumn
 from tfbridge.contracts.errors import DataError
-from tfbridge.contracts.files import write_json_atomic
+from tfbridge.contracts.files import file_sha256, write_json_atomic
 
 # Analyzer results travel inside the transform_fn as outputs with this prefix
 # (one value repeated per row). They are statistics, not model inputs: the
-# materialized TFRecords leave them out and the trainer must skip them.
+# transformed shard files leave them out and the trainer must skip them.
 STAT_OUTPUT_PREFIX = "__stat__"
 
 
 def materialized_feature_spec(transformed_feature_spec: Mapping[str, Any]) -> dict[str, Any]:
-    """The features in the transformed TFRecords: the transform_fn's outputs less its statistics."""
+    """The features in the transformed shard files: the transform_fn's outputs less its statistics."""
     return {k: v for k, v in transformed_feature_spec.items() if not k.startswith(STAT_OUTPUT_PREFIX)}
 
 
@@ -55,6 +55,15 @@ class FeatureOutput:
     width: int | None = None
 
 
+@dataclasses.dataclass(frozen=True)
+class ShardFile:
+    """One file of transformed rows, as the feature stage wrote it: readers check what they read against it."""
+
+    name: str  # under features/transformed/
+    rows: int
+    sha256: str
+
+
 def _read_json(path: Path, what: str, stage: str) -> dict:
     try:
         return json.loads(Path(path).read_text())
@@ -80,6 +89,22 @@ class FeaturesManifest:
     versions: Mapping[str, str]
     config: Mapping[str, Any]
     fingerprint: str = ""  # what it was made from (fingerprints.features_fingerprint)
+    format: str = "tfrecord"  # of the transformed rows (config.OUTPUT_FORMATS); manifests before it had TFRecords
+    files: Mapping[str, tuple[ShardFile, ...]] = dataclasses.field(default_factory=dict)  # split -> its files
+
+    def shard_paths(self, transformed_dir: Path, split: str) -> tuple[str, ...]:
+        """The split's files, in shard order, each checked against what the stage wrote (its sha256): a file
+        changed or lost since raises DataError naming it."""
+        files = self.files.get(split, ())
+        paths = tuple(str(Path(transformed_dir) / f.name) for f in files)
+        for file, path in zip(files, paths):
+            if not Path(path).is_file():
+                raise DataError(f"{path} is missing: {len(files)} {split} files were written; "
+                                f"rerun `tfbridge features`")
+            if file_sha256(Path(path)) != file.sha256:
+                raise DataError(f"{path} is not the file the feature stage wrote (its sha256 differs from "
+                                f"manifest.json): rerun `tfbridge features`")
+        return paths
 
     @property
     def label_key(self) -> str:
@@ -99,6 +124,7 @@ class FeaturesManifest:
         raw = _read_json(path, "feature-stage manifest", "features")
         raw["raw_columns"] = _raw_columns(raw["raw_columns"])
         raw["outputs"] = {k: FeatureOutput(FeatureKind(v["kind"]), v["width"]) for k, v in raw["outputs"].items()}
+        raw["files"] = {split: tuple(ShardFile(**f) for f in files) for split, files in raw.get("files", {}).items()}
         return cls(**raw)
 
 

@@ -69,19 +69,23 @@ def _sample_split(config: PipelineConfig, manifest: FeaturesManifest) -> str:
     return "eval" if manifest.rows.get("eval") else "train"
 
 
-def _transformed_sample(config: PipelineConfig, transform_output, split: str) -> dict[str, Any]:
-    """Up to SAMPLE_ROWS rows of a split's transformed shards, by feature (lists of ids for token ids)."""
-    import glob
-
-    import tensorflow as tf
+def _transformed_sample(config: PipelineConfig, manifest: FeaturesManifest, transform_output,
+                        split: str) -> dict[str, Any]:
+    """Up to SAMPLE_ROWS rows of a split's transformed shards, by feature (token ids padded with -1)."""
+    from tf_train.shards import decode_rows
 
     spec = materialized_feature_spec(transform_output.transformed_feature_spec())
-    files = sorted(glob.glob(config.layout.transformed_pattern(split)))
-    for serialized in tf.data.TFRecordDataset(files, compression_type="GZIP").batch(SAMPLE_ROWS).take(1):
-        parsed = tf.io.parse_example(serialized, spec)
-        return {k: (tf.sparse.to_dense(v, default_value=-1).numpy() if isinstance(v, tf.SparseTensor) else v.numpy())
-                for k, v in parsed.items()}
-    return {}
+    files = manifest.shard_paths(config.layout.transformed_dir, split)
+    rows = decode_rows(files, manifest.format, spec, limit=SAMPLE_ROWS)
+    return {k: _padded(v) if isinstance(v, list) and all(r.dtype.kind == "i" for r in v) else v
+            for k, v in rows.items()}
+
+
+def _padded(rows: list[np.ndarray]) -> np.ndarray:
+    out = np.full((len(rows), max((len(r) for r in rows), default=0)), -1, np.int64)
+    for i, row in enumerate(rows):
+        out[i, :len(row)] = row
+    return out
 
 
 def _features_section(config: PipelineConfig, manifest: FeaturesManifest) -> page.Section:
@@ -98,7 +102,8 @@ def _features_section(config: PipelineConfig, manifest: FeaturesManifest) -> pag
 
     transform_output = tft.TFTransformOutput(str(config.layout.features_dir))
     split = _sample_split(config, manifest)
-    transformed, raw = _transformed_sample(config, transform_output, split), split_rows(config, split, SAMPLE_ROWS)
+    transformed = _transformed_sample(config, manifest, transform_output, split)
+    raw = split_rows(config, split, SAMPLE_ROWS)
     section.intro += f" Plots: the first {raw.num_rows:,} rows of the {split} split, raw and transformed."
     rows = []
     for column, steps in config.features.items():
