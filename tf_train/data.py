@@ -101,6 +101,12 @@ def load_training_data(config: PipelineConfig) -> TrainingData:
         raise DataError(f"{layout.features_manifest_path} lists no features for the model")
     graph_input_names(features, f"{layout.features_manifest_path}: transformed features")
     every = validation_every(config.train.validation_fraction)
+    for file in manifest.files.get("train", ()):
+        if file.rows <= (-(-file.rows // every) if every else 0):  # its rows 0, k, 2k, ... are validation rows
+            raise DataError(f"{layout.transformed_dir / file.name} has no rows to train on ({file.rows} rows"
+                            + (f", every {every}th held out for validation" if every else "")
+                            + f"): each of the {len(files['train'])} train shard files needs some; the train "
+                            f"split is too small for them")
     train_rows = fitted_rows(int(manifest.rows["train"]), every)
     batch_size = config.train.batch_size or default_batch_size(train_rows)
     if train_rows < batch_size:

@@ -24,10 +24,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import tensorflow as tf
 
-from tfbridge.contracts import DataError, FeatureKind
+from tfbridge.contracts import FeatureKind
 
 PAD_ID = -1  # token_ids pad value in the model's dense [batch, tokens] input
 SHUFFLE_BUFFER = 4096  # TFRecord rows
+STEPS_PER_BLOCK = 8  # Parquet: per-replica batches the reader makes at once
 
 
 def tf_dtype(dtype: str) -> tf.DType:
@@ -154,9 +155,6 @@ class ParquetReader(ShardReader):
         shard = pq.ParquetFile(file)
         sizes = [shard.metadata.row_group(g).num_rows for g in range(shard.num_row_groups)]
         starts = np.concatenate([[0], np.cumsum(sizes)])
-        if not sum(len(self._kept(int(starts[g]), n, False)) for g, n in enumerate(sizes)):
-            raise DataError(f"{file} has no rows to train on ({int(starts[-1])} rows): rerun `tfbridge features` "
-                            f"with fewer workers' shards or more data")
         for epoch in itertools.count():
             rng = np.random.default_rng([seed, epoch])
             for group in rng.permutation(len(sizes)):
@@ -165,12 +163,14 @@ class ParquetReader(ShardReader):
                 yield self.arrays(table.take(rng.permutation(kept)))
 
     def train_batches(self, files, seeds, sizes):
-        def batches():
+        def blocks():
             streams = [_sub_batches(self._shuffled(file, seed), size) for file, seed, size in zip(files, seeds, sizes)]
             while True:
-                yield _concat([next(stream) for stream in streams])
+                yield _concat([_concat([next(stream) for stream in streams]) for _ in range(STEPS_PER_BLOCK)])
 
-        return self._dataset(batches)
+        # The generator hands over STEPS_PER_BLOCK batches at once, which rebatch cuts apart again: the
+        # Python side (and its hold on the GIL) then runs once per block, not per step.
+        return self._dataset(blocks).rebatch(sum(sizes), drop_remainder=True)
 
     def batches(self, files, batch_size, validation=False):
         def rows():

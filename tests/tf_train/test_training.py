@@ -393,3 +393,16 @@ def test_bad_inputs_stop_before_any_worker_starts(features_root, tmp_path, capsy
     with pytest.raises(DataError, match="9 workers but 8 training shards"):
         launch(run, workers=9)
     assert not run.layout.model_dir.exists()
+    # a shard file changed since the feature stage wrote it, then one with no row to train on
+    run = training_run(features_root, tmp_path, "changed")
+    first = run.layout.transformed_dir / "train-00000-of-00008.parquet"
+    first.write_bytes(first.read_bytes() + b"\0")
+    with pytest.raises(DataError, match=r"train-00000-of-00008.parquet is not the file the feature stage wrote"):
+        load_training_data(run)
+    run = training_run(features_root, tmp_path, "tiny-shard")
+    manifest = json.loads(run.layout.features_manifest_path.read_text())
+    manifest["files"]["train"][3]["rows"] = 1  # as a train split of a few dozen rows leaves it
+    run.layout.features_manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(DataError, match=r"train-00003-of-00008.parquet has no rows to train on \(1 rows, every "
+                                        r"10th held out for validation\): each of the 8 train shard files needs"):
+        load_training_data(run)
