@@ -208,10 +208,11 @@ def _run_beam(config, raw: inputs.RawData, prep: _Preprocessing, staging: Path,
         # The raw schema too (<dir>/metadata), so TFTransformOutput.raw_feature_spec() works downstream.
         metadata_io.write_metadata(dataset_metadata.DatasetMetadata(raw.tfmd_schema()),
                                    str(staging / tft.TFTransformOutput.RAW_METADATA_DIR))
+        schemas = {}  # split -> the transformed schema its shard files are written in
         for split in SPLITS:
             (data, metadata) = ((splits[split], adapter), transform_fn) | f"Transform[{split}]" >> (
                 tft_beam.TransformDataset(output_record_batches=True))
-            schema = metadata.schema
+            schema = schemas[split] = metadata.schema
             _ = (data
                  | f"WriteShards[{split}]" >> beam.ParDo(
                      WriteShards(schema, str(bundle_files), split, MIN_SHARDS, config.output_format))
@@ -223,9 +224,9 @@ def _run_beam(config, raw: inputs.RawData, prep: _Preprocessing, staging: Path,
                      | "OneStatsRow" >> beam.CombineGlobally(_AnyFn()).without_defaults()
                      | "WriteStats" >> beam.Map(_write_json, str(stats_path)))
     shutil.rmtree(tft_temp, ignore_errors=True)
-    shards = {split: name_shards([tuple(f) for f in json.loads((bundle_files / f"{split}.json").read_text())],
-                                 staging / layout.transformed_dir.name, split, schema, config.output_format)
-              for split in SPLITS}
+    files = {split: name_shards([tuple(f) for f in json.loads((bundle_files / f"{split}.json").read_text())],
+                                staging / layout.transformed_dir.name, split, schemas[split], config.output_format)
+             for split in SPLITS}
     shutil.rmtree(bundle_files)  # with the files of failed bundles, if any
     if not stats_path.exists():
         _write_json({"features": {}}, str(stats_path))
@@ -233,7 +234,7 @@ def _run_beam(config, raw: inputs.RawData, prep: _Preprocessing, staging: Path,
     rows = {split: 0 for split in SPLITS}
     for counter in counters:
         rows[counter.key.metric.name.removeprefix("rows_")] += counter.committed
-    return rows, shards
+    return rows, files
 
 
 def _feature_outputs(features_dir: Path, stats_path: Path, label: str, plan) -> dict:
