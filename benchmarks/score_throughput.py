@@ -63,7 +63,7 @@ def floor(model_dir: str, data: str, batch: int, threads: int, concurrent: int, 
     loaded) or the TF SavedModel's signature, `threads` intra-op threads, `concurrent` batches run at once."""
     import pyarrow.parquet as pq
 
-    from spark_infer.udf import ScoringModel
+    from tfbridge.scoring import ScoringModel
 
     model = ScoringModel.load(model_dir)
     frame = pq.read_table(data, columns=model.input_names).to_pandas()
@@ -110,7 +110,7 @@ def predict_batch_column(model_dir: Path, batch: int):
     from pyspark.sql import functions as F
     from pyspark.sql.types import DoubleType
 
-    from spark_infer.udf import ScoringModel
+    from tfbridge.scoring import ScoringModel
 
     model = ScoringModel.load(model_dir)
     names, inputs, path = model.input_names, model.manifest.inputs, str(model_dir / "saved_model")
@@ -139,7 +139,7 @@ def zeros_arrow(model_dir: Path):
     """What score()'s hand-off costs alone: every batch's inputs converted as for the graph, zeros returned."""
     import pyarrow as pa
 
-    from spark_infer.udf import ScoringModel, arrow_feeds, graph_inputs
+    from tfbridge.scoring import ScoringModel, arrow_feeds, graph_inputs
 
     inputs = graph_inputs(ScoringModel.load(model_dir).manifest)
 
@@ -204,7 +204,7 @@ def spark_runs(data: str, model_dir: Path, cores: int, batch: int, repeats: int)
     from pyspark.sql import types as T
 
     from spark_infer import model_inputs, score, scoring_udf
-    from spark_infer.udf import ScoringModel
+    from tfbridge.scoring import ScoringModel
 
     onnx = ScoringModel.load(model_dir)
     saved = ScoringModel(onnx.directory, onnx.manifest, None)  # the fallback engine on the same export

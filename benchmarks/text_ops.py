@@ -58,7 +58,7 @@ def onnxruntime_times(rows: int, batch: int, repeats: int) -> dict[str, float]:
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
-    from spark_infer.session import session_options
+    from tfbridge.scoring.session import session_options
 
     text = np.array(comments(rows), dtype=object)
     batches = [text[i:i + batch] for i in range(0, rows, batch)]

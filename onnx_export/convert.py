@@ -6,12 +6,15 @@ CategoryMapper nodes), with our handlers (`onnx_export.lowerings`) for the ops i
 lacks. The graph uses opset 20 (standard StringSplit) plus
 onnxruntime-extensions for regex replacement in text normalisation; the
 scorer registers that library. An op nobody lowers stops the export with its
-name and the feature it came from.
+name and the feature it came from; a graph that disagrees with the SavedModel
+(`parity_gate`) stops it with the rows that differ, and is never named in the
+manifest.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import re
 import time
@@ -20,8 +23,10 @@ from pathlib import Path
 import onnx
 
 from onnx_export.lowerings import EXTENSIONS_DOMAIN, HANDLERS, UnsupportedOp
-from tfbridge.contracts import (ModelManifest, OnnxGraph, PipelineConfig, StageError, file_sha256, fingerprints,
-                                staged)
+from onnx_export.parity_gate import check_graph
+from tfbridge.contracts import (DataError, ModelManifest, OnnxGraph, ParityRecord, PipelineConfig, StageError,
+                                file_sha256, fingerprints, staged)
+from tfbridge.scoring.parity import HandOff, ParityError
 
 log = logging.getLogger(__name__)
 
@@ -100,20 +105,12 @@ def convert_graph(graph_def, inputs, outputs, columns, name: str, tables=None, r
             lines.append(f"op {op} (feature '{feature}', node {node})" if feature else f"op {op} (node {node})")
         raise ExportError("ONNX export: no lowering for " + "; ".join(lines) + ". Score with the SavedModel "
                           "instead (spark_infer picks the SavedModel path when there is no model.onnx).")
-    _ascii_lower_case(model)
     return model
 
 
-def _ascii_lower_case(model: onnx.ModelProto) -> None:
-    """StringNormalizer in the "C" locale: ASCII-only case mapping, as tf.strings.lower does, and no
-    dependency on the locales a host has installed (the default en_US.UTF-8 is missing on many)."""
-    for node in model.graph.node:
-        if node.op_type == "StringNormalizer" and not any(a.name == "locale" for a in node.attribute):
-            node.attribute.append(onnx.helper.make_attribute("locale", "C"))
-
-
-def export_onnx(config: PipelineConfig) -> Path:
-    """Writes <output>/model/model.onnx and records its inputs and outputs in the model manifest."""
+def export_onnx(config: PipelineConfig) -> HandOff:
+    """Writes <output>/model/model.onnx once it agrees with the SavedModel (`parity_gate`), and records its
+    inputs, outputs and that check in the model manifest; ParityError (and no graph named) when it does not."""
     layout = config.layout
     manifest = ModelManifest.read(layout.model_manifest_path)
     model = convert_saved_model(layout.saved_model_dir, list(manifest.input_names.values()))
@@ -123,8 +120,8 @@ def export_onnx(config: PipelineConfig) -> Path:
     path = layout.onnx_path
     uses_extensions = any(node.domain == EXTENSIONS_DOMAIN for node in model.graph.node)
     # The manifest is the commit point: it stops naming a graph before the file changes and names the new
-    # one after, so a crash in between leaves the SavedModel as the model, never a graph the manifest
-    # does not describe.
+    # one after it passed its check, so a crash or a failed check leaves the SavedModel as the model,
+    # never a graph the manifest does not describe or one that disagrees with it.
     with staged(path) as tmp:
         onnx.save(model, str(tmp))
         graph = OnnxGraph(path=path.name, opset=OPSET, inputs=_signature(model.graph.input),
@@ -132,10 +129,37 @@ def export_onnx(config: PipelineConfig) -> Path:
                           custom_ops_library="onnxruntime_extensions" if uses_extensions else None,
                           sha256=file_sha256(tmp), fingerprint=fingerprints.onnx_fingerprint(manifest.fingerprint))
         dataclasses.replace(manifest, onnx=None).write(layout.model_manifest_path)
-    dataclasses.replace(manifest, onnx=graph).write(layout.model_manifest_path)
+        hand_off = check_graph(config, dataclasses.replace(manifest, onnx=graph), tmp.read_bytes()).check()
+    _record_check(layout, manifest, graph, hand_off)
     log.info("export: %s (%d nodes, opset %d%s)", path, len(model.graph.node), OPSET,
              ", onnxruntime-extensions" if uses_extensions else "")
-    return path
+    return hand_off
+
+
+def check_exported(config: PipelineConfig) -> HandOff:
+    """The graph the manifest names, checked again against the SavedModel where it changed since its check (a
+    graph copied or edited into place): on failure the manifest stops naming it (ParityError)."""
+    layout = config.layout
+    manifest = ModelManifest.read(layout.model_manifest_path)
+    graph = manifest.onnx
+    if graph is None:
+        raise ExportError(f"{layout.model_manifest_path} names no ONNX graph: run `tfbridge export`")
+    onnx_bytes = layout.onnx_path.read_bytes()
+    if hashlib.sha256(onnx_bytes).hexdigest() != graph.sha256:
+        raise DataError(f"{layout.onnx_path} is not the graph {layout.model_manifest_path} records (sha256): "
+                        f"run `tfbridge export`")
+    try:
+        hand_off = check_graph(config, manifest, onnx_bytes).check()
+    except ParityError:
+        dataclasses.replace(manifest, onnx=None).write(layout.model_manifest_path)
+        raise
+    _record_check(layout, manifest, graph, hand_off)
+    return hand_off
+
+
+def _record_check(layout, manifest: ModelManifest, graph: OnnxGraph, hand_off: HandOff) -> None:
+    record = ParityRecord(graph.sha256, hand_off.rows, hand_off.max_abs_diff)
+    dataclasses.replace(manifest, onnx=dataclasses.replace(graph, parity=record)).write(layout.model_manifest_path)
 
 
 def _signature(values) -> dict[str, dict]:
@@ -151,5 +175,11 @@ def _signature(values) -> dict[str, dict]:
 def export_job(config: PipelineConfig) -> None:
     """The stage as a job (`python -m onnx_export`, `tfbridge export`): export, report one line."""
     start = time.monotonic()
-    path = export_onnx(config)
-    print(f"export: {path} ({time.monotonic() - start:.1f} s)")
+    hand_off = export_onnx(config)
+    print(f"export: {config.layout.onnx_path} ({time.monotonic() - start:.1f} s); {describe_check(hand_off)}")
+
+
+def describe_check(hand_off: HandOff) -> str:
+    """One line for the console: the rows checked and the largest difference per output."""
+    diffs = ", ".join(f"{k} {v:.2g}" for k, v in hand_off.max_abs_diff.items())
+    return f"{hand_off.name}: largest difference {diffs}"

@@ -10,6 +10,8 @@ handler has its own test running the ONNX result against TF on fresh inputs.
                                       full float32 accuracy near 0, where log(1 + x) would lose it
   StringToHashBucketFast (OOV ids)    one OOV bucket: every unseen value hashes to bucket 0;
                                       more buckets need FarmHash, which ONNX has not: refused
+  StringLower, StringUpper            StringNormalizer in a named locale, never the host's default:
+  (normalize_text's lower-casing)     "C" for TF's ASCII-only default, C.UTF-8 for encoding="utf-8"
   StringSplitV2 (text to tokens)      ONNX StringSplit (opset 20) back to TF's sparse triple; tabs and
                                       newlines become spaces first, as TF splits on all whitespace
   UnsortedSegmentSum, DenseBincount   ScatterND / ScatterElements with reduction "add" (opset 16+),
@@ -19,9 +21,9 @@ handler has its own test running the ONNX result against TF on fresh inputs.
   RaggedTensorToSparse (token ids     row of each value by CumSum of scattered row starts; tf2onnx's
   to the model's sparse input)        divided by the longest row: 0 in a batch of empty texts
 
-Lower-casing (StringNormalizer), vocabulary lookups (CategoryMapper) and
-regex replacement (onnxruntime-extensions' StringRegexReplace: standard ONNX
-has no regex replace) are tf2onnx's own handlers.
+Vocabulary lookups (CategoryMapper), regex replacement (onnxruntime-extensions'
+StringRegexReplace: standard ONNX has no regex replace) and string equality (its
+StringEqual, with Where: the vocabulary's "" -> VOCABULARY_EMPTY) are tf2onnx's own handlers.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ import numpy as np
 from onnx import TensorProto, numpy_helper
 from tf2onnx import utils
 
-from tfbridge.contracts import PUNCTUATION_AND_WHITESPACE, StageError
+from tfbridge.contracts import StageError
+from tfbridge.contracts.columns import PUNCTUATION_AND_WHITESPACE, TEXT_CASE_LOCALE
 
 
 EXTENSIONS_DOMAIN = "ai.onnx.contrib"  # onnxruntime-extensions
@@ -106,6 +109,22 @@ def string_to_hash_bucket_fast(ctx, node, name, args):
                             f"has no ONNX op): use num_oov_buckets of 0 or 1 for an ONNX export")
     shape = _node(ctx, "Shape", [node.input[0]])
     _take_over(ctx, node, "ConstantOfShape", [shape], value=numpy_helper.from_array(np.zeros([1], np.int64)))
+
+
+def string_case(ctx, node, name, args):
+    """StringLower / StringUpper as StringNormalizer (tf2onnx's lowering) in a locale that says what TF does.
+
+    tf2onnx leaves the locale unset, and onnxruntime then asks the host for en_US.UTF-8, which many hosts
+    lack. TF's default encoding maps ASCII letters only: locale "C". With encoding="utf-8" TF maps every
+    letter (ICU): locale C.UTF-8, glibc's Unicode mapping. The two agree on every letter of TF's Unicode
+    13 except the final-sigma and İ rules, which normalize_text's next passes make equal (see
+    tfbridge.contracts.columns); letters added in Unicode 14 and later only onnxruntime may map.
+    """
+    from tf2onnx.custom_opsets.string_ops import StringLower
+
+    unicode = node.get_attr_value("encoding", b"") == b"utf-8"
+    StringLower.version_10(ctx, node)
+    node.set_attr("locale", TEXT_CASE_LOCALE if unicode else "C")
 
 
 def _whitespace_already_spaces(ctx, text: str) -> bool:
@@ -255,6 +274,8 @@ HANDLERS = {
     "Log1p": (log1p, []),
     "Expm1": (expm1, []),
     "StringToHashBucketFast": (string_to_hash_bucket_fast, []),
+    "StringLower": (string_case, []),
+    "StringUpper": (string_case, []),
     "StringSplitV2": (string_split_v2, []),
     "UnsortedSegmentSum": (unsorted_segment_sum, []),
     "DenseBincount": (dense_bincount, []),

@@ -13,7 +13,7 @@ def load_model(model_dir: str | Path):
         model = load_model("runs/demo/model")
         outputs = model.predict(pandas_frame_or_arrow_table)   # {"prediction": ...}
     """
-    from spark_infer.udf import ScoringModel
+    from tfbridge.scoring import ScoringModel
 
     return ScoringModel.load(model_dir)
 
@@ -25,7 +25,7 @@ def scoring_udf(model_path: str | Path, *, threads: int | None = None, use_gpu: 
     threads: intra-op threads per session, default `spark.task.cpus` (1).
     use_gpu: use CUDA when the executor's onnxruntime has it.
     """
-    from spark_infer.udf import ScoringModel
+    from tfbridge.scoring import ScoringModel
 
     return _udf(ScoringModel.load(model_path), threads, use_gpu)
 
@@ -61,7 +61,7 @@ def score(df, model, output_col: str = "prediction", *, threads: int | None = No
     """
     from pyspark.sql import functions as F
 
-    from spark_infer.udf import ScoringModel
+    from tfbridge.scoring import ScoringModel
 
     if not isinstance(model, ScoringModel):
         model = ScoringModel.load(model)
@@ -115,7 +115,7 @@ def model_inputs(model):
     """
     from pyspark.sql import functions as F
 
-    from spark_infer.udf import ScoringModel
+    from tfbridge.scoring import ScoringModel
 
     if not isinstance(model, ScoringModel):
         model = ScoringModel.load(model)

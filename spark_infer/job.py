@@ -8,8 +8,10 @@ before Spark runs a task; a file Spark cannot read, a CSV value that does not
 parse, or nulls in a column the model does not impute fail the job with a
 DataError naming the file or the column. The output is written by Spark's
 committer into a staging directory beside the target and renamed into place
-when the job succeeded, so a failed job leaves no partial output and an
-earlier one stays intact.
+when the job succeeded and its first rows, scored again by onnxruntime in this
+process, agree with what Spark wrote (`check_scores`); so a failed job leaves no
+partial output, a job beyond tolerance leaves none either, and an earlier one
+stays intact.
 """
 
 from __future__ import annotations
@@ -23,11 +25,16 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 from pyspark.sql import functions as F
 
 from spark_infer import column_ref, score
-from spark_infer.udf import MissingValues, ScoringModel
+from tfbridge.scoring import MissingValues, ScoringModel
+from tfbridge.scoring.parity import CHECK_ROWS, SPARK_VS_ONNXRUNTIME, HandOff, compare
 from tfbridge.contracts import (CSV_NULL_VALUES, DATA_FORMATS, SCORE_RECORD, DataError, ModelManifest, fingerprints,
                                 staged, write_json_atomic)
 
@@ -103,6 +110,7 @@ _NOT_A_NUMBER = re.compile(rf"(column '[^']+' of .*? {re.escape(NOT_A_NUMBER)} '
 _UNREADABLE_FILE = re.compile(r"Encountered error while reading file (\S+?)\.?(?:\s|$)([^\n]*)")
 _CAUSE = re.compile(r"Caused by: [\w.$]+(?:: (?:\[[A-Z_.]+\] )?([^\n]+))?")
 _MISSING = re.compile(rf"column '([^']+)' {re.escape(MissingValues.MARKER)}")
+_WORKER_DATA_ERROR = re.compile(r"tfbridge\.contracts\.errors\.DataError: ([^\n]+)")  # e.g. a value beyond float32
 
 
 def input_error(error: Exception, df, input_path: str) -> DataError | None:
@@ -115,9 +123,13 @@ def input_error(error: Exception, df, input_path: str) -> DataError | None:
     if missing:  # the UDF saw nulls in one batch: count them over the whole input for the message
         name = missing.group(1)
         column = F.col(column_ref(name))
-        is_missing = column.isNull() | F.isnan(column) if df.schema[name].dataType.simpleString() != "string" \
-            else column.isNull()
-        return MissingValues(name, df.filter(is_missing).count(), df.count(), where=f"of {input_path}")
+        is_missing = column.isNull() | F.isnan(column) | (F.abs(column) == float("inf")) \
+            if df.schema[name].dataType.simpleString() != "string" else column.isNull()
+        missing_rows, rows = df.agg(F.sum(is_missing.cast("long")), F.count(F.lit(1))).first()  # one pass
+        return MissingValues(name, missing_rows or 0, rows, where=f"of {input_path}")
+    worker_data_error = _WORKER_DATA_ERROR.search(text)
+    if worker_data_error:
+        return DataError(worker_data_error.group(1))
     unreadable = _UNREADABLE_FILE.search(text)
     if unreadable:
         path = re.sub(r"^file:(//)?", "", unreadable.group(1))
@@ -129,6 +141,8 @@ def input_error(error: Exception, df, input_path: str) -> DataError | None:
 
 def run_score(model_dir: str, input_path: str, output: str, master: str | None = None, mode: str = "error",
               id_column: str | None = None, spark=None, fmt: str | None = None) -> ScoreResult:
+    """Scores the input into `output`, committed only once Spark's scores agree with onnxruntime here
+    (`check_scores`): a job beyond tolerance raises ParityError and leaves any earlier output intact."""
     if mode not in MODES:
         raise DataError(f"--mode must be one of {MODES}, got {mode!r}")
     # Absolute paths: Spark's JVM resolves relative ones against its own working directory.
@@ -140,6 +154,7 @@ def run_score(model_dir: str, input_path: str, output: str, master: str | None =
         raise DataError(f"input {input_path} does not exist")
     start = time.monotonic()
     model = ScoringModel.load(model_dir)
+    owned = spark is None and _active_session() is None  # a session this job starts, it stops
     spark = spark or spark_session(master)
     df = None
     try:
@@ -153,10 +168,16 @@ def run_score(model_dir: str, input_path: str, output: str, master: str | None =
             scored = scored.select(*[F.col(column_ref(c)) for c in [*kept, *predictions]])
             job_start = time.monotonic()
             scored.write.parquet(str(staging))
+            job_seconds = time.monotonic() - job_start
             rows = sum(pq.ParquetFile(part).metadata.num_rows for part in staging.glob("*.parquet"))
+            if id_column:
+                _check_unique_ids(staging, id_column, input_path, rows)
+            if model.onnx_bytes is not None:
+                hand_off = check_scores(model, _written_rows(staging, df, model, id_column)).check()
+                log.info("score: %s, largest differences %s", hand_off.name, hand_off.max_abs_diff)
             # seconds: the whole job, Spark's start included; job_seconds: the Spark job that read, scored, wrote.
             write_json_atomic({"rows": rows, "seconds": time.monotonic() - start, "input": input_path,
-                               "job_seconds": time.monotonic() - job_start, "model": model_dir,
+                               "job_seconds": job_seconds, "model": model_dir,
                                "output": str(final), "fingerprint": fingerprints.scores_fingerprint(model.manifest,
                                                                               sorted(glob.glob(input_path)))},
                               staging / SCORE_RECORD)
@@ -165,9 +186,57 @@ def run_score(model_dir: str, input_path: str, output: str, master: str | None =
         if explained is None:
             raise
         raise explained from None
+    finally:
+        if owned:
+            spark.stop()
     seconds = time.monotonic() - start
     log.info("score: %s rows -> %s in %.1f s", f"{rows:,}", final, seconds)
     return ScoreResult(final, rows, seconds)
+
+
+def _active_session():
+    from pyspark.sql import SparkSession
+
+    return SparkSession.getActiveSession()
+
+
+def check_scores(model: ScoringModel, table, output_col: str = "prediction") -> HandOff:
+    """Rows Spark scored (a pyarrow Table or pandas frame holding the model's input columns and the predictions
+    Spark wrote) scored again by onnxruntime in this process, row by row."""
+    frame = table if isinstance(table, pd.DataFrame) else table.to_pandas()
+    if model.manifest.task == "regression":
+        spark_out = {"prediction": frame[output_col].to_numpy()}
+    else:
+        spark_out = {"label": frame[output_col].to_numpy(dtype=object),
+                     "probabilities": np.stack(frame[f"{output_col}_probabilities"].to_list())}
+
+    def describe(i: int) -> str:
+        values = ", ".join(f"{name}={frame[name].iloc[i]!r}" for name in model.manifest.inputs)
+        return f"scored row {i} ({values})"
+
+    return compare("Spark vs onnxruntime (scored rows)", model.predict(frame), spark_out, SPARK_VS_ONNXRUNTIME,
+                   describe)
+
+
+def _written_rows(staging: Path, df, model: ScoringModel, id_column: str | None) -> pd.DataFrame:
+    """Up to CHECK_ROWS rows Spark wrote, with the input columns the model read (joined back by id when only the
+    id was written)."""
+    written = pads.dataset(str(staging), format="parquet").head(CHECK_ROWS).to_pandas()
+    if not id_column:
+        return written
+    ids = written[id_column].tolist()
+    inputs = (df.filter(F.col(column_ref(id_column)).isin(ids))
+              .select(*[F.col(column_ref(c)) for c in dict.fromkeys([id_column, *model.manifest.inputs])]).toPandas())
+    return written.merge(inputs, on=id_column, how="left", validate="one_to_one")
+
+
+def _check_unique_ids(staging: Path, id_column: str, input_path: str, rows: int) -> None:
+    ids = pads.dataset(str(staging), format="parquet").to_table(columns=[id_column]).column(id_column)
+    distinct = len(pc.unique(ids))
+    if distinct != rows:
+        raise DataError(f"--id-column '{id_column}' is not unique in {input_path}: {rows - distinct:,} of "
+                        f"{rows:,} rows repeat an id, so predictions could not be joined back by it; give a "
+                        f"column with one value per row")
 
 
 def _model_columns(df, model: ScoringModel, id_column: str):

@@ -56,7 +56,7 @@ def tf_inputs(feeds: dict[str, np.ndarray]) -> dict:
 
 def onnx_session(model):
     """onnxruntime on the CPU with the text-op library loaded as the scorer loads it; `model` is a path or bytes."""
-    from spark_infer.session import make_session
+    from tfbridge.scoring.session import make_session
 
     return make_session(model, text_ops=True)
 
@@ -65,7 +65,8 @@ def check_hand_offs(layout, raw, id_column: str, scores_id_column: str, task: st
                     spark=None, parquet=None) -> None:
     """After `tfbridge run`: SavedModel vs ONNX on every raw row (regression within 1e-5 of the label's spread
     or 1e-4 relative; labels equal, probabilities within 1e-5), then the Spark scores the run wrote vs ONNX,
-    joined by id (1e-6 relative); with `spark` and a `parquet` input, also `spark_infer.score()` on it.
+    joined by id: the same graph on the same float32 inputs, so within 1e-6 relative (no absolute slack) and
+    probabilities within 1e-6; with `spark` and a `parquet` input, also `spark_infer.score()` on it.
     `raw` is a pandas frame of the raw rows with the user's column names."""
     import pyarrow.parquet as pq
     import tensorflow as tf
@@ -76,7 +77,7 @@ def check_hand_offs(layout, raw, id_column: str, scores_id_column: str, task: st
     onnx_out = _decoded(model.predict(raw))
     signature = tf.saved_model.load(str(layout.saved_model_dir)).signatures["serving_default"]
     saved_out = _decoded({k: v.numpy() for k, v in signature(**tf_inputs(model.feeds(raw))).items()})
-    _assert_outputs_agree(onnx_out, saved_out, task, 1e-4, spread)
+    _assert_outputs_agree(onnx_out, saved_out, task, rtol=1e-4, atol=1e-5 * spread, p_atol=1e-5)
 
     position = {str(v): i for i, v in enumerate(raw[id_column])}
     assert len(position) == len(raw), "ids must be unique"
@@ -88,15 +89,16 @@ def check_hand_offs(layout, raw, id_column: str, scores_id_column: str, task: st
         order = [position[str(v)] for v in scores[scores_id_column]]
         spark_out = {"prediction": scores["prediction"].to_numpy()} if task == "regression" else {
             "label": scores["prediction"].to_numpy(), "probabilities": list(scores["prediction_probabilities"])}
-        _assert_outputs_agree(spark_out, {k: np.asarray(v)[order] for k, v in onnx_out.items()}, task, 1e-6, spread)
+        _assert_outputs_agree(spark_out, {k: np.asarray(v)[order] for k, v in onnx_out.items()}, task, rtol=1e-6,
+                              atol=0.0, p_atol=1e-6)
 
 
-def _assert_outputs_agree(got: dict, want: dict, task: str, rtol: float, spread: float) -> None:
+def _assert_outputs_agree(got: dict, want: dict, task: str, rtol: float, atol: float, p_atol: float) -> None:
     if task == "regression":
-        np.testing.assert_allclose(got["prediction"], want["prediction"], rtol=rtol, atol=1e-5 * spread)
+        np.testing.assert_allclose(got["prediction"], want["prediction"], rtol=rtol, atol=atol)
         return
     assert list(got["label"]) == list(want["label"])
-    np.testing.assert_allclose(np.stack(got["probabilities"]), np.stack(want["probabilities"]), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(np.stack(got["probabilities"]), np.stack(want["probabilities"]), rtol=0, atol=p_atol)
 
 
 def _decoded(outputs: dict) -> dict:

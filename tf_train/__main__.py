@@ -5,4 +5,5 @@ import sys
 from tfbridge.jobs import run_config_job
 
 if __name__ == "__main__":
-    sys.exit(run_config_job("python -m tf_train", __doc__, "tf_train.worker:run_worker"))
+    # No lock on the output: the workers of one cluster all write it (under `tfbridge train` its launcher holds it).
+    sys.exit(run_config_job("python -m tf_train", __doc__, "tf_train.worker:run_worker", lock_output=False))

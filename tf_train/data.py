@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 MAX_CLASSES = 1000
 EVAL_BATCH = 8192
 MIN_DEFAULT_BATCH, MAX_DEFAULT_BATCH = 16, 256
+UNSEEN_RATE = 0.02  # of a vocabulary feature's training ids, given an unseen value's id (unseen_ids_in_training)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -245,9 +246,54 @@ def train_dataset(data: TrainingData, pipeline_id: int, num_pipelines: int, per_
         raise DataError(f"input pipeline {pipeline_id} of {num_pipelines} has no shard file "
                         f"({len(data.train_files)} shards): use at most {len(data.train_files)} workers")
     sizes = sub_batches(per_replica_batch, len(files))
-    used = [(file, seed + data.train_files.index(file), size) for file, size in zip(files, sizes) if size]
-    batches = shard_reader(data).train_batches(*map(list, zip(*used)))
-    return batches.map(batch_converter(data), num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    used = [(data.train_files.index(file), size) for file, size in zip(files, sizes) if size]
+    batches = shard_reader(data).train_batches(files=[data.train_files[i] for i, _ in used],
+                                               seeds=[seed + i for i, _ in used], sizes=[size for _, size in used])
+    convert, show_unseen = batch_converter(data), unseen_ids_in_training(data.features, used, seed)
+    return (batches.enumerate().map(lambda step, columns: show_unseen(step, *convert(columns)),
+                                    num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE))
+
+
+def unseen_ids_in_training(features: dict[str, FeatureOutput], files: list[tuple[int, int]], seed: int):
+    """A map over (step, model inputs, target) that gives UNSEEN_RATE of each vocabulary feature's ids (a row's
+    id, each of its tokens) the id of a value outside the vocabulary, one of its OOV ids at random.
+
+    Without it a vocabulary that holds every training value (any low-cardinality column) never trains its OOV
+    row, and a value first seen at scoring time is predicted from the row's random initial value: by the seed.
+    Trained so, the row learns what a value of the column does on average (weighed by how often each occurs).
+    Bucket ids have no unseen values (FeatureOutput.unseen_ids is None) and stay as they are; validation, eval
+    and the export never pass here.
+
+    The draws are stateless, keyed by (seed, shard file, step, feature): `files` are the batch's files in
+    order, (index in the split, rows in the batch), so a row gets the same draw for any number of workers.
+    """
+    replaced = [(index, graph_input_name(name), output.unseen_ids)
+                for index, (name, output) in enumerate(sorted(features.items()))
+                if output.unseen_ids and output.kind in (FeatureKind.IDS, FeatureKind.TOKEN_IDS)]
+
+    def draws(step, feature: int, ids):
+        """Uniform [0, 1) per id, each file's rows from their own key. Token ids are drawn [tokens, rows] and
+        transposed: a token's draw does not depend on how far the batch is padded (its widest row)."""
+        parts = []
+        for file, rows in files:
+            key = tf.random.experimental.stateless_fold_in(
+                tf.random.experimental.stateless_fold_in(tf.constant([seed, file], tf.int64), step), feature)
+            if ids.shape.rank == 1:
+                parts.append(tf.random.stateless_uniform([rows], key))
+            else:
+                parts.append(tf.transpose(tf.random.stateless_uniform([tf.shape(ids)[1], rows], key)))
+        return tf.concat(parts, 0)
+
+    def show_unseen(step, inputs, y):
+        inputs = dict(inputs)
+        for feature, name, (start, stop) in replaced:
+            ids, draw = inputs[name], draws(step, feature, inputs[name])
+            # draw / UNSEEN_RATE is uniform on [0, 1) where draw < UNSEEN_RATE: it picks the OOV id
+            unseen = tf.minimum(start + tf.cast(draw / UNSEEN_RATE * (stop - start), tf.int64), stop - 1)
+            inputs[name] = tf.where((draw < UNSEEN_RATE) & (ids >= 0), unseen, ids)  # PAD_ID stays
+        return inputs, y
+
+    return show_unseen
 
 
 def batch_converter(data: TrainingData, raw_label: bool = False):

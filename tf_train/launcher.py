@@ -21,16 +21,19 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 
 import yaml
 
-from tfbridge.contracts import DataError, PipelineConfig, TrainingError, fingerprints
+from tfbridge.contracts import DataError, PipelineConfig, TrainingError, fingerprints, remove_staging
 
 log = logging.getLogger(__name__)
 
 TAIL_LINES = 30
 STOP_GRACE_S = 10
-BACKUP_FINGERPRINT = ".backup-fingerprint"  # under model/: the training run that backup/ belongs to
+# Under model/: the training run that backup/ belongs to. One name for every run, as backup/ is: the next run
+# must find it, and `tfbridge` lets one run at a time write an output (tfbridge.contracts.output_lock).
+BACKUP_FINGERPRINT = ".backup-fingerprint"
 
 
 def free_ports(count: int) -> list[int]:
@@ -92,8 +95,9 @@ class _Worker:
         self._thread.join(5)
 
 
-def launch(config: PipelineConfig, workers: int, retries: int = 0, out=None) -> None:
-    """Trains on `workers` local processes; restarts the cluster from its backup up to `retries` times."""
+def launch(config: PipelineConfig, workers: int, retries: int = 0, out=None) -> int | None:
+    """Trains on `workers` local processes; restarts the cluster from its backup up to `retries` times.
+    Returns the epochs an interrupted run had finished when this one resumed from its backup, else None."""
     from tf_train.data import describe, load_training_data
     from tf_train.worker import HISTORY_FILE
 
@@ -108,21 +112,24 @@ def launch(config: PipelineConfig, workers: int, retries: int = 0, out=None) -> 
     # A backup is resumed only by the run that made it (an interrupted one, run again): another run starts afresh.
     fingerprint = fingerprints.model_fingerprint(config, data.manifest.fingerprint)
     marker = layout.model_dir / BACKUP_FINGERPRINT
+    resumed_after = None
     if layout.backup_dir.exists() and marker.exists() and marker.read_text() == fingerprint:
-        log.info("train: resuming from the backup after epoch %d of %d", epochs_done(config), config.train.epochs)
+        resumed_after = epochs_done(config)
+        log.info("train: resuming from the backup after epoch %d of %d", resumed_after, config.train.epochs)
     else:
         shutil.rmtree(layout.backup_dir, ignore_errors=True)
         (layout.model_dir / HISTORY_FILE).unlink(missing_ok=True)
         marker.write_text(fingerprint)
-    config_path = layout.model_dir / ".launch-config.yaml"
+    # Named for this launch: the file is this process's to delete, whatever else runs beside it.
+    config_path = layout.model_dir / f".launch-config-{os.getpid()}-{uuid.uuid4().hex[:8]}.yaml"
     config_path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     command = [sys.executable, "-m", "tf_train", "--config", str(config_path)]
     try:
         for attempt in range(retries + 1):
-            failed = _run_cluster(command, workers, out)
+            failed = _run_cluster(command, workers, out, layout.model_dir)
             if failed is None:
                 marker.unlink(missing_ok=True)
-                return
+                return resumed_after
             code, index, tail = failed
             if attempt < retries:
                 log.warning("train: worker %d exited with %s; restarting all %d workers from the last backup "
@@ -132,12 +139,11 @@ def launch(config: PipelineConfig, workers: int, retries: int = 0, out=None) -> 
                                 + "\n".join(tail))
     finally:
         config_path.unlink(missing_ok=True)
-        for left in layout.model_dir.glob(".*-staging-*"):  # a stopped worker's export, never renamed into place
-            shutil.rmtree(left, ignore_errors=True)
 
 
-def _run_cluster(command: list[str], workers: int, out):
-    """Runs one attempt: None when every worker finished, else (exit status, worker index, its tail)."""
+def _run_cluster(command: list[str], workers: int, out, model_dir):
+    """Runs one attempt: None when every worker finished, else (exit status, worker index, its tail). What the
+    workers leave unfinished in `model_dir` (a stopped chief's export) is deleted once they are stopped."""
     ports = free_ports(workers)
     procs = []
     for index in range(workers):
@@ -162,6 +168,7 @@ def _run_cluster(command: list[str], workers: int, out):
     finally:
         for w in procs:
             w.stop(grace_s)
+        remove_staging(model_dir, [w.process.pid for w in procs])
 
 
 def epochs_done(config: PipelineConfig) -> int:
@@ -171,11 +178,3 @@ def epochs_done(config: PipelineConfig) -> int:
     path = config.layout.model_dir / HISTORY_FILE
     return len(json.loads(path.read_text())) if path.exists() else 0
 
-
-def train_job(config: PipelineConfig, workers: int | None, retries: int) -> None:
-    """`tfbridge train`: the embedded cluster, then one line with the eval metrics."""
-    start = time.monotonic()
-    launch(config, workers or config.train.workers, retries)
-    metrics = json.loads(config.layout.metrics_path.read_text())
-    print(f"train: {config.layout.saved_model_dir} ({time.monotonic() - start:.1f} s); "
-          f"eval {json.dumps(metrics['eval'])}")

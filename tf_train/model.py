@@ -35,7 +35,10 @@ def embedding_dim(width: int, config: TrainConfig) -> int:
 
 
 class IdEmbedding(tf_keras.layers.Layer):
-    """Embeds ids in [0, width); any other id (e.g. -1 for a vocabulary with no OOV bucket) gets its own row."""
+    """Embeds ids in [0, width); any other id (e.g. -1 for a vocabulary with no OOV bucket) gets its own row.
+
+    The rows of a vocabulary's unseen values (its OOV buckets, or that row) are trained on rows that the input
+    pipeline gives their ids (tf_train.data.unseen_ids_in_training), not left at their random initial values."""
 
     def __init__(self, width: int, dim: int, **kwargs):
         super().__init__(**kwargs)
@@ -205,10 +208,11 @@ class RawFeaturesModel(tf.Module):
         return predictions(out, self._label)
 
     def _tft_input(self, name: str, x: tf.Tensor):
-        """A [batch] column as TFT reads it: [batch, 1] dense, or sparse without the missing values."""
+        """A [batch] column as TFT reads it: [batch, 1] dense, or sparse without the missing values: "" for
+        a string, NaN or ±inf for a number (tfbridge.contracts.model_numbers), so the graph imputes both."""
         if not self._inputs[name].nullable:
             return tf.expand_dims(x, 1)
-        present = tf.not_equal(x, "") if x.dtype == tf.string else tf.logical_not(tf.math.is_nan(x))
+        present = tf.not_equal(x, "") if x.dtype == tf.string else tf.math.is_finite(x)
         rows = tf.where(present)
         indices = tf.concat([rows, tf.zeros_like(rows)], axis=1)
         return tf.SparseTensor(indices, tf.boolean_mask(x, present), tf.stack([tf.shape(x, tf.int64)[0], 1]))

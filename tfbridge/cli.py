@@ -31,7 +31,7 @@ from pathlib import Path
 import yaml
 
 from tfbridge.console import Console
-from tfbridge.contracts import PipelineConfig
+from tfbridge.contracts import PipelineConfig, output_lock
 from tfbridge.jobs import run_job
 
 
@@ -93,7 +93,9 @@ def run_stages(args: argparse.Namespace, beam_args: list[str], console: Console)
     """The command's stages in order, each with its line on the console. `run` and `demo` skip a stage whose
     output is up to date (its recorded fingerprint matches), unless --force or --from says to redo it."""
     if args.command == "score":
-        result = score_stage(console, Path(args.output).resolve().parent / "logs", args.model, args.input,
+        # Its log beside its output (scores/ -> scores.log): never a run's own logs/score.log.
+        output = Path(args.output).resolve()
+        result = score_stage(console, output.with_name(f"{output.name}.log"), args.model, args.input,
                              args.output, args.master, args.mode, args.id_column, args.format)
         console.line(f"scores: {result.output}")
         return
@@ -103,15 +105,19 @@ def run_stages(args: argparse.Namespace, beam_args: list[str], console: Console)
     resumable = args.command in ("run", "demo")
     redo_from = STAGES.index(args.from_stage) if resumable and args.from_stage else (
         0 if not resumable or args.force else len(STAGES))
-    for name in COMMAND_STAGES[args.command]:
-        if STAGES.index(name) < redo_from:
-            why = up_to_date(name, config)
-            if why:
-                console.skipped(name, why)
-                continue
-        _RUNNERS[name](config, args, beam_args, console)
-    if resumable:
-        console.line(summary(config, json.loads(config.layout.report_results_path.read_text())))
+    with output_lock(config.layout.root):  # from the first stage's check to the summary: no other run writes here
+        for name in COMMAND_STAGES[args.command]:
+            if STAGES.index(name) < redo_from:
+                why = up_to_date(name, config)
+                if why:
+                    console.skipped(name, why)
+                    continue
+                if name == "export" and graph_to_recheck(config):
+                    recheck_export_stage(config, console)
+                    continue
+            _RUNNERS[name](config, args, beam_args, console)
+        if resumable:
+            console.line(summary(config, json.loads(config.layout.report_results_path.read_text())))
 
 
 def up_to_date(stage: str, config: PipelineConfig) -> str | None:
@@ -129,7 +135,8 @@ def up_to_date(stage: str, config: PipelineConfig) -> str | None:
             done = model.fingerprint == fingerprints.model_fingerprint(config, features.fingerprint)
             return f"{layout.saved_model_dir} is up to date" if done else None
         if stage == "export":
-            done = model.onnx is not None and model.onnx.fingerprint == fingerprints.onnx_fingerprint(model.fingerprint)
+            done = (model.onnx is not None and model.onnx.proven
+                    and model.onnx.fingerprint == fingerprints.onnx_fingerprint(model.fingerprint))
             return f"{layout.onnx_path} is up to date" if done else None
         if stage == "score":
             recorded = json.loads(layout.score_record_path.read_text())["fingerprint"]
@@ -139,6 +146,18 @@ def up_to_date(stage: str, config: PipelineConfig) -> str | None:
         return f"{layout.report_path} is up to date" if recorded == fingerprints.report_fingerprint(layout) else None
     except (OSError, ValueError, KeyError, DataError):  # not there, or written by an older version: redo it
         return None
+
+
+def graph_to_recheck(config: PipelineConfig) -> bool:
+    """The manifest names a graph made from today's model that changed since its parity check."""
+    from tfbridge.contracts import DataError, ModelManifest, fingerprints
+
+    try:
+        model = ModelManifest.read(config.layout.model_manifest_path)
+    except (OSError, ValueError, KeyError, DataError):
+        return False
+    return (model.onnx is not None and not model.onnx.proven
+            and model.onnx.fingerprint == fingerprints.onnx_fingerprint(model.fingerprint))
 
 
 def _working() -> tuple[int, None]:
@@ -163,27 +182,41 @@ def train_stage(config: PipelineConfig, args, beam_args: list[str], console: Con
         from tf_train.launcher import epochs_done, launch
 
         stage.track("epochs", lambda: (epochs_done(config), config.train.epochs))
-        launch(config, workers, args.retries)
+        resumed_after = launch(config, workers, args.retries)
         metrics = json.loads(config.layout.metrics_path.read_text())
         figures = ", ".join(f"{k} {_figure(v)}" for k, v in metrics["eval"].items() if k != "rows")
         fitting = metrics["fitting"]
         epochs = (f"{fitting['epochs']} epochs" if fitting["epochs"] == fitting["kept_epoch"]
                   else f"{fitting['epochs']} epochs (kept {fitting['kept_epoch']})")
+        if resumed_after is not None:
+            epochs += f", resumed after epoch {resumed_after}"
         stage.result = (f"{epochs} on {workers} worker(s){', eval ' + figures if figures else ''}"
                         f" → {config.layout.saved_model_dir}")
 
 
 def export_stage(config: PipelineConfig, args, beam_args: list[str], console: Console) -> None:
     with console.stage("export", config.layout.logs_dir) as stage:
-        from onnx_export.convert import export_onnx
+        from onnx_export.convert import describe_check, export_onnx
 
-        stage.track("converting the SavedModel", _working)
-        stage.result = f"→ {export_onnx(config)}"
+        stage.track("converting the SavedModel, then checking the graph against it", _working)
+        hand_off = export_onnx(config)
+        stage.result = f"→ {config.layout.onnx_path}; {describe_check(hand_off)}"
+
+
+def recheck_export_stage(config: PipelineConfig, console: Console) -> None:
+    """A graph up to date but changed since its parity check (copied or edited into place): checked again
+    against the SavedModel before anything scores with it."""
+    with console.stage("export", config.layout.logs_dir) as stage:
+        from onnx_export.convert import check_exported, describe_check
+
+        stage.track("checking the graph against the SavedModel", _working)
+        hand_off = check_exported(config)
+        stage.result = f"{config.layout.onnx_path} changed since its check, checked again; {describe_check(hand_off)}"
 
 
 def run_score_stage(config: PipelineConfig, args, beam_args: list[str], console: Console) -> None:
     # A rerun replaces its scores, as it replaces its features and model.
-    score_stage(console, config.layout.logs_dir, str(config.layout.model_dir), config.data.pattern(),
+    score_stage(console, config.layout.logs_dir / "score.log", str(config.layout.model_dir), config.data.pattern(),
                 str(config.layout.scores_dir), args.master, "overwrite", fmt=config.data.format)
 
 
@@ -199,8 +232,8 @@ _RUNNERS = {"features": features_stage, "train": train_stage, "export": export_s
             "report": report_stage}
 
 
-def score_stage(console: Console, logs: Path, *args, **kwargs):
-    with console.stage("score", logs) as stage:
+def score_stage(console: Console, log: Path, *args, **kwargs):
+    with console.stage("score", log.parent, log.name) as stage:
         from spark_infer.job import run_score, scoring_progress
 
         stage.track("Spark tasks", scoring_progress)
@@ -210,6 +243,9 @@ def score_stage(console: Console, logs: Path, *args, **kwargs):
 
 
 def _command_config(args: argparse.Namespace) -> PipelineConfig:
+    """The config the command runs. `report --output DIR` takes the one its run recorded (an artifact): it
+    gives the report its paths and data; a `preprocessing_fn` it names is never imported on the report's
+    way (only a config the user passes names code), and the recorded `output` gives way to DIR."""
     if args.command == "demo":
         return demo_config(args.output)
     if args.command == "report" and args.output:

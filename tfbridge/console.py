@@ -65,9 +65,10 @@ class Console:
         self.out.print(text)
 
     @contextlib.contextmanager
-    def stage(self, name: str, logs_dir: Path) -> Iterator[Stage]:
-        """Runs a stage's block with its output in `<logs_dir>/<name>.log`; prints ✓ or ✗, the time and its result."""
-        log_path = Path(logs_dir) / f"{name}.log"
+    def stage(self, name: str, logs_dir: Path, log_file: str | None = None) -> Iterator[Stage]:
+        """Runs a stage's block with its output in `<logs_dir>/<log_file>` (default `<name>.log`); prints ✓ or ✗,
+        the time and its result."""
+        log_path = Path(logs_dir) / (log_file or f"{name}.log")
         start = time.monotonic()
         progress = None if self.verbose or not self.out.is_terminal else rich.progress.Progress(
             rich.progress.SpinnerColumn(), rich.progress.TextColumn(f"{name:<9}" + "{task.description}"),

@@ -1,20 +1,25 @@
 """How a stage runs as a job: the same logging and exit codes under `python -m <stage>` and `tfbridge`.
 
 Exit codes: 0 done; 2 bad config or input (ConfigError, DataError: the message names the file, the
-key or the column); 1 a stage failed (a training worker died, an op has no ONNX lowering, a
-library misbehaves in this process); 130 interrupted (Ctrl-C).
+key or the column), or an output another run is writing ("another tfbridge run (pid N) is writing to
+<output>": `tfbridge.contracts.output_lock`, held by every `tfbridge` command and stage job that writes
+under a config's output, the training worker excepted, whose launcher holds it); 1 a stage failed (a
+training worker died, an op has no ONNX lowering, a library misbehaves in this process); 130
+interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import os
 import sys
 from typing import Callable
 
-from tfbridge.contracts import BrokenRuntimeError, ConfigError, DataError, PipelineConfig, StageError, TrainingError
+from tfbridge.contracts import (BrokenRuntimeError, ConfigError, DataError, PipelineConfig, StageError, TrainingError,
+                                output_lock)
 
 EXIT_BAD_INPUT = 2
 EXIT_STAGE_FAILED = 1
@@ -51,17 +56,20 @@ def run_job(run: Callable[[], None]) -> int:
 
 
 def run_config_job(prog: str, description: str, job: str, argv: list[str] | None = None,
-                   beam_args: bool = False) -> int:
+                   beam_args: bool = False, lock_output: bool = True) -> int:
     """`python -m <stage> --config C`: parses the config and runs `job(config)` (job: "module:function",
     imported after the arguments parse, so `--help` starts no TensorFlow), or `job(config, beam_args)`
-    with the options it does not know passed on (Beam's pipeline options)."""
+    with the options it does not know passed on (Beam's pipeline options), holding the config's output
+    (`output_lock`) unless `lock_output` is False: a training worker is one of a cluster's processes that
+    write one output together, under the lock of whoever launched them."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--config", required=True, help="pipeline config (YAML)")
     args, extra = parser.parse_known_args(argv) if beam_args else (parser.parse_args(argv), None)
 
     def run() -> None:
-        module, _, function = job.partition(":")
-        getattr(importlib.import_module(module), function)(PipelineConfig.from_yaml(args.config),
-                                                          *([extra] if beam_args else []))
+        config = PipelineConfig.from_yaml(args.config)
+        with output_lock(config.layout.root) if lock_output else contextlib.nullcontext():
+            module, _, function = job.partition(":")
+            getattr(importlib.import_module(module), function)(config, *([extra] if beam_args else []))
 
     return run_job(run)

@@ -16,6 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 import apache_beam as beam
 import numpy as np
 
+from tfbridge.contracts import DataError
+
 # Candidate lambdas: a 0.05 grid over [-4, 4], offset by half a step so that no
 # candidate is exactly 0. The maximum is refined by a quartic through the five
 # grid points around it; this agrees with scipy's Brent search to ~1e-5.
@@ -59,7 +61,7 @@ class PowerMoments:
     def of_chunk(cls, kind: str, x: np.ndarray) -> "PowerMoments":
         x = x.astype(np.float64)
         grid = LAMBDA_GRID[:, None]
-        with np.errstate(over="ignore", invalid="ignore"):
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # log(0): see extract_output
             if kind == "box_cox":
                 t = np.log(x)
                 shift = float(t.mean())
@@ -137,12 +139,14 @@ class PowerMoments:
         return float(mean), float(np.sqrt(var))
 
     def best_lambda(self, kind: str) -> float:
+        """The maximum-likelihood lambda; NaN when no candidate has a finite likelihood (values the transform
+        cannot take, e.g. 0 for Box-Cox), which the combiner reports rather than hiding behind a default."""
         if self.n < 2 or self.lo == self.hi:
             # An empty or constant column: every lambda is as good; 1 is the identity (shifted).
             return 1.0
         llf = self.log_likelihood(kind)
         if not np.isfinite(llf).any():
-            return 1.0
+            return float("nan")
         return refine_maximum(LAMBDA_GRID, llf)
 
 
@@ -173,10 +177,11 @@ def refine_maximum(grid: np.ndarray, values: np.ndarray) -> float:
 
 class PowerLambdaCombineFn(beam.CombineFn):
     """Beam combiner over batches of one column: accumulators are `PowerMoments`. Its output is the lambda, and
-    with `with_moments` also the mean and standard deviation of the transformed column (`output_moments`)."""
+    with `with_moments` also the mean and standard deviation of the transformed column (`output_moments`).
+    A lambda or moment that is not finite is a DataError naming `column`: never a silent default."""
 
-    def __init__(self, kind: str, with_moments: bool = False):
-        self._kind, self._with_moments = kind, with_moments
+    def __init__(self, kind: str, column: str, with_moments: bool = False):
+        self._kind, self._column, self._with_moments = kind, column, with_moments
 
     def create_accumulator(self):
         return PowerMoments.empty()
@@ -197,21 +202,29 @@ class PowerLambdaCombineFn(beam.CombineFn):
 
     def extract_output(self, acc):
         lam = np.float32(acc.best_lambda(self._kind))  # the transform computes with the float32 lambda
+        self._check_finite("lambda", [lam], acc)
         if not self._with_moments:
             return [lam]
-        mean, std = acc.output_moments(self._kind, float(lam))
-        return [lam, np.float64(mean), np.float64(std)]
+        moments = [np.float64(m) for m in acc.output_moments(self._kind, float(lam))]
+        self._check_finite("mean and standard deviation of its output", moments, acc)
+        return [lam, *moments]
+
+    def _check_finite(self, what: str, values, acc) -> None:
+        if not np.isfinite(values).all():
+            raise DataError(f"column '{self._column}': the {self._kind} lambda search found no finite {what} "
+                            f"on {acc.n:,} values between {acc.lo:g} and {acc.hi:g}; these values are outside "
+                            f"what {self._kind} can take: use another transform for this column")
 
 
 class PowerLambda(beam.PTransform):
     """The `ptransform_analyzer` body: one CombineGlobally over all batches of the column."""
 
-    def __init__(self, kind: str, with_moments: bool = False):
+    def __init__(self, kind: str, column: str, with_moments: bool = False):
         super().__init__()
-        self._kind, self._with_moments = kind, with_moments
+        self._kind, self._column, self._with_moments = kind, column, with_moments
 
     def expand(self, batches):
-        outputs = batches | "CombineMoments" >> beam.CombineGlobally(PowerLambdaCombineFn(self._kind,
+        outputs = batches | "CombineMoments" >> beam.CombineGlobally(PowerLambdaCombineFn(self._kind, self._column,
                                                                                          self._with_moments))
         if not self._with_moments:
             return outputs

@@ -15,6 +15,7 @@ from __future__ import annotations
 import tensorflow as tf
 import tensorflow_transform as tft
 
+from tfbridge.contracts.columns import VOCABULARY_EMPTY, VOCABULARY_ESCAPES
 from tft_features.analyzer_impls import MostFrequent, PowerLambda
 
 QUANTILE_EPSILON = 1e-3
@@ -52,7 +53,17 @@ def vocabulary(x, name: str, top_k: int | None = None, frequency_threshold: int 
     Unseen values map to `vocabulary_size + hash % num_oov_buckets`; with
     `num_oov_buckets: 0` they map to -1. Works on a string column or on a
     token list (RaggedTensor), whose tokens get ids one by one.
+
+    A category with a line break, and the category "", gets its own id like
+    any other: TFT's vocabulary file holds one value per line and would leave
+    them out (out of vocabulary), so categories go through VOCABULARY_ESCAPES
+    first, which writes CR and LF as `\\r`, `\\n` (the file shows them so)
+    and changes no value without a backslash or line break, and "" becomes
+    VOCABULARY_EMPTY (`\\0`). Tokens need no escape: text is split on
+    whitespace after backslashes became spaces, and no token is empty.
     """
+    if not isinstance(x, tf.RaggedTensor) and x.dtype == tf.string:
+        x = escaped_categories(x)
     vocab_name = f"{name}_vocabulary"
     # Unit weights give the same counts, order and thresholds, but TFT then
     # reduces each batch to (value, count) in TF; unweighted, it sends every
@@ -73,6 +84,14 @@ def vocabulary(x, name: str, top_k: int | None = None, frequency_threshold: int 
     )
     size = tft.experimental.get_vocabulary_size_by_name(vocab_name)
     return ids, {"vocabulary_size": size, "num_oov_buckets": tf.constant(num_oov_buckets, tf.int64)}
+
+
+def escaped_categories(x: tf.Tensor) -> tf.Tensor:
+    """Categories as the vocabulary step counts and looks them up: VOCABULARY_ESCAPES, then "" as VOCABULARY_EMPTY
+    (`vocabulary_value` undoes both)."""
+    for pattern, rewrite in VOCABULARY_ESCAPES:
+        x = tf.strings.regex_replace(x, pattern, rewrite)
+    return tf.where(tf.equal(x, ""), VOCABULARY_EMPTY, x)
 
 
 def quantile_buckets(x: tf.Tensor, name: str, num_buckets: int):
@@ -130,12 +149,13 @@ def impute(x, name: str, strategy: str, value=None):
     return out, {"impute_value": fill}
 
 
-def _power_lambda(x: tf.Tensor, name: str, kind: str, with_moments: bool) -> list[tf.Tensor]:
+def _power_lambda(x: tf.Tensor, name: str, column: str, kind: str, with_moments: bool) -> list[tf.Tensor]:
     """The lambda of a power transform by maximum likelihood (float32), and with `with_moments` the mean and
-    standard deviation of the transformed column (float64), from the same pass (PowerMoments.output_moments)."""
+    standard deviation of the transformed column (float64), from the same pass (PowerMoments.output_moments).
+    An output that is not finite stops the run with a DataError naming `column` (the user's name)."""
     dtypes = [tf.float32, tf.float64, tf.float64] if with_moments else [tf.float32]
     outputs = tft.experimental.ptransform_analyzer(
-        [x], PowerLambda(kind, with_moments), dtypes, [[]] * len(dtypes), name=f"{name}_{kind}_lambda")
+        [x], PowerLambda(kind, column, with_moments), dtypes, [[]] * len(dtypes), name=f"{name}_{kind}_lambda")
     return [tf.reshape(output, []) for output in outputs]
 
 
@@ -145,17 +165,18 @@ def _standardised(y: tf.Tensor, mean: tf.Tensor, std: tf.Tensor) -> tf.Tensor:
     return tf.where(std > 0, centred / tf.where(std > 0, std, 1.0), centred)
 
 
-def box_cox(x: tf.Tensor, name: str):
+def box_cox(x: tf.Tensor, name: str, column: str):
     """Box-Cox power transform with lambda estimated by maximum likelihood.
 
-    y = (x**lam - 1) / lam (log x when lam == 0). Needs x > 0; the feature stage
-    checks that on the data before the run starts.
+    y = (x**lam - 1) / lam (log x when lam == 0). Needs x > 0 (its Domain in `steps`): the feature stage
+    checks the raw values, as float32, before the run starts, and the plan refuses a step before it that
+    could give values <= 0.
     """
-    lam, = _power_lambda(x, name, "box_cox", with_moments=False)
+    lam, = _power_lambda(x, name, column, "box_cox", with_moments=False)
     return tf.cast(_box_cox(x, lam), tf.float32), {"box_cox_lambda": lam}
 
 
-def box_cox_z_score(x: tf.Tensor, name: str):
+def box_cox_z_score(x: tf.Tensor, name: str, column: str):
     """[box_cox, z_score] in one analysis pass: the z-score's moments are those of the Box-Cox output at the
     chosen lambda, computed from the lambda search's own summaries. Two passes would make TFT run two
     analysis phases, and the in-process runner hold the whole train split in memory between them.
@@ -163,7 +184,7 @@ def box_cox_z_score(x: tf.Tensor, name: str):
     The z-score is taken in float64, of the Box-Cox output before it is rounded to float32: where the
     output's spread is below float32's resolution (tiny values, a strongly negative lambda) it still
     separates the rows."""
-    lam, mean, std = _power_lambda(x, name, "box_cox", with_moments=True)
+    lam, mean, std = _power_lambda(x, name, column, "box_cox", with_moments=True)
     z = tf.cast(_standardised(_box_cox(x, lam), mean, std), tf.float32)
     return z, {"box_cox_lambda": lam, "mean": mean, "std": std}
 
@@ -176,15 +197,15 @@ def _box_cox(x: tf.Tensor, lam_32: tf.Tensor) -> tf.Tensor:
     return tf.where(tf.abs(lam) > 0, tf.math.expm1(lam * logx) / safe, logx)
 
 
-def yeo_johnson(x: tf.Tensor, name: str):
+def yeo_johnson(x: tf.Tensor, name: str, column: str):
     """Yeo-Johnson power transform (any sign) with lambda estimated by maximum likelihood."""
-    lam, = _power_lambda(x, name, "yeo_johnson", with_moments=False)
+    lam, = _power_lambda(x, name, column, "yeo_johnson", with_moments=False)
     return tf.cast(_yeo_johnson(x, lam), tf.float32), {"yeo_johnson_lambda": lam}
 
 
-def yeo_johnson_z_score(x: tf.Tensor, name: str):
+def yeo_johnson_z_score(x: tf.Tensor, name: str, column: str):
     """[yeo_johnson, z_score] in one analysis pass, the z-score in float64 (see box_cox_z_score)."""
-    lam, mean, std = _power_lambda(x, name, "yeo_johnson", with_moments=True)
+    lam, mean, std = _power_lambda(x, name, column, "yeo_johnson", with_moments=True)
     z = tf.cast(_standardised(_yeo_johnson(x, lam), mean, std), tf.float32)
     return z, {"yeo_johnson_lambda": lam, "mean": mean, "std": std}
 

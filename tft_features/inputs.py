@@ -2,9 +2,11 @@
 
 The check runs on the driver with pyarrow, before the Beam job and before any
 output exists: Parquet footers give the schema of every file, then one
-streaming scan of only the configured columns counts rows, missing values and
-non-positive values. Every error names the file, the column and what was
-expected.
+streaming scan of only the configured columns counts rows and missing values
+and reads every number as the models will (`model_numbers`: ±inf is missing, a
+value beyond float32's range stops the run), then against its steps' domain
+(box_cox: > 0, log1p: > -1). Every error names the file, the column and what
+was expected.
 
 The Beam side reads Parquet with `ReadFromParquetBatched` (splittable by row
 group) and CSV with pyarrow per file, and turns each table into a RecordBatch
@@ -20,6 +22,7 @@ import dataclasses
 import logging
 import re
 import threading
+from typing import TYPE_CHECKING, Mapping
 
 import apache_beam as beam
 import numpy as np
@@ -32,7 +35,11 @@ from apache_beam.metrics import Metrics
 from tensorflow_metadata.proto.v0 import schema_pb2
 from tfx_bsl.tfxio import tensor_adapter, tensor_representation_util
 
-from tfbridge.contracts import CSV_NULL_VALUES, DataError, DataSource, RawColumn
+from tfbridge.contracts import CSV_NULL_VALUES, DataError, DataSource, RawColumn, model_numbers
+from tfbridge.contracts.columns import model_text
+
+if TYPE_CHECKING:
+    from tft_features.steps import RawDomain
 
 _ARROW_TYPES = {"float": pa.float32(), "int": pa.int64(), "string": pa.large_binary()}
 _TFMD_TYPES = {"float": schema_pb2.FLOAT, "int": schema_pb2.INT, "string": schema_pb2.BYTES}
@@ -82,7 +89,7 @@ def file_schema(source: DataSource, path: str) -> pa.Schema:
     try:
         if source.format == "parquet":
             return pq.read_schema(path)
-        with pacsv.open_csv(path) as reader:
+        with pacsv.open_csv(path, parse_options=CSV_PARSE) as reader:
             return reader.schema
     except (OSError, pa.ArrowException) as e:
         raise DataError(f"cannot read {source.format.upper()} file {path}: {e}") from e
@@ -133,16 +140,21 @@ def _csv_types(columns: tuple[RawColumn, ...]) -> dict[str, pa.DataType]:
             for c in columns}
 
 
+# CSV as RFC 4180 writes it, as the scorer's Spark reader reads it (multiLine, escape '"'): a quoted field may
+# hold the delimiter, doubled quotes and line breaks.
+CSV_PARSE = pacsv.ParseOptions(newlines_in_values=True)
+
+
 def read_csv(path: str, columns: tuple[RawColumn, ...]) -> pa.Table:
     """One CSV file with the planned types; a value that does not parse names its column and row."""
     try:
-        return pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(
+        return pacsv.read_csv(path, parse_options=CSV_PARSE, convert_options=pacsv.ConvertOptions(
             column_types=_csv_types(columns), include_columns=[c.name for c in columns],
             null_values=list(CSV_NULL_VALUES), strings_can_be_null=False))
     except pa.ArrowInvalid as e:
         message = str(e)
         match = re.search(r"CSV column #(\d+)", message)
-        header = pacsv.open_csv(path).schema.names
+        header = pacsv.open_csv(path, parse_options=CSV_PARSE).schema.names
         column = header[int(match.group(1))] if match else "?"
         raise DataError(f"{path}: column '{column}': {message.splitlines()[0]}; "
                         f"expected {'numbers' if column in _numeric_names(columns) else 'text'}") from e
@@ -157,9 +169,16 @@ def _missing_mask(array: pa.ChunkedArray | pa.Array) -> pa.Array:
     return missing.combine_chunks() if isinstance(missing, pa.ChunkedArray) else missing
 
 
+def _as_float64(values: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """Numbers of any Arrow type (integers, decimals, booleans, floats) as float64, NaN where null. Integers
+    above 2**53 round, as Spark's and the CSV readers' doubles do: Arrow's safe cast would refuse them."""
+    return pc.cast(values, pa.float64(), safe=False).to_numpy(zero_copy_only=False)
+
+
 def check_data(source: DataSource, files: tuple[str, ...], columns: tuple[RawColumn, ...],
-               positive: set[str], why: dict[str, str]) -> int:
-    """One streaming pass on the driver: row count, missing values, and positivity for Box-Cox."""
+               domains: Mapping[str, RawDomain], why: dict[str, str]) -> int:
+    """One streaming pass on the driver: row count, missing values, the numbers as the models read them
+    (`model_numbers`), and each column's domain (`domains`, steps.RawDomain) on those float32 values."""
     names = [c.name for c in columns]
     # Missing is an error where nothing imputes it; a null string is "" (see to_list_batch), the label excepted.
     checked = {c.name for c in columns if not c.nullable and (c.dtype != "string" or c.name not in why)}
@@ -169,30 +188,42 @@ def check_data(source: DataSource, files: tuple[str, ...], columns: tuple[RawCol
     for path in files:
         for table in _tables(source, path, columns):
             rows += table.num_rows
-            for name in names:
-                count = pc.sum(_missing_mask(table.column(name))).as_py() or 0
-                if count and name in checked:
-                    missing[name] += count
-                    first_missing.setdefault(name, path)
-            for name in positive:
-                present = table.column(name).drop_null()
-                if len(present) and pc.min(present).as_py() <= 0:
-                    bad = pc.min(present).as_py()
-                    raise DataError(f"column '{name}' in {path} has the value {bad}; box_cox needs values > 0 "
-                                    f"(use yeo_johnson for zero or negative values)")
+            for col in columns:
+                values = table.column(col.name)
+                if col.dtype == "float":
+                    numbers = model_numbers(_as_float64(values), col.name, f"in {path}")
+                    count = int(np.isnan(numbers).sum())
+                    if col.name in domains:
+                        _check_domain(numbers, values, col.name, domains[col.name], path)
+                else:
+                    count = values.null_count
+                if count and col.name in checked:
+                    missing[col.name] += count
+                    first_missing.setdefault(col.name, path)
     if rows == 0:
         raise DataError(f"data.path '{source.path}' has no rows")
     for name, count in missing.items():
         if count and name not in why:
-            raise DataError(f"the label '{name}' has {count} missing values (null or NaN) out of {rows} rows, "
-                            f"first in {first_missing[name]}; a model cannot learn from them: drop those rows")
+            raise DataError(f"the label '{name}' has {count} missing values (null or NaN) out of {rows} rows "
+                            f"(±inf counts as missing), first in {first_missing[name]}; a model cannot learn from "
+                            f"them: drop those rows")
         if count:
             what = f"({why[name]})"
             raise DataError(
-                f"column '{name}' {what} has {count} missing values (null or NaN) out of {rows} rows, "
-                f"first in {first_missing[name]}; add an impute step as its first transform, "
+                f"column '{name}' {what} has {count} missing values (null or NaN) out of {rows} rows (±inf counts "
+                f"as missing), first in {first_missing[name]}; add an impute step as its first transform, "
                 f"e.g. {{impute: median}}, or clean the data")
     return rows
+
+
+def _check_domain(numbers: np.ndarray, values: pa.ChunkedArray, name: str, domain: RawDomain, path: str) -> None:
+    """Every present value (float32, as the steps get it) above domain.above; else the smallest one, as read."""
+    if not (numbers <= domain.above).any():  # NaN (missing) compares False
+        return
+    i = int(np.nanargmin(numbers))
+    read = values[i].as_py()
+    shown = f"{read}" if float(numbers[i]) == read else f"{read} ({numbers[i]:g} in float32, as the model reads it)"
+    raise DataError(f"column '{name}' in {path} has the value {shown}; {domain.needs}")
 
 
 def _tables(source: DataSource, path: str, columns: tuple[RawColumn, ...]):
@@ -209,10 +240,12 @@ def _tables(source: DataSource, path: str, columns: tuple[RawColumn, ...]):
 
 
 def inspect(source: DataSource, wanted: dict[str, tuple[str, bool]], label: str,
-            positive: set[str], why: dict[str, str]) -> RawData:
-    """Schema match and data check; returns what the Beam job will read."""
+            domains: Mapping[str, RawDomain], why: dict[str, str]) -> RawData:
+    """Schema match and data check; returns what the Beam job will read. A column's domain goes into its
+    RawColumn (`above`), and so into the manifests, for the scorers to check their input the same way."""
     files, columns = resolve_columns(source, wanted, label, why)
-    rows = check_data(source, files, columns, positive, why)
+    columns = tuple(dataclasses.replace(c, above=domains[c.name].above) if c.name in domains else c for c in columns)
+    rows = check_data(source, files, columns, domains, why)
     return RawData(source, files, columns, rows)
 
 
@@ -226,9 +259,10 @@ def to_list_batch(table: pa.Table, columns: tuple[RawColumn, ...], schema: pa.Sc
             values = values.dictionary_decode()
         if col.dtype == "string":
             values = as_text(values)
-        elif pa.types.is_decimal(values.type):
-            # Through float64, as Spark converts them: Arrow's direct cast to float32 gives -3.5000002 for -3.5.
-            values = pc.cast(values, pa.float64())
+        elif col.dtype == "float":
+            # Through float64, as Spark converts them (Arrow's direct cast to float32 gives -3.5000002 for the
+            # decimal -3.5, and refuses integers above 2**24), then as every engine reads them: ±inf missing.
+            values = pa.array(model_numbers(_as_float64(values), col.name, "in the data"))
         if col.nullable:
             present = pc.invert(pc.equal(values, "") if col.dtype == "string" else _missing_mask(values))
             offsets = np.zeros(n + 1, np.int64)
@@ -242,7 +276,8 @@ def to_list_batch(table: pa.Table, columns: tuple[RawColumn, ...], schema: pa.Sc
 
 
 def as_text(values: pa.Array) -> pa.Array:
-    """A column read as text: integers and booleans printed as Spark prints them ("3", "true"), null as "".
+    """A column read as text: integers and booleans printed as Spark prints them ("3", "true"), null as "",
+    in Unicode NFC (`model_text`, as every scorer reads it).
 
     One meaning for an empty string everywhere: a null string and "" are the
     same value, missing where the column's first step imputes, else the empty
@@ -250,7 +285,7 @@ def as_text(values: pa.Array) -> pa.Array:
     """
     if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
         values = pc.cast(values, pa.string())
-    return pc.fill_null(values, "")
+    return model_text(values)
 
 
 class ReadProgress:
@@ -290,10 +325,15 @@ def read_tables(source: DataSource, files, columns: tuple[RawColumn, ...]):
 
 
 def eval_rows(table: pa.Table, eval_fraction: float) -> np.ndarray:
-    """Which rows go to the eval split: a hash of the row's raw values, so reruns and runners agree."""
+    """Which rows go to the eval split: a hash of the row's raw values, so reruns and runners agree.
+
+    The values are those of every column the run reads (the label, the features and the columns their steps
+    use), hashed in the order of their names: the order a config lists its features in, or a reader returns
+    its columns in, moves no row; a run that reads another set of columns splits the rows anew."""
     if eval_fraction <= 0:
         return np.zeros(table.num_rows, bool)
-    hashes = pd.util.hash_pandas_object(table.to_pandas(), index=False).to_numpy()
+    by_name = table.select(sorted(table.column_names))
+    hashes = pd.util.hash_pandas_object(by_name.to_pandas(), index=False).to_numpy()
     return (hashes % _SPLIT_BUCKETS) < round(eval_fraction * _SPLIT_BUCKETS)
 
 

@@ -13,7 +13,7 @@ import itertools
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from tfbridge.contracts import PUNCTUATION_AND_WHITESPACE
+from tfbridge.contracts.columns import DELETED_CHARACTERS, PUNCTUATION_AND_WHITESPACE, SIGMA_FOLD
 
 # NLTK's English stop-word list (179 words), lower case, without punctuation:
 # normalisation strips apostrophes before stop words are removed.
@@ -49,14 +49,20 @@ def stop_words(spec) -> tuple[str, ...]:
 
 
 def normalize_text(x: tf.Tensor, name: str, stopwords="english", lowercase: bool = True):
-    """Text to a token list: lower-case, strip ASCII punctuation, split on whitespace, drop stop words.
+    """Text to a token list: lower-case, strip punctuation, split on whitespace, drop stop words.
 
-    Returns a RaggedTensor [batch, (tokens)] of strings; an empty or
-    all-stop-word string gives an empty list.
+    `x` is NFC text (tfbridge.contracts.columns.model_text: the feature stage and the scorers give it).
+    Lower-casing is Unicode's (CAFÉ -> café, ΣΑΣ -> σασ, ǅ -> ǆ, İ -> i, ẞ -> ß) with every sigma as σ;
+    apostrophes (' ’ ‘ ʼ) are deleted (don’t -> dont); Unicode punctuation, math, currency and modifier
+    symbols and whitespace become spaces, emoji stay (tfbridge.contracts.columns holds the rules, shared
+    with the ONNX lowering and the scorer's self-check). Returns a RaggedTensor [batch, (tokens)] of
+    strings; an empty or all-stop-word string gives an empty list.
     """
     del name
-    text = tf.strings.lower(x) if lowercase else x
-    text = tf.strings.regex_replace(text, "'", "")
+    text = x
+    if lowercase:
+        text = tf.strings.regex_replace(tf.strings.lower(text, encoding="utf-8"), *SIGMA_FOLD)
+    text = tf.strings.regex_replace(text, DELETED_CHARACTERS, "")
     text = tf.strings.regex_replace(text, PUNCTUATION_AND_WHITESPACE, " ")
     tokens = tf.strings.split(text)
     words = stop_words(stopwords)
@@ -97,7 +103,9 @@ def in_float64(fn, x: tf.Tensor) -> tf.Tensor:
 
 
 def log1p(x: tf.Tensor, name: str):
-    """log(1 + x); x must be > -1 (computed in float64, see in_float64)."""
+    """log(1 + x), computed in float64 (see in_float64). x must be > -1 (its Domain in `steps`): the feature
+    stage checks the raw values, the plan refuses a step before it that could give values <= -1, and the
+    scorers check the raw values against the manifest (RawColumn.above)."""
     del name
     return in_float64(tf.math.log1p, x), {}
 

@@ -26,6 +26,7 @@ from typing import Callable
 
 import apache_beam as beam
 import pyarrow as pa
+import pyarrow.parquet as pq
 import tensorflow as tf
 import tensorflow_transform as tft
 import tensorflow_transform.beam as tft_beam
@@ -36,10 +37,12 @@ from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io
 
-from tfbridge.contracts import (FeaturesManifest, PipelineConfig, ShardFile, fingerprints, graph_input_name,
-                                graph_input_names, materialized_feature_spec, staged)
+from tfbridge.contracts import (FeaturesManifest, PipelineConfig, ShardFile, file_sha256, fingerprints,
+                                graph_input_name, graph_input_names, materialized_feature_spec, staged)
+from tfbridge.scoring.parity import CHECK_ROWS
 from tft_features import inputs, preprocessing
 from tft_features.shards import MIN_SHARDS, WriteShards, name_shards
+from tft_features.steps import RawDomain
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +90,7 @@ class _Preprocessing:
 
     fn: Callable[[dict], dict]
     wanted: dict[str, tuple[str, bool]]  # column -> (read_as, nullable)
-    positive: set[str]
+    domains: dict[str, RawDomain]  # column -> what its raw values must be (box_cox: > 0)
     why: dict[str, str]  # column -> which steps read it, for error messages
     analysis_phases: int | None  # None: unknown (a user's preprocessing_fn)
     plan: preprocessing.FeaturePlan | None  # None: a user's preprocessing_fn
@@ -101,7 +104,7 @@ def _preprocessing(config: PipelineConfig) -> _Preprocessing:
     why = {c.column: f"used by {', '.join(s.name for s in c.steps)}" for c in plan.columns}
     for name in wanted:
         why.setdefault(name, "used by polynomial")
-    return _Preprocessing(preprocessing.make_preprocessing_fn(plan), wanted, plan.positive_columns(), why,
+    return _Preprocessing(preprocessing.make_preprocessing_fn(plan), wanted, plan.raw_domains(), why,
                           plan.analysis_phases(), plan)
 
 
@@ -112,12 +115,7 @@ def _user_preprocessing(config: PipelineConfig) -> _Preprocessing:
     their graph input names, and the label is passed through under its graph name.
     """
     user_fn = preprocessing.load_user_preprocessing_fn(config.preprocessing_fn, config.source)
-    files, _ = inputs.resolve_columns(config.data, {}, config.label, {})
-    wanted = {}
-    for field in inputs.file_schema(config.data, files[0]):
-        kind = inputs.kind_of(field.type)
-        if field.name != config.label and kind is not None:
-            wanted[field.name] = ("string" if kind == "string" else "float", False)
+    wanted, why = _user_columns(config)
     keys = graph_input_names([config.label, *wanted], f"{config.source}: data columns")
 
     def preprocessing_fn(features):
@@ -125,15 +123,31 @@ def _user_preprocessing(config: PipelineConfig) -> _Preprocessing:
         outputs.setdefault(keys[config.label], tf.squeeze(features[keys[config.label]], 1))
         return outputs
 
-    why = {name: f"read for preprocessing_fn {config.preprocessing_fn}" for name in wanted}
-    return _Preprocessing(preprocessing_fn, wanted, set(), why, None, None)
+    return _Preprocessing(preprocessing_fn, wanted, {}, why, None, None)
+
+
+def _user_columns(config: PipelineConfig) -> tuple[dict[str, tuple[str, bool]], dict[str, str]]:
+    """The columns a user's preprocessing_fn reads (every numeric or string column but the label) and why each is
+    read, from the data's schema alone: knowing them runs none of the user's code."""
+    files, _ = inputs.resolve_columns(config.data, {}, config.label, {})
+    wanted = {}
+    for field in inputs.file_schema(config.data, files[0]):
+        kind = inputs.kind_of(field.type)
+        if field.name != config.label and kind is not None:
+            wanted[field.name] = ("string" if kind == "string" else "float", False)
+    return wanted, {name: f"read for preprocessing_fn {config.preprocessing_fn}" for name in wanted}
 
 
 def split_rows(config: PipelineConfig, split: str, limit: int) -> pa.Table:
     """Up to `limit` raw rows of one split ("train" or "eval"), read and split as this stage does, by the user's
-    column names: what the report plots and the hand-off checks compare the models on."""
-    prep = _preprocessing(config)
-    files, columns = inputs.resolve_columns(config.data, prep.wanted, config.label, prep.why)
+    column names: what the report plots and the hand-off checks compare the models on. A user's preprocessing_fn
+    is not imported: reading rows needs only its columns."""
+    if config.preprocessing_fn:
+        wanted, why = _user_columns(config)
+    else:
+        prep = _preprocessing(config)
+        wanted, why = prep.wanted, prep.why
+    files, columns = inputs.resolve_columns(config.data, wanted, config.label, why)
     kept, count = [], 0
     for table in inputs.read_tables(config.data, files, columns):
         in_eval = inputs.eval_rows(table, config.split.eval_fraction)
@@ -148,7 +162,7 @@ def run_features(config: PipelineConfig, beam_args: list[str] | None = None) -> 
     """Runs the feature stage end to end; raises ConfigError/DataError before writing anything."""
     start = time.monotonic()
     prep = _preprocessing(config)
-    raw = inputs.inspect(config.data, prep.wanted, config.label, prep.positive, prep.why)
+    raw = inputs.inspect(config.data, prep.wanted, config.label, prep.domains, prep.why)
     inputs.READ_PROGRESS.start(2 * raw.rows)  # read twice: see _run_beam
     log.info("features: %d rows in %d file(s), %d columns checked", raw.rows, len(raw.files), len(raw.columns))
 
@@ -163,6 +177,7 @@ def run_features(config: PipelineConfig, beam_args: list[str] | None = None) -> 
             shutil.rmtree(staging)
             staging.mkdir()
             rows, files = _run_beam(config, raw, prep, staging, make_pipeline(beam_args, _FNAPI_MAX_PHASES + 1))
+        check_rows = _write_check_rows(config, staging / layout.check_rows_path.name)
         FeaturesManifest(
             raw_columns={c.name: c for c in raw.columns},
             input_names={c.name: c.graph_name for c in raw.columns},
@@ -176,6 +191,7 @@ def run_features(config: PipelineConfig, beam_args: list[str] | None = None) -> 
             fingerprint=fingerprints.features_fingerprint(config),
             format=config.output_format,
             files=files,
+            check_rows=check_rows,
         ).write(staging / layout.features_manifest_path.name)
     seconds = time.monotonic() - start
     log.info("features: wrote %s (%s) in %.1f s", layout.features_dir, rows, seconds)
@@ -235,6 +251,15 @@ def _run_beam(config, raw: inputs.RawData, prep: _Preprocessing, staging: Path,
     for counter in counters:
         rows[counter.key.metric.name.removeprefix("rows_")] += counter.committed
     return rows, files
+
+
+def _write_check_rows(config: PipelineConfig, path: Path) -> ShardFile:
+    """Up to CHECK_ROWS raw rows of the eval split (the train split when there is none), for the hand-off checks
+    of the stages after this one: the export's graph against its SavedModel, the report's checks."""
+    split = "eval" if config.split.eval_fraction > 0 else "train"
+    table = split_rows(config, split, CHECK_ROWS)
+    pq.write_table(table, path)
+    return ShardFile(path.name, table.num_rows, file_sha256(path))
 
 
 def _feature_outputs(features_dir: Path, stats_path: Path, label: str, plan) -> dict:

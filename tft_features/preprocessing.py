@@ -3,14 +3,19 @@
 A chain like `[normalize_text, vocabulary]` is checked against the registry
 when the config is read, before any data is touched. A column whose first step
 fills missing values (`impute`) is read with them kept (as a SparseTensor); any
-other number column must have none, which the input check enforces. Each step's
-analyzer results go into `stats.json` by column and name.
+other number column must have none, which the input check enforces. It also
+enforces each column's `RawDomain`: what its raw values must be for every
+step's domain (box_cox: > 0, log1p: > -1) to hold; a chain where a step can
+leave a later step's domain whatever it reads (`[z_score, box_cox]`) is a
+ConfigError. Each step's analyzer results go into `stats.json` by column and
+name.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib
+import math
 import re
 from typing import Any, Callable, Mapping
 
@@ -19,7 +24,7 @@ import tensorflow as tf
 
 from tfbridge.contracts import (STAT_OUTPUT_PREFIX, ConfigError, FeatureKind, FeatureOutput, PipelineConfig,
                                 TransformStep, graph_input_name, graph_input_names)
-from tft_features.steps import STEPS, StepInput, StepKind
+from tft_features.steps import STEPS, RawDomain, StepInput, StepKind
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,7 +36,7 @@ class ColumnPlan:
     nullable: bool  # first step is impute: missing values are kept for it to fill
     steps: tuple[TransformStep, ...]
     kinds: tuple[StepKind, ...]  # the kind after each step
-    positive: bool  # its lead step reads the raw values, which must all be > 0 (Box-Cox)
+    raw_domain: RawDomain | None  # None: any number (or text)
 
     @property
     def output_kind(self) -> FeatureKind:
@@ -83,8 +88,8 @@ class FeaturePlan:
         return max((sum(STEPS[group[0].name].full_pass(group[0].params) for _, group in c.step_groups())
                     for c in self.columns), default=0)
 
-    def positive_columns(self) -> set[str]:
-        return {c.column for c in self.columns if c.positive}
+    def raw_domains(self) -> dict[str, RawDomain]:
+        return {c.column: c.raw_domain for c in self.columns if c.raw_domain is not None}
 
 
 def plan_features(config: PipelineConfig) -> FeaturePlan:
@@ -130,7 +135,32 @@ def _plan_column(column: str, steps: tuple[TransformStep, ...], config: Pipeline
             raise ConfigError(f"{where}: step '{step.name}': {problem}")
         kind = spec.result(kind, step.params)
         kinds.append(kind)
-    return ColumnPlan(column, read_as, nullable, steps, tuple(kinds), positive=STEPS[lead.name].needs_positive)
+    return ColumnPlan(column, read_as, nullable, steps, tuple(kinds), _raw_domain(steps, where))
+
+
+def _raw_domain(steps: tuple[TransformStep, ...], where: str) -> RawDomain | None:
+    """The bound the raw values must be above for every step's Domain to hold, found walking back from the
+    last step: each step's own domain, and what it needs of its input to keep its output above the bound of
+    the steps after it (StepDef.input_above). [log1p, box_cox] needs x > 0; [clip: {min: 1}, box_cox] needs
+    nothing; [z_score, box_cox] is a ConfigError: z_score gives values <= 0 whatever it reads."""
+    bound, owner = -math.inf, 0  # the bound on the current step's output, and the step whose domain set it
+    for i in reversed(range(len(steps))):
+        spec = STEPS[steps[i].name]
+        if bound > -math.inf:
+            needed = spec.input_above(steps[i].params, bound)
+            if needed is None:
+                domain = STEPS[steps[owner].name].domain
+                raise ConfigError(f"{where}: {steps[owner].name} needs values > {domain.above:g}, but {spec.name} "
+                                  f"before it can give values <= {bound:g} whatever it reads: put "
+                                  f"{steps[owner].name} before {spec.name}, or {domain.advice}")
+            bound = needed
+        if spec.domain is not None and spec.domain.above >= bound:
+            bound, owner = spec.domain.above, i
+    if bound == -math.inf:
+        return None
+    owner_name = steps[owner].name
+    after = f" after {', '.join(s.name for s in steps[:owner])} needs raw" if owner else " needs"
+    return RawDomain(bound, f"{owner_name}{after} values > {bound:.6g} ({STEPS[owner_name].domain.advice})")
 
 
 def _named_params(step: TransformStep, where: str) -> TransformStep:
@@ -265,7 +295,8 @@ def _apply_steps(x, col: ColumnPlan, index: int, steps: tuple[TransformStep, ...
 
 def feature_outputs(spec: Mapping[str, Any], plan: FeaturePlan | None, stats: Mapping[str, Any],
                     id_ranges: Mapping[str, int]) -> dict[str, FeatureOutput]:
-    """What each materialized feature is, for the trainer: kind from the spec, id range from plan and stats.
+    """What each materialized feature is, for the trainer: kind from the spec, id range (and, for a
+    vocabulary's ids, the ids of values outside it) from plan and stats.
 
     `spec` is the transformed feature spec less statistics and label. With no
     plan (a user's preprocessing_fn) an integer feature's id range is TFT's
@@ -281,14 +312,16 @@ def feature_outputs(spec: Mapping[str, Any], plan: FeaturePlan | None, stats: Ma
             shape = list(feature.shape) if fixed else [None]
             outputs[name] = FeatureOutput(FeatureKind.VECTOR, shape[0]) if shape else FeatureOutput(FeatureKind.NUMBER)
         else:
-            width = None
+            width, unseen = None, None
             if name in chains:
                 width = chains[name].kinds[-1].width
                 column_stats = stats.get("features", {}).get(chains[name].column, {})
-                if width is None and "vocabulary_size" in column_stats:
-                    width = int(column_stats["vocabulary_size"]) + max(int(column_stats["num_oov_buckets"]), 1)
+                if "vocabulary_size" in column_stats:
+                    size, buckets = int(column_stats["vocabulary_size"]), int(column_stats["num_oov_buckets"])
+                    width = width or size + max(buckets, 1)
+                    unseen = (size, size + buckets) if buckets else (-1, 0)
             outputs[name] = FeatureOutput(FeatureKind.IDS if fixed and not feature.shape else FeatureKind.TOKEN_IDS,
-                                          width or id_ranges.get(name))
+                                          width or id_ranges.get(name), unseen)
     return outputs
 
 

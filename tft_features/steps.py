@@ -1,8 +1,9 @@
 """The registry of transform steps: every fact about a step of the config's `features:` on its entry.
 
 A step's entry says what it accepts and produces (a `FeatureKind`), its parameters and their checks,
-how the raw column must be read when it comes first, whether it needs an analysis pass, and how it is
-built from a mapper (`mappers`, per row) or an analyzer (`analyzers`, full pass). `preprocessing` plans
+how the raw column must be read when it comes first, the numbers it can take (its `Domain`) and what it
+needs of its input to keep a next step's, whether it needs an analysis pass, and how it is built from a
+mapper (`mappers`, per row) or an analyzer (`analyzers`, full pass). `preprocessing` plans
 and builds chains from these entries alone; no step is special-cased elsewhere.
 
 Kinds, as in `tfbridge.contracts.FeatureKind`:
@@ -15,6 +16,7 @@ Kinds, as in `tfbridge.contracts.FeatureKind`:
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable, Mapping
 
 import tensorflow as tf
@@ -50,6 +52,28 @@ Params = Mapping[str, Any]
 
 
 @dataclasses.dataclass(frozen=True)
+class Domain:
+    """The values a step can take: all above `above` (after the float32 rounding of `model_numbers`)."""
+
+    above: float
+    advice: str  # what to do about a value outside it
+
+
+@dataclasses.dataclass(frozen=True)
+class RawDomain:
+    """What a column's raw values must be for its chain's domains to hold (`preprocessing` derives it): all
+    above `above`, after float32 rounding (`model_numbers`); the input check enforces it."""
+
+    above: float
+    needs: str  # which step needs it and what to do otherwise, for the data check's message
+
+
+def _any_value(params: Params, bound: float) -> float | None:
+    """For `StepDef.input_above`: a step whose output can be at or below any bound, whatever its input."""
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
 class StepDef:
     """One transform step. Parameters are checked when the config is read, before any data is touched."""
 
@@ -63,7 +87,10 @@ class StepDef:
     reads: Callable[[Params], str | None] = lambda params: "float"  # raw type when first; None: the next step's
     short: str | None = None  # the parameter a bare value stands for: {impute: mean} is {impute: {strategy: mean}}
     fills_missing: bool = False  # must come first: the raw column keeps its missing values for this step
-    needs_positive: bool = False  # as the lead step it reads raw values, which must all be > 0
+    domain: Domain | None = None  # None: any number
+    # For a next step's domain: given that this step's output must be above `bound`, the bound its own input must
+    # be above (-inf: any input will do), or None when it can give a value at or below `bound` whatever its input.
+    input_above: Callable[[Params, float], float | None] = _any_value
     partners: Callable[[Params], tuple[str, ...]] = lambda params: ()  # other raw columns it reads
     # A next step (by name) built together with this one, in this one's analysis pass: what the pair builds.
     fused: Mapping[str, Callable[[Any, StepInput], tuple[Any, dict]]] = dataclasses.field(default_factory=dict)
@@ -105,7 +132,11 @@ def _clip_problem(p: Params, incoming: StepKind) -> str | None:
 
 
 def _min_max_problem(p: Params, incoming: StepKind) -> str | None:
-    return None if p.get("output_min", 0.0) < p.get("output_max", 1.0) else "output_min must be below output_max"
+    bounds = {key: p.get(key, default) for key, default in (("output_min", 0.0), ("output_max", 1.0))}
+    for key, value in bounds.items():
+        if not (isinstance(value, _NUMERIC) and not isinstance(value, bool) and math.isfinite(value)):
+            return f"{key} must be a finite number, got {value!r}"
+    return None if bounds["output_min"] < bounds["output_max"] else "output_min must be below output_max"
 
 
 def _normalize_text_problem(p: Params, incoming: StepKind) -> str | None:
@@ -202,14 +233,46 @@ def _impute_reads(params: Params) -> str | None:
     return "float" if params.get("strategy") in ("mean", "median") else None
 
 
+# --- what a step's input must be for its output to stay above a bound (StepDef.input_above) --------
+
+def _log1p_input_above(params: Params, bound: float) -> float:
+    """log1p is increasing: log1p(x) > b exactly when x > expm1(b) ([log1p, box_cox] needs x > 0)."""
+    return math.expm1(bound)
+
+
+def _clip_input_above(params: Params, bound: float) -> float | None:
+    if params.get("max") is not None and params["max"] <= bound:
+        return None
+    return -math.inf if params.get("min") is not None and params["min"] > bound else bound
+
+
+def _impute_input_above(params: Params, bound: float) -> float | None:
+    """A mean, median or most frequent value of values above the bound is above it; a constant must be."""
+    if params.get("strategy") != "constant":
+        return bound
+    value = params.get("value")
+    return bound if isinstance(value, _NUMERIC) and value > bound else None
+
+
+_POSITIVE = Domain(0.0, "use yeo_johnson for zero or negative values")
+_ABOVE_MINUS_ONE = Domain(-1.0, "clip before it, e.g. {clip: {min: 0}}, or use yeo_johnson")
+
+
+def _power(fn) -> Callable[[Any, StepInput], tuple[Any, dict]]:
+    """A power transform (or one fused with z_score): its lambda search names the column when the data defeat it."""
+    return lambda x, step: fn(x, step.scope, step.column)
+
+
 STEPS: dict[str, StepDef] = {s.name: s for s in [
     # Per-row mappers.
     StepDef("normalize_text", (TEXT,), ("stopwords", "lowercase"), _to(TOKENS), _mapper(mappers.normalize_text),
             _never, _normalize_text_problem, reads=_reads_string),
     StepDef("threshold", (NUMBER,), ("value",), _to(NUMBER), _mapper(mappers.threshold), _never, _threshold_problem,
             short="value"),
-    StepDef("log1p", (NUMBER,), (), _to(NUMBER), _mapper(mappers.log1p), _never),
-    StepDef("clip", (NUMBER,), ("min", "max"), _to(NUMBER), _mapper(mappers.clip), _never, _clip_problem),
+    StepDef("log1p", (NUMBER,), (), _to(NUMBER), _mapper(mappers.log1p), _never, domain=_ABOVE_MINUS_ONE,
+            input_above=_log1p_input_above),
+    StepDef("clip", (NUMBER,), ("min", "max"), _to(NUMBER), _mapper(mappers.clip), _never, _clip_problem,
+            input_above=_clip_input_above),
     StepDef("polynomial", (NUMBER,), ("degree", "with"), _to(VECTOR), _build_polynomial, _never, _polynomial_problem,
             partners=lambda params: tuple(params.get("with", []))),
     StepDef("one_hot", (IDS,), ("depth",), _to(VECTOR), _build_one_hot, _never, _one_hot_problem),
@@ -217,10 +280,10 @@ STEPS: dict[str, StepDef] = {s.name: s for s in [
     StepDef("z_score", (NUMBER, VECTOR), (), _same_kind, _mapper(analyzers.z_score), _always),
     StepDef("min_max", (NUMBER, VECTOR), ("output_min", "output_max"), _same_kind, _mapper(analyzers.min_max),
             _always, _min_max_problem),
-    StepDef("box_cox", (NUMBER,), (), _to(NUMBER), _mapper(analyzers.box_cox), _always, needs_positive=True,
-            fused={"z_score": _mapper(analyzers.box_cox_z_score)}),
-    StepDef("yeo_johnson", (NUMBER,), (), _to(NUMBER), _mapper(analyzers.yeo_johnson), _always,
-            fused={"z_score": _mapper(analyzers.yeo_johnson_z_score)}),
+    StepDef("box_cox", (NUMBER,), (), _to(NUMBER), _power(analyzers.box_cox), _always, domain=_POSITIVE,
+            fused={"z_score": _power(analyzers.box_cox_z_score)}),
+    StepDef("yeo_johnson", (NUMBER,), (), _to(NUMBER), _power(analyzers.yeo_johnson), _always,
+            fused={"z_score": _power(analyzers.yeo_johnson_z_score)}),
     StepDef("bucketize", (NUMBER,), ("num_buckets", "boundaries"), _bucketize_result, _build_bucketize,
             lambda params: "num_buckets" in params, _bucketize_problem),
     StepDef("piecewise_linear", (NUMBER,), ("num_buckets",), _to(VECTOR), _mapper(analyzers.piecewise_linear),
@@ -229,5 +292,5 @@ STEPS: dict[str, StepDef] = {s.name: s for s in [
             _mapper(analyzers.vocabulary), _always, _vocabulary_problem, reads=_reads_string),
     StepDef("impute", (NUMBER, TEXT), ("strategy", "value"), _same_kind, _mapper(analyzers.impute),
             lambda params: params.get("strategy") != "constant", _impute_problem, reads=_impute_reads,
-            short="strategy", fills_missing=True),
+            short="strategy", fills_missing=True, input_above=_impute_input_above),
 ]}

@@ -120,7 +120,7 @@ def test_normalized_text_is_split_without_a_whitespace_pass_of_its_own():
         return sparse.indices, sparse.values
 
     session, ops = convert(tokens, tf.TensorSpec([None], tf.string))
-    assert ops["StringRegexReplace"] == 2  # apostrophes; punctuation and whitespace
+    assert ops["StringRegexReplace"] == 3  # sigmas; apostrophes; punctuation and whitespace
     got, want = run(session, text), tokens(tf.constant(text.astype(str)))
     np.testing.assert_array_equal(got[0], want[0].numpy())
     assert got[1].tolist() == [v.decode() for v in want[1].numpy()]

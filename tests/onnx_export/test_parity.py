@@ -17,7 +17,7 @@ import pytest
 import tensorflow as tf
 
 from tests.helpers import all_features, onnx_session, serving_inputs, tf_inputs, with_exact_copy
-from tests.tft_features.test_pipeline_parity import FIXED_BOUNDARIES, make_table
+from tests.tft_features.test_pipeline_parity import FIXED_BOUNDARIES, HUGE_MAX, make_table
 from tf_train.data import model_inputs
 from tf_train.model import RawFeaturesModel, save_raw_features_model
 from onnx_export.convert import ExportError, convert_saved_model
@@ -31,7 +31,7 @@ def edge_rows(stats: dict) -> dict[str, list]:
         "text": ["", "THE and, of!!", "  Colour\twas\ngreat  ", "dont don't DON'T", "naïve café price"],
         "edges": [*FIXED_BOUNDARIES, -1e30, 1e30], "q": stats["q"]["boundaries"],
         "pos_a": [1e-30, 1e30, 1.0], "pos_b": [1e-20, 3e20], "signed": [-1e6, 1e6, 0.0, -0.0],
-        "z": [1e20, -1e20], "mm": [-50.0, 50.0, 1e9], "huge": [1e30, -1e30, 0.0],
+        "z": [1e20, -1e20], "mm": [-50.0, 50.0, 1e9], "huge": [1e30, -1e30, 0.0, 3e38],
         "miss_mean": [np.nan, np.nan], "miss_median": [np.nan], "miss_const": [np.nan],
         "px": [1e6, -1e-6], "py": [0.0], "pz": [1e-3], "thr": [0.5, 0.50001],
         "ple": [*stats["ple"]["edges"], -1e30, 1e30, 0.0], "ple_steps": [*stats["ple_steps"]["edges"], 1e-7, 3e38],
@@ -106,6 +106,8 @@ def test_every_transform_matches_tf_feature_by_feature(exported, transform_only,
         else:
             np.testing.assert_allclose(got[name], want[name], atol=1e-5, rtol=1e-4, err_msg=name)
     assert want["cat_exact"][0] == -1 and want["edges"][:3].tolist() == [1, 2, 3]
+    # huge's edge rows: 1e30 reaches log1p as it is; -1e30 is clipped to 0, 3e38 to HUGE_MAX
+    np.testing.assert_allclose(want["huge"][:4], np.log1p([1e30, 0, 0, HUGE_MAX]), rtol=1e-6)
 
 
 def test_manifest_records_the_onnx_signature(exported):

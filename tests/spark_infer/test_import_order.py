@@ -2,7 +2,7 @@
 
 TensorFlow loads its RE2 into the global symbol scope; onnxruntime-extensions, loaded after it the
 plain way, bound its RE2 calls to that copy and its regex replacement silently did nothing. The
-scorer loads a private copy of the library with RTLD_DEEPBIND (spark_infer.session) and checks it
+scorer loads a private copy of the library with RTLD_DEEPBIND (tfbridge.scoring.session) and checks it
 on known strings before a session runs.
 """
 
@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from spark_infer.session import PROBE_TEXT, expected_text
+from tfbridge.scoring.session import PROBE_TEXT, expected_text
 from tests.onnx_export.test_parity import fresh_rows
 
 TEXTS = [*PROBE_TEXT, "Great price!!! Don't\tbuy\n it...", "ÆØÅ—naïve, café's", "a'b'c", "  \t ", "x_y-z/w"]
@@ -26,7 +26,7 @@ import json, sys
 {first}
 import numpy as np, pyarrow.parquet as pq
 from spark_infer import load_model
-from spark_infer.session import _probe_graph, make_session
+from tfbridge.scoring.session import _probe_graph, make_session
 texts = json.loads(sys.argv[2])
 probe = make_session(_probe_graph(), text_ops=True).run(None, {{"text": np.array(texts, object)}})[0].tolist()
 model = load_model(sys.argv[1])
@@ -74,7 +74,7 @@ def test_the_self_check_refuses_a_library_bound_to_tensorflows_re2(python_env):
     """The library loaded the plain way after TensorFlow: the check sees the wrong tokens and says why."""
     env, python = python_env
     script = ("import tensorflow, onnxruntime_extensions\n"
-              "from spark_infer import session\n"
+              "from tfbridge.scoring import session\n"
               "session.text_ops_library = onnxruntime_extensions.get_library_path\n"
               "try:\n    session.check_text_ops()\nexcept session.TextOpsError as e:\n    print('REFUSED', e)\n")
     done = subprocess.run([python, "-c", script], env=env, capture_output=True, text=True, timeout=300)

@@ -97,7 +97,7 @@ def test_a_crashed_python_worker_is_retried_and_every_row_is_scored_once(exporte
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert marker.exists()  # a Python worker did die mid-job
-    log = (tmp_path / "logs" / "score.log").read_text()  # Spark's output, kept off the quiet console
+    log = (tmp_path / "scores.log").read_text()  # Spark's output, kept off the quiet console, beside the scores
     assert "Python worker exited unexpectedly" in log or "crashed" in log, log[-3000:]
     scores = pq.read_table(tmp_path / "scores").to_pandas()
     assert len(scores) == 3000 and scores["target"].is_unique

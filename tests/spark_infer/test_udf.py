@@ -14,6 +14,7 @@ from spark_infer import score
 from tests.helpers import onnx_session, serving_inputs, tf_inputs
 from tests.onnx_export.test_parity import fresh_rows
 from tfbridge.contracts import DataError, ModelManifest
+from tfbridge.scoring.parity import ONNX_VS_SAVED_MODEL, compare
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +70,10 @@ def test_without_an_onnx_export_the_saved_model_scores(spark, exported, rows, tm
     got = scored(spark, table, model_dir)
     saved = tf.saved_model.load(str(model_dir / "saved_model")).signatures["serving_default"](
         **tf_inputs(feeds))["prediction"].numpy()
-    np.testing.assert_allclose(got, saved, rtol=1e-6, atol=0)
+    # TensorFlow's kernels round by batch (one call on all rows vs Spark's batches of 500: 3e-4 relative apart on
+    # predictions near 0, measured): held to the hand-off tolerance of the SavedModel, joined by row.
+    compare("Spark's SavedModel vs the SavedModel", {"prediction": saved}, {"prediction": got}, ONNX_VS_SAVED_MODEL,
+            str).check()
 
 
 def test_schema_is_checked_before_any_job(spark, exported, rows):
@@ -177,7 +181,7 @@ def test_a_crash_mid_export_leaves_the_saved_model_as_the_model(exported, tmp_pa
 def test_local_feeds_read_mixed_columns_as_the_feature_stage_does():
     import pandas as pd
 
-    from spark_infer.udf import _as_model_type
+    from tfbridge.scoring.model import _as_model_type
 
     mixed = pd.Series([True, None, False, 3, np.int64(4), 5.0, np.nan, "x"], dtype=object, name="code")
     assert _as_model_type(mixed, "string").tolist() == ["true", None, "false", "3", "4", "5", None, "x"]

@@ -247,15 +247,54 @@ def test_export_takes_raw_columns_and_matches_the_trained_model(features_root, t
     r2 = 1 - ((y - prediction) ** 2).sum() / ((y - y.mean()) ** 2).sum()
     assert r2 == pytest.approx(metrics["eval"]["r2"], abs=1e-4)
 
-    # The eval rows kept for the report: the same labels and predictions, and the linear baseline's next to them,
-    # which is a real fit (its R^2 is recomputed here from its own predictions).
+    # The eval rows kept for the report: the same labels and predictions, and the linear baseline's next to them.
     kept = pq.read_table(layout.eval_predictions_path).to_pandas()
     np.testing.assert_allclose(kept["label"], eval_targets, rtol=1e-6)
     np.testing.assert_allclose(kept["prediction"], prediction, rtol=1e-4, atol=1e-4)
-    base = kept["baseline_prediction"].to_numpy()
-    base_r2 = 1 - ((y - base) ** 2).sum() / ((y - y.mean()) ** 2).sum()
-    assert metrics["baseline"]["model"] == "Ridge" and base_r2 == pytest.approx(metrics["baseline"]["r2"], abs=1e-6)
+    # The baseline fitted again here, from the shards by another path (decode_split, numpy, Ridge on the label as
+    # it is): the predictions it wrote, joined by the eval row's unique target, and the R^2 it reported. Sparse,
+    # as the baseline fits it: the same solver (sparse_cg, tol 1e-4); the two agree to ~1e-6 of the spread, and
+    # leaving any one feature out of the design moves them by more than 0.2 of it.
+    import scipy.sparse as sp
+    from sklearn.linear_model import Ridge
+
+    x_train, y_train, _ = baseline_design(layout, "train")
+    x_eval, _, eval_label = baseline_design(layout, "eval")
+    ridge = Ridge(alpha=1.0).fit(sp.csr_matrix(x_train), y_train)
+    reference = dict(zip(eval_label.tolist(), ridge.predict(sp.csr_matrix(x_eval))))
+    want = np.array([reference[v] for v in kept["label"].to_numpy(np.float32).tolist()])
+    spread = float(np.std(y))
+    np.testing.assert_allclose(kept["baseline_prediction"], want, rtol=1e-4, atol=1e-4 * spread)
+    assert metrics["baseline"]["model"] == "Ridge"
+    assert metrics["baseline"]["r2"] == pytest.approx(r2_score(kept["label"], want), abs=1e-4)
     assert 0.3 < metrics["baseline"]["r2"] < 1.0, metrics
+
+
+def r2_score(y, prediction) -> float:
+    y, prediction = np.asarray(y, np.float64), np.asarray(prediction, np.float64)
+    return float(1 - ((y - prediction) ** 2).sum() / ((y - y.mean()) ** 2).sum())
+
+
+def baseline_design(layout, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(X, label in float64, label as stored) of a split's shards: numbers and vectors as they are, ids one-hot,
+    token ids counted; the baseline's design, built without its code."""
+    from tfbridge.contracts import FeatureKind, FeaturesManifest
+
+    outputs = FeaturesManifest.read(layout.features_manifest_path).outputs
+    decoded = decode_split(layout.features_dir, split)
+    n = len(decoded["target"])
+    parts = []
+    for name, output in outputs.items():
+        if output.kind in (FeatureKind.NUMBER, FeatureKind.VECTOR):
+            parts.append(np.asarray(decoded[name], np.float64).reshape(n, -1))
+            continue
+        counts = np.zeros((n, output.width))
+        rows = decoded[name] if output.kind == FeatureKind.TOKEN_IDS else np.asarray(decoded[name]).reshape(n, 1)
+        for i, ids in enumerate(rows):
+            assert ((ids >= 0) & (ids < output.width)).all(), (name, ids)
+            np.add.at(counts[i], ids, 1)
+        parts.append(counts)
+    return np.hstack(parts), decoded["target"].astype(np.float64), decoded["target"]
 
 
 @pytest.mark.parametrize("label,task,classes", [("above", "binary", (0, 1)),

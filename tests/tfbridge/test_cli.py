@@ -106,10 +106,21 @@ def test_demo_runs_every_stage_on_diamonds_quietly(tmp_path, python_env):
     assert len(got) == DIAMONDS_ROWS
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * float(np.std(want)))
 
-    # Spark scored every row with the same graph (row order is Spark's: compare the sorted values).
-    scores = pq.read_table(tmp_path / "runs" / "demo" / "scores")
-    assert scores.num_rows == DIAMONDS_ROWS and set(raw.column_names) < set(scores.column_names)
-    np.testing.assert_allclose(np.sort(scores.column("prediction").to_numpy()), np.sort(got), rtol=1e-6)
+    # Spark scored every row with the same graph, in its own row order: joined back to the raw rows by all their
+    # columns (diamonds has no id; a duplicated row has duplicated inputs, so any copy's prediction will do).
+    scores = pq.read_table(tmp_path / "runs" / "demo" / "scores").to_pandas()
+    assert len(scores) == DIAMONDS_ROWS and set(raw.column_names) < set(scores.columns)
+    assert_joined_by_row(raw.to_pandas().assign(onnx=got), scores, raw.column_names)
+
+
+def assert_joined_by_row(raw, scores, keys: list[str]) -> None:
+    """Each scored row's prediction vs the ONNX one (`onnx`) of the raw row with the same values in `keys`."""
+    raw, scores = raw.astype({k: str for k in keys}), scores.astype({k: str for k in keys})  # categories as text
+    assert sorted(map(tuple, scores[keys].to_numpy().tolist())) == sorted(map(tuple, raw[keys].to_numpy().tolist()))
+    want = raw.groupby(keys, sort=False)["onnx"].first()
+    joined = scores.join(want, on=keys, how="left")
+    assert joined["onnx"].notna().all() and len(joined) == len(scores)
+    np.testing.assert_allclose(joined["prediction"].to_numpy(), joined["onnx"].to_numpy(), rtol=1e-6, atol=0)
 
 
 def test_bad_config_exits_2_with_the_key(tmp_path, capsys):

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from spark_infer import load_model, score
-from tests.helpers import decode_split, tf_inputs
+from tests.helpers import decode_split, onnx_session, serving_inputs, tf_inputs
 from tests.onnx_export.test_parity import fresh_rows
 from tfbridge.cli import main
 from tfbridge.contracts import PipelineConfig
@@ -63,8 +63,11 @@ def test_the_feature_stage_reads_null_and_empty_alike(tmp_path, fmt):
 
 
 def test_serving_engines_read_null_and_empty_alike(exported, spark, tmp_path):
-    """The shared model (miss_cat imputes, cat and text do not): each row twice, its strings null in one copy
-    and "" in the other; ONNX, the SavedModel and Spark (from Parquet and from CSV) score both copies alike."""
+    """The shared model (miss_cat imputes; cat, cat_top, cat_exact and text do not), 40 rows with every string
+    null, then "". The graph is fed "" by hand (not through the scorer's null -> "") and must give what the
+    feature stage meant: miss_cat "" is missing (its impute value), text "" has no tokens (as a text of stop
+    words only), a category "" is a category like any unseen one. The scorer's feeds turn null into that "";
+    Spark reading real nulls from Parquet and CSV scores as ONNX, joined by row_id."""
     import tensorflow as tf
 
     layout = exported.layout
@@ -75,23 +78,45 @@ def test_serving_engines_read_null_and_empty_alike(exported, spark, tmp_path):
     for column in strings:
         as_null[column] = None
         as_empty[column] = ""
+    meant = {"miss_cat": stats["miss_cat"]["impute_value"], "text": "the and of", "cat": "never seen",
+             "cat_top": "never seen", "cat_exact": "never seen"}
+    model = load_model(layout.model_dir)
+    graph = onnx_session(layout.onnx_path)
+    signature = tf.saved_model.load(str(layout.saved_model_dir)).signatures["serving_default"]
+
+    def by_hand(frame: pd.DataFrame) -> dict:
+        assert not frame[strings].isna().any().any()  # no null for serving_inputs to turn into ""
+        return serving_inputs(pa.Table.from_pandas(frame, preserve_index=False), model.manifest)
+
+    def onnx(frame: pd.DataFrame) -> np.ndarray:
+        return graph.run(["prediction"], by_hand(frame))[0]
+
+    def saved(frame: pd.DataFrame) -> np.ndarray:
+        return signature(**tf_inputs(by_hand(frame)))["prediction"].numpy()
+
+    empty = onnx(as_empty)
+    for column, value in meant.items():
+        np.testing.assert_array_equal(onnx(as_empty.assign(**{column: value})), empty, err_msg=column)
+        np.testing.assert_array_equal(saved(as_empty.assign(**{column: value})), saved(as_empty), err_msg=column)
+        # the column moves the prediction, so the comparison above could fail
+        assert any(not np.array_equal(onnx(as_empty.assign(**{column: v})), empty)
+                   for v in ["a", "b", "c", "d", "e", "f", "good price"]), column
+    np.testing.assert_allclose(saved(as_empty), empty, rtol=1e-4, atol=1e-5 * float(np.std(empty)))
+    np.testing.assert_allclose(model.predict(as_null)["prediction"], empty, rtol=1e-6, atol=0)
+    np.testing.assert_allclose(model.predict(as_empty)["prediction"], empty, rtol=1e-6, atol=0)
+
     rows = pd.concat([as_null, as_empty], ignore_index=True)
     rows["row_id"] = np.arange(len(rows))
-    model = load_model(layout.model_dir)
-    onnx_out = model.predict(rows)["prediction"]
-    np.testing.assert_array_equal(onnx_out[:40], onnx_out[40:])
-    signature = tf.saved_model.load(str(layout.saved_model_dir)).signatures["serving_default"]
-    saved = signature(**tf_inputs(model.feeds(rows)))["prediction"].numpy()
-    np.testing.assert_array_equal(saved[:40], saved[40:])
-
+    want = np.concatenate([empty, empty])  # by row_id
     table = pa.Table.from_pandas(rows, preserve_index=False)
+    assert table.column("cat").null_count == 40
     pq.write_table(table, tmp_path / "rows.parquet")
-    pacsv.write_csv(table, tmp_path / "rows.csv")
+    pacsv.write_csv(table, tmp_path / "rows.csv")  # null -> an empty field, "" -> ""
     from spark_infer.job import read_input
 
     for path in (tmp_path / "rows.parquet", tmp_path / "rows.csv"):
         df = read_input(spark, str(path), model.manifest)
         got = score(df, model).select("row_id", "prediction").toPandas()
-        got = got.assign(row_id=got["row_id"].astype(int)).sort_values("row_id")["prediction"].to_numpy()
-        np.testing.assert_allclose(got, onnx_out, rtol=1e-6, err_msg=str(path))
-        np.testing.assert_array_equal(got[:40], got[40:])
+        assert sorted(got["row_id"].astype(int)) == list(range(len(rows)))
+        np.testing.assert_allclose(got["prediction"].to_numpy(), want[got["row_id"].astype(int).to_numpy()],
+                                   rtol=1e-6, atol=0, err_msg=str(path))

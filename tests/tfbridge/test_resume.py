@@ -68,6 +68,7 @@ def test_interrupted_training_resumes_and_unchanged_stages_are_skipped(tmp_path,
     train_log = (layout.logs_dir / "train.log").read_text()
     resumed = re.search(rf"resuming from the backup after epoch (\d+) of {EPOCHS}", train_log)
     assert resumed and int(resumed.group(1)) >= interrupted_at >= 2, train_log
+    assert f"resumed after epoch {resumed.group(1)} on 1 worker(s)" in done.stdout, done.stdout  # on the console
     metrics = json.loads(layout.metrics_path.read_text())
     assert [h["epoch"] for h in metrics["history"]] == list(range(1, EPOCHS + 1)) and metrics["eval"]["r2"] > 0.9
     check_hand_offs(layout, table.to_pandas(), "id", "id", "regression", float(np.std(table.column("y"))), spark,

@@ -6,12 +6,15 @@ columns holding nulls, NaN, "" and non-ASCII text. A config is built from the dt
 sanitised must stop at config time naming both; otherwise features -> 1-epoch training -> export ->
 Spark scoring runs and every hand-off agrees (tests.helpers.check_hand_offs).
 
-CI runs a few seeded examples; TFBRIDGE_FUZZ_EXAMPLES=N runs N (e.g. 100 for a long run).
+CI runs the explicit CI_EXAMPLES: together they draw every column kind (and each encoding of a boolean), both
+formats, every kind of awkward name, and one collision (test_the_ci_examples_cover_every_column_kind checks it).
+TFBRIDGE_FUZZ_EXAMPLES=N adds N generated ones (e.g. 100 for a long run).
 """
 
 from __future__ import annotations
 
 import decimal
+import json
 import os
 
 import numpy as np
@@ -20,7 +23,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
 from tests.helpers import check_hand_offs
@@ -29,7 +32,7 @@ from tfbridge.cli import main
 from tfbridge.contracts import ConfigError, PipelineConfig, graph_input_name, graph_input_names
 
 ROWS = 240
-EXAMPLES = int(os.environ.get("TFBRIDGE_FUZZ_EXAMPLES", "3"))
+GENERATED = int(os.environ.get("TFBRIDGE_FUZZ_EXAMPLES", "0"))
 KINDS = ("float", "float_nulls", "decimal", "int_number", "int_category", "bool", "category", "category_nulls", "text")
 WORDS = ["Good", "price!", "don't", "naïve", "café", "Größe", "été", "x.y", "a,b", "\ttab", "ÆØÅ", "the", ""]
 
@@ -38,6 +41,23 @@ name_part = st.one_of(st.sampled_from(["class", "lambda", "Price", "sample.yr", 
                       st.text(st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")), min_size=1, max_size=8))
 columns = st.lists(st.tuples(name_part, st.sampled_from(KINDS)), min_size=1, max_size=4,
                    unique_by=lambda c: c[0])
+
+
+CI_EXAMPLES = [  # seeds chosen so that the Parquet booleans draw both of their encodings
+    {"columns": [("class", "float"), ("sample.yr", "float_nulls"), ("Größe", "decimal"), ("Home Team", "bool")],
+     "fmt": "parquet", "seed": 1},
+    {"columns": [("2nd_visit", "int_number"), ("price ($)", "text"), ("lambda", "category_nulls"), ("ID", "bool")],
+     "fmt": "csv", "seed": 3},
+    {"columns": [("Price", "int_category"), ("価格", "category"), ("x", "bool"), ("ÆØÅ q", "float_nulls")],
+     "fmt": "parquet", "seed": 2},
+    {"columns": [("a.b", "float"), ("a_b", "text")], "fmt": "csv", "seed": 4},  # stops at config time: cheap
+]
+
+
+def ci_examples(test):
+    for case in reversed(CI_EXAMPLES):
+        test = example(**case)(test)
+    return test
 
 
 def make_column(kind: str, rng: np.random.Generator, fmt: str) -> tuple[pa.Array, list]:
@@ -67,8 +87,10 @@ def make_column(kind: str, rng: np.random.Generator, fmt: str) -> tuple[pa.Array
     return pa.array(values.to_pylist(), mask=nulls), [{"impute": "most_frequent"}, "vocabulary"]
 
 
-@settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
+@settings(max_examples=max(GENERATED, 1), phases=[Phase.explicit, Phase.generate] if GENERATED else [Phase.explicit],
+          deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@ci_examples
 @given(columns=columns, fmt=st.sampled_from(["parquet", "csv"]), seed=st.integers(0, 2**16))
 def test_random_schemas_hold_parity(columns, fmt, seed, tmp_path_factory, spark, capsys):
     rng = np.random.default_rng(seed)
@@ -100,6 +122,30 @@ def test_random_schemas_hold_parity(columns, fmt, seed, tmp_path_factory, spark,
     layout = PipelineConfig.from_yaml(root / "c.yaml").layout
     raw = read_raw(data, fmt)
     check_hand_offs(layout, raw, "row id", "row id", "regression", float(raw[label].std()))
+
+
+def test_the_ci_examples_cover_every_column_kind():
+    """What the CI examples draw, replayed as the fuzz test draws it: every kind the strategy samples, each
+    encoding of a boolean, both formats; names the strategy could draw; one collision, the rest run."""
+    drawn, formats, collisions = set(), set(), 0
+    for case in CI_EXAMPLES:
+        names = [name for name, _ in case["columns"]]
+        assert 1 <= len(names) <= 4 and len(set(names)) == len(names) and case["fmt"] in ("parquet", "csv")
+        try:
+            graph_input_names(["Target.Value", *names], "ci example")
+        except ConfigError:
+            collisions += 1
+            continue
+        formats.add(case["fmt"])
+        rng = np.random.default_rng(case["seed"])
+        for _, kind in case["columns"]:
+            drawn.add((kind, case["fmt"] if kind == "bool" else "", json.dumps(make_column(kind, rng, case["fmt"])[1])))
+    assert {kind for kind, _, _ in drawn} == set(KINDS) and formats == {"parquet", "csv"} and collisions == 1
+    assert {(fmt, steps) for kind, fmt, steps in drawn if kind == "bool"} == {
+        ("parquet", '["z_score"]'), ("parquet", '["vocabulary"]'), ("csv", '["vocabulary"]')}
+    names = [name for case in CI_EXAMPLES for name, _ in case["columns"]]
+    assert {"class", "lambda", "sample.yr", "Home Team", "2nd_visit", "Größe", "price ($)"} <= set(names)
+    assert any(not name.isascii() and name not in ("Größe",) for name in names)  # drawn text beyond the list
 
 
 @pytest.mark.parametrize("names", [("a.b", "a_b"), ("Action", "action"), ("class", "c_class")])

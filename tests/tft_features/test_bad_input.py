@@ -98,22 +98,41 @@ def test_unknown_preprocessing_fn_module(tmp_path):
         run_features(PipelineConfig.from_yaml(path))
 
 
-def test_csv_three_phase_chain_and_atomic_replacement(tmp_path):
-    """CSV input with missing values; a three-phase chain (on the bundle-based runner);
-    then a failing rerun leaves the first run's features untouched."""
+def test_csv_three_phase_chain_and_atomic_replacement(tmp_path, caplog):
+    """CSV input with missing values; a three-phase chain (impute; box_cox fused with z_score; min_max) on the
+    bundle-based runner, which the stage picks for more than two phases; then a failing rerun leaves the first
+    run's features untouched."""
+    from scipy import stats as scipy_stats
+
+    from tft_features.preprocessing import plan_features
+
     rng = np.random.default_rng(3)
     x = rng.gamma(2.0, 2.0, 300)
     rows = ["x,c,y"] + [f"{'' if i % 10 == 0 else x[i]},{'pqr'[i % 3]},{i}" for i in range(300)]
     (tmp_path / "data.csv").write_text("\n".join(rows) + "\n")
-    path = write_config(tmp_path, tmp_path / "data.csv", {"x": [{"impute": "median"}, "box_cox", "z_score"],
-                                                         "c": ["vocabulary"]}, split={"eval_fraction": 0.0})
-    result = run_features(PipelineConfig.from_yaml(path))
+    path = write_config(tmp_path, tmp_path / "data.csv",
+                        {"x": [{"impute": "median"}, "box_cox", "z_score", "min_max"], "c": ["vocabulary"]},
+                        split={"eval_fraction": 0.0})
+    config = PipelineConfig.from_yaml(path)
+    assert plan_features(config).analysis_phases() == 3
+    with caplog.at_level("INFO", logger="tft_features.pipeline"):
+        result = run_features(config)
+    assert "features: 3 analysis phases: using the bundle-based direct runner" in caplog.text
+    assert "rerunning" not in caplog.text  # chosen up front, not after a stall
     assert result.rows == {"train": 300, "eval": 0}
     features = tmp_path / "out" / "features"
-    stats = json.loads((features / "stats.json").read_text())["features"]
+    stats = json.loads((features / "stats.json").read_text())["features"]["x"]
     decoded = decode_split(features, "train")
-    assert set(stats["x"]) == {"impute_value", "box_cox_lambda", "mean", "std"}
-    assert abs(np.mean(decoded["x"])) < 1e-5 and abs(np.std(decoded["x"]) - 1) < 1e-4
+    assert set(stats) == {"impute_value", "box_cox_lambda", "mean", "std", "min", "max"}
+    # each phase against scipy/numpy, on the rows joined by y
+    raw = np.where(np.arange(300) % 10 == 0, np.nan, x.astype(np.float32))[decoded["y"].astype(int)]
+    present = raw[~np.isnan(raw)]
+    assert np.mean(present <= stats["impute_value"]) == pytest.approx(0.5, abs=0.03)
+    filled = np.where(np.isnan(raw), np.float32(stats["impute_value"]), raw).astype(np.float64)
+    assert stats["box_cox_lambda"] == pytest.approx(scipy_stats.boxcox_normmax(filled, method="mle"), abs=1e-3)
+    z = scipy_stats.boxcox(filled, stats["box_cox_lambda"])
+    z = (z - z.mean()) / z.std()
+    np.testing.assert_allclose(decoded["x"], (z - z.min()) / (z.max() - z.min()), atol=1e-4)
     before = {p.name: p.stat().st_mtime_ns for p in features.rglob("*")}
 
     (tmp_path / "clean.csv").write_text("x,c,y\n1.0,p,0\n2.0,q,1\n")

@@ -25,6 +25,7 @@ from tft_features.shards import MIN_SHARDS
 
 N = 3000
 FIXED_BOUNDARIES = [0.0, 1.0, 2.5]
+HUGE_MAX = 1e35
 WORDS = ["Good", "price!", "the", "colour", "was", "great,", "don't", "buy", "it's", "fine", "rare1", "rare2", "..."]
 
 FEATURES = {
@@ -36,7 +37,7 @@ FEATURES = {
     "q": [{"bucketize": {"num_buckets": 4}}],
     "edges": [{"bucketize": {"boundaries": FIXED_BOUNDARIES}}],
     "thr": [{"threshold": 0.5}],
-    "huge": [{"clip": {"min": 0, "max": 5}}, "log1p"],
+    "huge": [{"clip": {"min": 0, "max": HUGE_MAX}}, "log1p"],  # 1e30 reaches log1p; 1e37 is clipped first
     "miss_mean": [{"impute": "mean"}],
     "miss_median": [{"impute": "median"}, "z_score"],
     "miss_cat": [{"impute": "most_frequent"}, "vocabulary"],
@@ -63,6 +64,7 @@ def make_table(seed: int) -> pa.Table:
     huge = rng.normal(0, 1, N)
     huge[::50] = 1e30
     huge[1::50] = -1e30
+    huge[2::50] = 1e37  # above HUGE_MAX: clipped
     miss_float = rng.normal(10.0, 2.0, N)
     miss_float[rng.random(N) < 0.05] = np.nan  # NaN counts as missing too
     return pa.table({
@@ -161,8 +163,11 @@ def test_layout_split_and_manifest(run):
         assert [f.rows for f in manifest.files[split]] == [pq.read_metadata(d / "transformed" / f).num_rows
                                                           for f in files]
         assert sum(f.rows for f in manifest.files[split]) == manifest.rows[split]
-    assert sorted(p.name for p in d.iterdir()) == ["manifest.json", "metadata", "stats.json", "transform_fn",
-                                                   "transformed", "transformed_metadata"]  # no temporary files
+    assert sorted(p.name for p in d.iterdir()) == ["check_rows.parquet", "manifest.json", "metadata", "stats.json",
+                                                   "transform_fn", "transformed", "transformed_metadata"]  # no temp
+    check_rows = manifest.read_check_rows(d)  # raw eval rows for the hand-off checks, as the stage split them
+    assert check_rows.num_rows == min(manifest.rows["eval"], 2000)
+    assert set(check_rows.column("target").to_pylist()) <= set(run["eval"]["target"].tolist())
     assert (d / "transform_fn" / "saved_model.pb").exists()
     assert manifest.rows == run["result"].rows == {"train": len(run["train"]["target"]),
                                                   "eval": len(run["eval"]["target"])}
@@ -183,6 +188,9 @@ def test_layout_split_and_manifest(run):
     assert outputs["cat_top"] == ("vector", 4) and outputs["px"] == ("vector", 9) and outputs["pz"] == ("vector", 5)
     assert outputs["text"] == ("token_ids", run["stats"]["text"]["vocabulary_size"] + 1)
     assert outputs["ple"] == ("vector", 6) and outputs["ple_steps"] == ("vector", 5)
+    # the ids of values outside a vocabulary (its OOV bucket), which training gives some rows; buckets have none
+    size = run["stats"]["cat"]["vocabulary_size"]
+    assert manifest.outputs["cat"].unseen_ids == (size, size + 1) and manifest.outputs["q"].unseen_ids is None
     assert "target" not in outputs and len(outputs) == len(FEATURES)
 
 
@@ -270,7 +278,11 @@ def test_threshold_clip_log1p(run):
     x = f32(run["train_raw"]["thr"])
     np.testing.assert_array_equal(run["train"]["thr"], (x > 0.5).astype(np.float32))
     huge = f32(run["train_raw"]["huge"])
-    np.testing.assert_allclose(run["train"]["huge"], np.log1p(np.clip(huge, 0, 5)), rtol=1e-6)
+    np.testing.assert_allclose(run["train"]["huge"], np.log1p(np.clip(huge, 0, HUGE_MAX)), rtol=1e-6)
+    # the extremes reach log1p (not clipped to a small max): 1e30 -> 69.08, 1e37 -> log1p(1e35) = 80.59
+    assert (huge == f32(1e30)).any() and (huge == f32(1e37)).any() and (huge == f32(-1e30)).any()
+    np.testing.assert_allclose(run["train"]["huge"][huge == f32(1e30)], np.log1p(1e30), rtol=1e-6)
+    np.testing.assert_allclose(run["train"]["huge"][huge == f32(1e37)], np.log1p(HUGE_MAX), rtol=1e-6)
 
 
 def test_impute_strategies(run):

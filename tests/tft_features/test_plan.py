@@ -23,11 +23,11 @@ def test_chains_read_types_and_phases():
         "p": [{"polynomial": {"degree": 2, "with": ["q"]}}],
     })
     by = {c.column: c for c in p.columns}
-    assert by["a"].read_as == "float" and by["a"].positive and by["a"].output_kind == NUMBER
+    assert by["a"].read_as == "float" and by["a"].raw_domain.above == 0 and by["a"].output_kind == NUMBER
     assert by["t"].read_as == "string" and by["t"].output_kind == TOKEN_IDS
     assert by["c"].read_as == "string" and by["c"].nullable and by["c"].kinds[1].width == 5
     assert by["c"].output_kind == VECTOR and by["b"].kinds[0].width == 3
-    assert by["m"].positive and by["m"].nullable
+    assert by["m"].raw_domain.above == 0 and by["m"].nullable
     assert p.raw_columns()["q"] == ("float", False)
     # impute median, then box_cox and z_score in one pass (the z-score's moments from the lambda's summaries)
     assert p.analysis_phases() == 2

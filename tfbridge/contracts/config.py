@@ -1,4 +1,5 @@
-"""The pipeline config: one YAML file, read with `yaml.safe_load` and validated here once.
+"""The pipeline config: one YAML file, read as `yaml.safe_load` reads it (keys as written: ConfigLoader) and
+validated here once.
 
 Errors name the file and the key. What each transform step accepts is the feature stage's to check
 (`tft_features.steps`): here a step is its name and its parameters as written.
@@ -23,6 +24,34 @@ DATA_FORMATS = ("parquet", "csv")
 # What the feature stage writes the transformed rows as (see ArtifactLayout.transformed_pattern): Parquet, one
 # column per feature, which training reads as columns; or gzipped tf.Example TFRecords, for TFX trainers.
 OUTPUT_FORMATS = ("parquet", "tfrecord")
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """`yaml.safe_load`'s loader (plain data, never code), except that a mapping key is the text written.
+
+    Every key of a config is a name (a section, a parameter, a column), and YAML would otherwise read some
+    names as numbers or booleans: the column `010` as 8, `on` as True, `1.10` as 1.1. A key that is not a
+    scalar (`? [a, b]`) is an error.
+    """
+
+    def construct_mapping(self, node, deep=False):
+        self.flatten_mapping(node)  # `<<` merge keys, as SafeLoader resolves them
+        mapping = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise yaml.constructor.ConstructorError(None, None, "a mapping key must be a name, not a "
+                                                        f"{key_node.id}", key_node.start_mark)
+            mapping[key_node.value] = self.construct_object(value_node, deep=deep)
+        return mapping
+
+
+def _text(value: Any, key: str, source: str) -> str:
+    """A name or a path as the config wrote it. YAML reads some unquoted text as another type (`010` as 8, `on` as
+    True, `1.10` as 1.1), and str() of that is not what was written: such a value is an error, never a guess."""
+    if isinstance(value, str):
+        return value
+    raise ConfigError(f"{source}: '{key}' must be text, but YAML read it as the {type(value).__name__} {value!r}; "
+                      f"quote it (e.g. \"010\", \"on\")")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,7 +223,7 @@ class PipelineConfig:
         path = str(path)
         try:
             with open(path, encoding="utf-8") as f:
-                raw = yaml.safe_load(f)
+                raw = yaml.load(f, Loader=ConfigLoader)
         except OSError as e:
             raise ConfigError(f"cannot read config {path}: {e.strerror}") from e
         except yaml.YAMLError as e:
@@ -222,16 +251,16 @@ class PipelineConfig:
             data_raw = {"path": data_raw}
         if not isinstance(data_raw, dict) or not data_raw.get("path"):
             raise ConfigError(f"{source}: 'data.path' is required (a Parquet file, directory or glob, or CSV)")
-        data_path = str(data_raw["path"])
+        data_path = _text(data_raw["path"], "data.path", source)
         fmt = data_raw.get("format") or ("csv" if data_path.lower().endswith(".csv") else "parquet")
         if fmt not in DATA_FORMATS:
             raise ConfigError(f"{source}: 'data.format' must be one of {DATA_FORMATS}, got {fmt!r}")
 
-        label = str(required("label"))
+        label = _text(required("label"), "label", source)
         task = required("task")
         if task not in TASKS:
             raise ConfigError(f"{source}: 'task' must be one of {TASKS}, got {task!r}")
-        output = str(required("output"))
+        output = _text(required("output"), "output", source)
         output_format = raw.get("output_format", "parquet")
         if output_format not in OUTPUT_FORMATS:
             raise ConfigError(f"{source}: 'output_format' must be one of {OUTPUT_FORMATS}, got {output_format!r}")
@@ -251,13 +280,14 @@ class PipelineConfig:
                 raise ConfigError(f"{source}: 'features' must map column names to lists of steps")
             for column, steps in features_raw.items():
                 where = f"{source}: features.{column}"
-                if str(column) == label:
+                _text(column, f"features.{column}", source)
+                if column == label:
                     raise ConfigError(f"{where}: the label '{label}' cannot also be a feature")
                 if isinstance(steps, (str, dict)):
                     steps = [steps]
                 if not isinstance(steps, list) or not steps:
                     raise ConfigError(f"{where}: expected a non-empty list of transform steps")
-                features[str(column)] = tuple(TransformStep.parse(s, where) for s in steps)
+                features[column] = tuple(TransformStep.parse(s, where) for s in steps)
         graph_input_names([label, *features], f"{source}: features")
 
         split_raw = raw.get("split") or {}

@@ -3,22 +3,29 @@ recorded digest matches the one computed now, and redoes it (and every stage aft
 
 A digest covers the stage's config section, its inputs' identity (each data file's path, size and modification
 time; the upstream stage's digest) and the project's version. A user's `preprocessing_fn` module counts as an
-input: editing it redoes the feature stage. Computing one reads no data and imports no stage.
+input: editing it redoes the feature stage. Computing one reads no data and imports nothing, not even the parent
+packages of that module: only a config the user passes names code, and only the feature stage runs it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.metadata
-import importlib.util
 import json
 import os
+import sys
 from typing import Any
 
 from tfbridge.contracts.config import DataSource, PipelineConfig
 from tfbridge.contracts.errors import DataError
 from tfbridge.contracts.layout import ArtifactLayout
 from tfbridge.contracts.manifests import FeaturesManifest, ModelManifest
+
+
+# Raised whenever the same config and data would make other artifacts than before (how rows are split, a column's
+# graph input name), so that a run made before is redone rather than mixed with the new rules: 2 splits rows by
+# their columns in name order, names columns alike on every Python, reads YAML keys as written.
+FINGERPRINT_VERSION = 2
 
 
 def project_version() -> str:
@@ -29,7 +36,8 @@ def project_version() -> str:
 
 
 def _digest(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps([project_version(), *parts], sort_keys=True, default=str).encode()).hexdigest()
+    return hashlib.sha256(json.dumps([FINGERPRINT_VERSION, project_version(), *parts], sort_keys=True,
+                                     default=str).encode()).hexdigest()
 
 
 def files_identity(paths) -> list[tuple[str, int, int]]:
@@ -45,15 +53,44 @@ def data_identity(source: DataSource) -> list[tuple[str, int, int]]:
     return files_identity(source.files())
 
 
+def module_file(module: str) -> str | None:
+    """The file a dotted module would be imported from, or None, found without running any code of it or of its
+    packages: each level is looked up as the import system does (every finder on sys.meta_path, within the
+    package's search path), but no package's `__init__` is executed, as `importlib.util.find_spec` would."""
+    parts = module.split(".")
+    if not all(part.isidentifier() for part in parts):
+        return None
+    search_path, spec = None, None
+    for depth in range(len(parts)):
+        if depth and search_path is None:  # a module, not a package, cannot hold another
+            return None
+        try:
+            spec = _find_spec(".".join(parts[:depth + 1]), search_path)
+        except (ImportError, ValueError):
+            return None
+        if spec is None:
+            return None
+        search_path = spec.submodule_search_locations
+    origin = spec.origin if spec.has_location else None
+    return origin if origin and os.path.isfile(origin) else None
+
+
+def _find_spec(name: str, search_path):
+    """The spec of one level, from the first finder on sys.meta_path that knows it (None: none does)."""
+    for finder in sys.meta_path:
+        find_spec = getattr(finder, "find_spec", None)
+        found = find_spec(name, search_path) if find_spec else None
+        if found is not None:
+            return found
+    return None
+
+
 def _module_identity(spec: str | None) -> list:
-    """The file of a `preprocessing_fn: package.module:function`, when it can be found without importing it."""
+    """A `preprocessing_fn: package.module:function` and its module's file, when that can be found."""
     if not spec:
         return []
-    try:
-        found = importlib.util.find_spec(spec.partition(":")[0])
-    except (ImportError, ValueError):
-        return [spec]
-    return [spec, *files_identity([found.origin])] if found and found.origin and os.path.isfile(found.origin) else [spec]
+    found = module_file(spec.partition(":")[0])
+    return [spec, *files_identity([found])] if found else [spec]
 
 
 def features_fingerprint(config: PipelineConfig) -> str:

@@ -36,6 +36,11 @@ class ArtifactLayout:
         return self.features_dir / "stats.json"
 
     @property
+    def check_rows_path(self) -> Path:
+        """Raw eval rows kept for the hand-off checks (FeaturesManifest.check_rows)."""
+        return self.features_dir / "check_rows.parquet"
+
+    @property
     def features_manifest_path(self) -> Path:
         return self.features_dir / "manifest.json"
 

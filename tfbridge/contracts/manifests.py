@@ -49,10 +49,16 @@ class FeatureKind(enum.StrEnum):
 
 @dataclasses.dataclass(frozen=True)
 class FeatureOutput:
-    """One transformed feature as the model sees it; width is None where it is not known."""
+    """One transformed feature as the model sees it; width is None where it is not known.
+
+    unseen_ids: for ids from a vocabulary, the range [start, stop) of the ids a value outside it gets: its OOV
+    buckets, or (-1, 0) with none. The trainer shows the model some training rows under those ids, so that an
+    unseen value meets an embedding learned from data. None: no value is unseen (buckets) or nobody knows.
+    """
 
     kind: FeatureKind
     width: int | None = None
+    unseen_ids: tuple[int, int] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +97,8 @@ class FeaturesManifest:
     fingerprint: str = ""  # what it was made from (fingerprints.features_fingerprint)
     format: str = "tfrecord"  # of the transformed rows (config.OUTPUT_FORMATS); manifests before it had TFRecords
     files: Mapping[str, tuple[ShardFile, ...]] = dataclasses.field(default_factory=dict)  # split -> its files
+    # Raw rows of the eval split (train without one), as the stage read them: the hand-off checks' rows.
+    check_rows: ShardFile | None = None
 
     def shard_paths(self, transformed_dir: Path, split: str) -> tuple[str, ...]:
         """The split's files, in shard order, each checked against what the stage wrote (its sha256): a file
@@ -105,6 +113,19 @@ class FeaturesManifest:
                 raise DataError(f"{path} is not the file the feature stage wrote (its sha256 differs from "
                                 f"manifest.json): rerun `tfbridge features`")
         return paths
+
+    def read_check_rows(self, features_dir: Path):
+        """The raw rows the hand-off checks score (a pyarrow Table, the user's column names), checked against
+        their sha256; DataError when the stage kept none or the file changed since."""
+        import pyarrow.parquet as pq
+
+        if self.check_rows is None:
+            raise DataError(f"{Path(features_dir) / 'manifest.json'} names no check rows (written by an older "
+                            f"version): rerun `tfbridge features`")
+        path = Path(features_dir) / self.check_rows.name
+        if not path.is_file() or file_sha256(path) != self.check_rows.sha256:
+            raise DataError(f"{path} is missing or not the file the feature stage wrote: rerun `tfbridge features`")
+        return pq.read_table(path)
 
     @property
     def label_key(self) -> str:
@@ -123,9 +144,24 @@ class FeaturesManifest:
     def read(cls, path: Path) -> "FeaturesManifest":
         raw = _read_json(path, "feature-stage manifest", "features")
         raw["raw_columns"] = _raw_columns(raw["raw_columns"])
-        raw["outputs"] = {k: FeatureOutput(FeatureKind(v["kind"]), v["width"]) for k, v in raw["outputs"].items()}
+        raw["outputs"] = {k: FeatureOutput(FeatureKind(v["kind"]), v["width"],
+                                           tuple(v["unseen_ids"]) if v.get("unseen_ids") else None)
+                          for k, v in raw["outputs"].items()}
         raw["files"] = {split: tuple(ShardFile(**f) for f in files) for split, files in raw.get("files", {}).items()}
+        if raw.get("check_rows") is not None:
+            raw["check_rows"] = ShardFile(**raw["check_rows"])
         return cls(**raw)
+
+
+@dataclasses.dataclass(frozen=True)
+class ParityRecord:
+    """The export's check of its graph against the SavedModel (onnx_export.parity_gate): the graph it proved
+    (sha256), on how many rows, and the largest difference per output. A graph whose sha256 differs was not
+    checked in that state, and is checked again before it is used."""
+
+    sha256: str
+    rows: int
+    max_abs_diff: Mapping[str, float]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,6 +179,12 @@ class OnnxGraph:
     custom_ops_library: str | None
     sha256: str
     fingerprint: str = ""  # what it was made from (fingerprints.onnx_fingerprint)
+    parity: ParityRecord | None = None  # its check against the SavedModel; None: never checked
+
+    @property
+    def proven(self) -> bool:
+        """The graph as it is now passed the export's parity check."""
+        return self.parity is not None and self.parity.sha256 == self.sha256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,5 +218,7 @@ class ModelManifest:
         if raw["classes"] is not None:
             raw["classes"] = tuple(raw["classes"])
         if raw.get("onnx") is not None:
-            raw["onnx"] = OnnxGraph(**raw["onnx"])
+            graph = raw["onnx"]
+            raw["onnx"] = OnnxGraph(**{**graph, "parity": ParityRecord(**graph["parity"]) if graph.get("parity")
+                                       else None})
         return cls(**raw)

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 
 from tfbridge.contracts import (FeatureKind, FeaturesManifest, ModelManifest, PipelineConfig, fingerprints,
                                 materialized_feature_spec, staged, write_json_atomic)
+from tfbridge.contracts.columns import vocabulary_value
 from tfbridge.report import checks, figures, page
 
 SAMPLE_ROWS = 20_000  # rows of raw and transformed data behind each feature's plot
@@ -144,7 +145,17 @@ def _vocabulary(transform_output, column: str, steps, size: int) -> list[str]:
 
     index = max(i for i, step in enumerate(steps) if step.name == "vocabulary")
     path = transform_output.vocabulary_file_by_name(vocabulary_name(column, index))
-    return Path(path).read_text(encoding="utf-8", errors="replace").splitlines()[:size]
+    return vocabulary_lines(Path(path).read_bytes().decode("utf-8", errors="replace"))[:size]
+
+
+def vocabulary_lines(text: str) -> list[str]:
+    """The categories of a vocabulary file's text, as they were (`vocabulary_value`: `\\n` is a line break again,
+    `\\0` the empty string). Lines end at "\n" only: `str.splitlines` also breaks at U+2028, U+0085, \\v and
+    \\f, which a category may hold, and would shift every later id's label."""
+    lines = text.split("\n")
+    if lines[-1] == "":  # the last line's "\n"; no line is empty (VOCABULARY_EMPTY)
+        lines.pop()
+    return [vocabulary_value(line) for line in lines]
 
 
 def _model_section(config: PipelineConfig, metrics: dict) -> page.Section:

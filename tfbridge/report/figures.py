@@ -6,6 +6,8 @@ artifacts and saves every figure as a PNG under `<output>/report/`.
 
 from __future__ import annotations
 
+import unicodedata
+
 import matplotlib
 
 matplotlib.use("Agg")  # files only: no display, whatever the host has
@@ -47,11 +49,22 @@ def _short(value) -> str:
 def categorical_feature(column: str, top: list[tuple[str, int]], vocabulary_size: int, oov_rate: float | None) -> Figure:
     """The most frequent values (or tokens), with the vocabulary size and the eval split's out-of-vocabulary rate."""
     figure, (axis,) = _figure(1, width=6.5, height=max(2.5, 0.28 * len(top) + 1.2))
-    labels = [value if value != "" else '""' for value, _ in top][::-1]
+    labels = [_category_label(value) for value, _ in top][::-1]
     axis.barh(labels, [count for _, count in top][::-1], color=OURS)
     oov = f"\n{oov_rate:.2%} of eval values out of vocabulary" if oov_rate is not None else ""
     axis.set(title=f"{column}: top {len(top)} of {vocabulary_size:,} in the vocabulary{oov}", xlabel="rows (sample)")
     return figure
+
+
+def _category_label(value: str) -> str:
+    """A category as a bar's label: "" as `""`, one holding a line break or another control character as Python
+    writes it (`'a\\nb'`: the font has no glyph for them, and a line break would split the label), others as
+    they are."""
+    if value == "":
+        return '""'
+    if any(unicodedata.category(char) in ("Cc", "Zl", "Zp") for char in value):
+        return repr(value)
+    return value
 
 
 def training_loss(history: list[dict], kept_epoch: int | None = None) -> Figure:
