@@ -44,7 +44,7 @@ def check_graph(config: PipelineConfig, manifest: ModelManifest, onnx_bytes: byt
     model = ScoringModel(layout.model_dir, manifest, onnx_bytes)
     feeds = model.feeds(rows)
     onnx_out = model.predict(rows)
-    saved_out = _saved_model_outputs(layout.saved_model_dir, feeds)
+    saved_out = saved_model_outputs(layout.saved_model_dir, feeds)
     labels = [f"eval row {i}" for i in range(sample.num_rows)] + reasons
 
     def describe(i: int) -> str:
@@ -57,7 +57,8 @@ def check_graph(config: PipelineConfig, manifest: ModelManifest, onnx_bytes: byt
     return hand_off
 
 
-def _saved_model_outputs(saved_model: Path, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+def saved_model_outputs(saved_model: Path, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The SavedModel's serving signature on the graph's feeds (strings as str tensors), as numpy arrays."""
     import tensorflow as tf
 
     signature = tf.saved_model.load(str(saved_model)).signatures["serving_default"]

@@ -29,14 +29,11 @@ def hand_offs(config: PipelineConfig) -> list[HandOff]:
 
 def onnx_vs_saved_model(config: PipelineConfig, model: ScoringModel) -> HandOff:
     """The check rows through model.onnx (onnxruntime) and the SavedModel (TensorFlow)."""
-    import tensorflow as tf
+    from onnx_export.parity_gate import saved_model_outputs
 
     layout = config.layout
     rows = FeaturesManifest.read(layout.features_manifest_path).read_check_rows(layout.features_dir)
-    feeds = model.feeds(rows)
-    serve = tf.saved_model.load(str(layout.saved_model_dir)).signatures["serving_default"]
-    saved = {k: v.numpy() for k, v in serve(**{k: tf.constant(v.astype(str) if v.dtype == object else v)
-                                              for k, v in feeds.items()}).items()}
+    saved = saved_model_outputs(layout.saved_model_dir, model.feeds(rows))
     return compare("ONNX vs SavedModel (eval rows)", saved, model.predict(rows), ONNX_VS_SAVED_MODEL,
                    lambda i: f"eval row {i}")
 
