@@ -1,21 +1,32 @@
-"""Training throughput: 1 and 2 workers on Parquet and on TFRecord shards next to the in-memory floor, in one run.
+"""Training throughput and how it scales: workers on loopback, pinned to cores, and in network namespaces.
 
-    .venv/bin/python benchmarks/train_throughput.py --rows 1000000 --repeats 3
+    .venv/bin/python benchmarks/train_throughput.py --rows 1000000 --repeats 3 [--hosts 2,4]
 
-On synthetic rows (tfbridge.datasets.write_synthetic) through the feature stage
-twice, `output_format: parquet` and `tfrecord` (numbers, ids, a one-hot vector
-and token ids), then, each `--repeats` times:
-  floor      one worker, the same model, strategy and thread settings, on per-replica batches
-             already read and cached in memory (the step-time floor);
-  1 worker   `tfbridge train` on 1 worker: shards read, shuffled and batched every step;
-  2 workers  the same on 2 workers on loopback (RING all-reduce over gRPC).
-Throughput is examples/s of the last epoch (the first one traces and warms up),
-as the workers log it. Prints medians and the ratios to the floor.
+Synthetic rows (tfbridge.datasets.write_synthetic: numbers, ids, a one-hot
+vector and token ids) through the feature stage as Parquet shards, then, each
+`--repeats` times, side by side:
+  floor          the same model, strategy, thread settings and step function on per-replica batches already
+                 read and cached in memory: 1 worker on core 0, and 2 workers on a core each (TF_CONFIG on
+                 loopback): the step's compute, and its compute plus the all-reduce;
+  N worker(s)    `tfbridge train` on N workers on loopback, sharing the cores as the launcher starts them;
+  pinned         the same with each worker on cores of its own (tf_train.launcher.worker_cores): 2 workers
+                 against 1 worker on one core is the machine's scaling efficiency with no core shared;
+  sync_every 8   local SGD (train.sync_every): each worker takes 8 steps on its own batches, then the
+                 workers' weights are averaged, one collective per 8 steps.
+With --hosts, each worker also runs in a network namespace of its own (`ip netns`, root only): a veth pair
+to a bridge, an address of its own, a 10 Gbit/s token bucket (`tc qdisc tbf`) on each link, TF_CONFIG
+across those addresses, worker i on core i mod cores. (The kernel these were measured on has no netem
+qdisc, so no added delay: the links are veth.)
+Throughput is examples/s of the last epoch (the first one traces and warms up), as worker 0 logs it.
+Prints medians, their ratio to one pinned worker, and the synchronous step's time split into compute,
+all-reduce and input from the floors.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -39,17 +50,21 @@ FEATURES = {
     "comment": ["normalize_text", "vocabulary"],
 }
 TRAIN = {"batch_size": 1024, "epochs": 2, "hidden_units": [64, 32]}
-_EPOCH = re.compile(r"\[worker 0\].*: epoch \d+/\d+ .*\(([\d.]+) s, ([\d,]+) examples/s\)")
+LOCAL_STEPS = 8
+FLOOR_STEPS = 160
+_EPOCH = re.compile(r"worker 0: epoch \d+/\d+ .*\(([\d.]+) s, ([\d,]+) examples/s\)")
+NAMESPACE, BRIDGE, SUBNET = "tfbench", "tfbench-br", "10.213.0"
 
 
-def config_dict(data: Path, out: Path, output_format: str) -> dict:
+def config_dict(data: Path, out: Path, **train) -> dict:
     return {"data": {"path": str(data)}, "label": "target", "task": "regression", "features": FEATURES,
-            "output": str(out), "output_format": output_format, "train": {**TRAIN, "validation_fraction": 0}}
+            "output": str(out), "train": {**TRAIN, "validation_fraction": 0, **train}}
 
 
 def floor(config_path: str, steps: int) -> float:
-    """Runs in its own process (the strategy must come first): examples/s on cached, parsed batches."""
-    from tf_train.worker import make_strategy
+    """Runs in its own process (the strategy must come first; TF_CONFIG, if set, names the cluster):
+    examples/s on cached, parsed batches."""
+    from tf_train.worker import make_strategy, worker_count
 
     strategy = make_strategy()
     import tf_keras
@@ -60,8 +75,10 @@ def floor(config_path: str, steps: int) -> float:
 
     config = PipelineConfig.from_yaml(config_path)
     data = training_data.load_training_data(config)
-    batch = config.train.batch_size
-    cached = training_data.train_dataset(data, 0, 1, batch, config.train.seed).take(steps).cache().repeat()
+    batch, workers = config.train.batch_size, worker_count(strategy)
+    index = strategy.cluster_resolver.task_id or 0
+    cached = (training_data.train_dataset(data, index, workers, batch // workers, config.train.seed)
+              .take(steps).cache().repeat())
     tf_keras.utils.set_random_seed(config.train.seed)
     with strategy.scope():
         model = build_model(data.features, data.label, config.train)
@@ -74,24 +91,111 @@ def floor(config_path: str, steps: int) -> float:
         def on_epoch_end(self, epoch, logs=None):
             times.append(time.perf_counter() - self.start)
 
-    model.fit(strategy.experimental_distribute_dataset(cached), epochs=3, steps_per_epoch=steps, verbose=0,
-              callbacks=[Timer()])
+    model.fit(strategy.distribute_datasets_from_function(lambda context: cached), epochs=3, steps_per_epoch=steps,
+              verbose=0, callbacks=[Timer()])
     return steps * batch / times[-1]  # epochs 1-2 fill the cache and trace
 
 
-def trained_throughput(config, workers: int) -> float:
+def pinned(core: int):
+    return lambda: os.sched_setaffinity(0, {core})
+
+
+def floor_throughput(config_path: Path, workers: int) -> float:
+    from tf_train.launcher import free_ports, tf_config, thread_env
+
+    ports = free_ports(workers)
+    procs = []
+    for index in range(workers):
+        env = {**os.environ, **thread_env(workers), **({"TF_CONFIG": tf_config(ports, index)} if workers > 1 else {})}
+        procs.append(subprocess.Popen([sys.executable, __file__, "--floor", str(config_path), str(FLOOR_STEPS)],
+                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                                      preexec_fn=pinned(index % os.cpu_count())))
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    if any(p.returncode for p in procs):
+        raise RuntimeError(f"a floor worker failed: {[p.returncode for p in procs]}")
+    return json.loads(outputs[0].strip().splitlines()[-1])["floor"]
+
+
+def last_epoch_rate(log: str) -> float:
+    rates = [float(m.group(2).replace(",", "")) for m in _EPOCH.finditer(log)]
+    if not rates:
+        raise RuntimeError(f"no epoch line from worker 0 in:\n{log[-3000:]}")
+    return rates[-1]
+
+
+def trained_throughput(config, workers: int, pin: bool) -> float:
     from tf_train.launcher import launch
 
     out = io.StringIO()
-    launch(config, workers, out=out)
-    examples_per_s = [float(m.group(2).replace(",", "")) for m in _EPOCH.finditer(out.getvalue())]
-    return examples_per_s[-1]
+    launch(config, workers, out=out, pin=pin)
+    return last_epoch_rate(out.getvalue())
+
+
+@contextlib.contextmanager
+def namespaces(hosts: int):
+    """`hosts` network namespaces on one bridge, host i at SUBNET.(i+1), each link a 10 Gbit/s token bucket."""
+
+    def ip(*args, ns=None):
+        subprocess.run((["ip", "netns", "exec", ns] if ns else []) + list(args), check=True, capture_output=True)
+
+    teardown()
+    try:
+        ip("ip", "link", "add", BRIDGE, "type", "bridge")
+        ip("ip", "link", "set", BRIDGE, "up")
+        for i in range(hosts):
+            ns, outside, inside = f"{NAMESPACE}{i}", f"tfbench-v{i}", f"tfbench-p{i}"
+            ip("ip", "netns", "add", ns)
+            ip("ip", "link", "add", outside, "type", "veth", "peer", "name", inside)
+            ip("ip", "link", "set", inside, "netns", ns)
+            ip("ip", "link", "set", outside, "master", BRIDGE)
+            ip("ip", "link", "set", outside, "up")
+            ip("ip", "addr", "add", f"{SUBNET}.{i + 1}/24", "dev", inside, ns=ns)
+            ip("ip", "link", "set", inside, "up", ns=ns)
+            ip("ip", "link", "set", "lo", "up", ns=ns)
+            for dev, where in ((outside, None), (inside, ns)):
+                ip("tc", "qdisc", "add", "dev", dev, "root", "tbf", "rate", "10gbit", "burst", "1mb",
+                   "latency", "1ms", ns=where)
+        yield [f"{SUBNET}.{i + 1}" for i in range(hosts)]
+    finally:
+        teardown()
+
+
+def teardown():
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
+    for name in listed:
+        if name.startswith(NAMESPACE):
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+    subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True)
+
+
+def hosts_throughput(config, addresses: list[str]) -> float:
+    """Workers `python -m tf_train` in their namespaces, TF_CONFIG across the namespaces' addresses."""
+    import yaml
+
+    from tf_train.launcher import thread_env
+
+    config_path = Path(config.output) / "hosts-config.yaml"
+    config_path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    cluster = {"worker": [f"{address}:{23000 + i}" for i, address in enumerate(addresses)]}
+    procs = []
+    for index in range(len(addresses)):
+        env = {**os.environ, **thread_env(min(len(addresses), os.cpu_count())), "PYTHONUNBUFFERED": "1",
+               "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
+        procs.append(subprocess.Popen(["ip", "netns", "exec", f"{NAMESPACE}{index}", sys.executable, "-m", "tf_train",
+                                       "--config", str(config_path)], env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True, cwd=Path(__file__).resolve().parents[1],
+                                      preexec_fn=pinned(index % os.cpu_count())))
+    outputs = [p.communicate(timeout=1200)[0] for p in procs]
+    if any(p.returncode for p in procs):
+        raise RuntimeError(f"a worker failed: {[p.returncode for p in procs]}\n{outputs[0][-3000:]}")
+    return last_epoch_rate(outputs[0])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--hosts", help="worker counts to run in network namespaces, e.g. 2,4 (root only)")
     parser.add_argument("--data-dir", help="reuse synthetic Parquet written here (made if missing)")
     parser.add_argument("--floor", nargs=2, metavar=("CONFIG", "STEPS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -104,7 +208,6 @@ def main() -> None:
 
     import yaml
 
-    from tf_train.launcher import thread_env
     from tfbridge.contracts import PipelineConfig
     from tfbridge.datasets import write_synthetic
     from tft_features.pipeline import run_features
@@ -113,30 +216,54 @@ def main() -> None:
     data = Path(args.data_dir or work / "data") / f"synthetic-{args.rows}"
     if not data.exists():
         write_synthetic(data, args.rows, seed=0)
-    configs = {}
-    for output_format in ("parquet", "tfrecord"):
-        configs[output_format] = PipelineConfig.from_dict(config_dict(data, work / output_format, output_format))
-        run_features(configs[output_format])
-    (work / "config.yaml").write_text(yaml.safe_dump(configs["parquet"].to_dict()))
-    steps = 200
-    runs = {f"{workers} worker{'s' if workers > 1 else ''}, {output_format}": (configs[output_format], workers)
-            for workers in (1, 2) for output_format in configs}
-    results: dict[str, list[float]] = {"floor (in memory)": [], **{name: [] for name in runs}}
+    synchronous = PipelineConfig.from_dict(config_dict(data, work / "run"))
+    run_features(synchronous)
+    local = dataclasses.replace(synchronous, train=dataclasses.replace(synchronous.train, sync_every=LOCAL_STEPS))
+    config_path = work / "config.yaml"
+    config_path.write_text(yaml.safe_dump(synchronous.to_dict()))
+    cores = os.cpu_count()
+    runs = {  # name: (run, the cores it may use)
+        "floor, 1 worker on core 0 (in memory)": (lambda: floor_throughput(config_path, 1), 1),
+        "floor, 2 workers on a core each (in memory)": (lambda: floor_throughput(config_path, 2), 2),
+        "1 worker": (lambda: trained_throughput(synchronous, 1, pin=False), cores),
+        "2 workers": (lambda: trained_throughput(synchronous, 2, pin=False), cores),
+        "1 worker, pinned to one core": (lambda: trained_throughput(synchronous, 1, pin=True), 1),
+        "2 workers, pinned, a core each": (lambda: trained_throughput(synchronous, 2, pin=True), 2),
+        f"1 worker, pinned, sync_every {LOCAL_STEPS}": (lambda: trained_throughput(local, 1, pin=True), 1),
+        f"2 workers, pinned, sync_every {LOCAL_STEPS}": (lambda: trained_throughput(local, 2, pin=True), 2),
+    }
+    for hosts in [int(h) for h in args.hosts.split(",")] if args.hosts else []:
+        for name, config in (("", synchronous), (f", sync_every {LOCAL_STEPS}", local)):
+            runs[f"{hosts} workers in namespaces{name}"] = (
+                lambda hosts=hosts, config=config: _in_namespaces(config, hosts), min(hosts, cores))
+    results: dict[str, list[float]] = {name: [] for name in runs}
     for repeat in range(args.repeats):
-        done = subprocess.run([sys.executable, __file__, "--floor", str(work / "config.yaml"), str(steps)],
-                              capture_output=True, text=True, check=True, env={**os.environ, **thread_env(1)})
-        results["floor (in memory)"].append(json.loads(done.stdout.strip().splitlines()[-1])["floor"])
-        for name, (config, workers) in runs.items():
-            results[name].append(trained_throughput(config, workers))
+        for name, (run, _) in runs.items():
+            results[name].append(run())
         print(f"repeat {repeat + 1}: " + ", ".join(f"{k} {v[-1]:,.0f}" for k, v in results.items()), flush=True)
 
-    base = statistics.median(results["floor (in memory)"])
+    median = {name: statistics.median(values) for name, values in results.items()}
+    base = median["1 worker, pinned to one core"]
     print(f"\n{args.rows:,} rows, global batch {TRAIN['batch_size']}, model {TRAIN['hidden_units']}, "
-          f"median of {args.repeats}, examples/s of the last epoch\n")
-    print("| run | examples/s | vs floor | runs |\n|---|---:|---:|---|")
+          f"{cores} cores, median of {args.repeats}, examples/s of the last epoch\n")
+    print("| run | examples/s | vs 1 worker pinned | per core used | runs |\n|---|---:|---:|---:|---|")
     for name, values in results.items():
-        median = statistics.median(values)
-        print(f"| {name} | {median:,.0f} | {median / base:.2f}x | {', '.join(f'{v:,.0f}' for v in values)} |")
+        print(f"| {name} | {median[name]:,.0f} | {median[name] / base:.2f}x | {median[name] / base / runs[name][1]:.2f}x "
+              f"| {', '.join(f'{v:,.0f}' for v in values)} |")
+    batch = TRAIN["batch_size"]
+    whole = batch / median["floor, 1 worker on core 0 (in memory)"] * 1e3
+    compute = whole / 2
+    with_all_reduce = batch / median["floor, 2 workers on a core each (in memory)"] * 1e3
+    step = batch / median["2 workers, pinned, a core each"] * 1e3
+    print(f"\nA synchronous step of 2 pinned workers ({batch // 2} rows each), from the medians: "
+          f"{step:.2f} ms = compute {compute:.2f} ms + all-reduce and waiting {with_all_reduce - compute:.2f} ms "
+          f"+ input and the rest {step - with_all_reduce:.2f} ms (1 worker on one core: {batch / base * 1e3:.2f} ms "
+          f"for {batch} rows, of which compute {whole:.2f} ms)")
+
+
+def _in_namespaces(config, hosts: int) -> float:
+    with namespaces(hosts) as addresses:
+        return hosts_throughput(config, addresses)
 
 
 if __name__ == "__main__":

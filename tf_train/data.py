@@ -254,6 +254,16 @@ def train_dataset(data: TrainingData, pipeline_id: int, num_pipelines: int, per_
                                     num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE))
 
 
+def stacked(dataset: tf.data.Dataset, count: int) -> tf.data.Dataset:
+    """`count` consecutive batches as one ([count, batch, ...]), for local SGD's steps between averages; token
+    ids padded to the longest of them with PAD_ID."""
+    if count == 1:
+        return dataset
+    padding = tf.nest.map_structure(lambda spec: tf.constant(PAD_ID if spec.dtype.is_integer else 0, spec.dtype),
+                                    dataset.element_spec)
+    return dataset.padded_batch(count, padding_values=padding, drop_remainder=True).prefetch(2)
+
+
 def unseen_ids_in_training(features: dict[str, FeatureOutput], files: list[tuple[int, int]], seed: int):
     """A map over (step, model inputs, target) that gives UNSEEN_RATE of each vocabulary feature's ids (a row's
     id, each of its tokens) the id of a value outside the vocabulary, one of its OOV ids at random.

@@ -49,6 +49,25 @@ def free_ports(count: int) -> list[int]:
             s.close()
 
 
+def worker_cores(workers: int) -> list[set[int]] | None:
+    """Each worker's own cores: this process's allowed cores cut into `workers` equal sets, or None when there are
+    fewer cores than workers (they then share all of them)."""
+    cores = sorted(os.sched_getaffinity(0))
+    if workers > len(cores):
+        return None
+    share = len(cores) // workers
+    return [set(cores[i * share:(i + 1) * share]) for i in range(workers)]
+
+
+def resolve_workers(requested: int | str) -> int:
+    """`train.workers`: a number is honoured; "auto" is 1. The embedded launcher starts its workers on this one
+    host, where one process already uses every core (TF's op threads, tf.data's pool), and each more worker
+    adds an all-reduce per step between processes that share those cores: measured on 2 cores
+    (benchmarks/train_throughput.py), 2 workers were at best level with 1 (README, "Training throughput").
+    Workers pay off across hosts, each started with its own TF_CONFIG (`python -m tf_train`)."""
+    return 1 if requested == "auto" else int(requested)
+
+
 def thread_env(workers: int) -> dict[str, str]:
     """TF's op thread pools per worker: half of this host's cores shared out, the rest left to input
     and collectives. On 2 cores, 1 thread each: 1 worker went from ~140K to ~215K examples/s.
@@ -67,11 +86,12 @@ class _Worker:
 
     _print_lock = threading.Lock()  # whole lines from concurrent workers
 
-    def __init__(self, index: int, command: list[str], env: dict[str, str], out):
+    def __init__(self, index: int, command: list[str], env: dict[str, str], out, cores: set[int] | None = None):
         self.index = index
         self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
         self.process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                        text=True, bufsize=1, start_new_session=True)
+                                        text=True, bufsize=1, start_new_session=True,
+                                        preexec_fn=(lambda: os.sched_setaffinity(0, cores)) if cores else None)
         self._out = out
         self._thread = threading.Thread(target=self._stream, daemon=True)
         self._thread.start()
@@ -95,7 +115,7 @@ class _Worker:
         self._thread.join(5)
 
 
-def launch(config: PipelineConfig, workers: int, retries: int = 0, out=None) -> int | None:
+def launch(config: PipelineConfig, workers: int, retries: int = 0, out=None, pin: bool = False) -> int | None:
     """Trains on `workers` local processes; restarts the cluster from its backup up to `retries` times.
     Returns the epochs an interrupted run had finished when this one resumed from its backup, else None."""
     from tf_train.data import describe, load_training_data
@@ -126,7 +146,7 @@ def launch(config: PipelineConfig, workers: int, retries: int = 0, out=None) -> 
     command = [sys.executable, "-m", "tf_train", "--config", str(config_path)]
     try:
         for attempt in range(retries + 1):
-            failed = _run_cluster(command, workers, out, layout.model_dir)
+            failed = _run_cluster(command, workers, out, layout.model_dir, pin)
             if failed is None:
                 marker.unlink(missing_ok=True)
                 return resumed_after
@@ -141,14 +161,15 @@ def launch(config: PipelineConfig, workers: int, retries: int = 0, out=None) -> 
         config_path.unlink(missing_ok=True)
 
 
-def _run_cluster(command: list[str], workers: int, out, model_dir):
+def _run_cluster(command: list[str], workers: int, out, model_dir, pin: bool = False):
     """Runs one attempt: None when every worker finished, else (exit status, worker index, its tail). What the
     workers leave unfinished in `model_dir` (a stopped chief's export) is deleted once they are stopped."""
     ports = free_ports(workers)
     procs = []
+    cores = worker_cores(workers) if pin else None
     for index in range(workers):
         env = dict(os.environ, TF_CONFIG=tf_config(ports, index), PYTHONUNBUFFERED="1", **thread_env(workers))
-        procs.append(_Worker(index, command, env, out))
+        procs.append(_Worker(index, command, env, out, cores[index] if cores else None))
         log.info("train: worker %d started, pid %d, port %d", index, procs[-1].process.pid, ports[index])
     grace_s = STOP_GRACE_S
     try:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -30,7 +31,8 @@ from tf_train import baseline
 from tf_train import data as training_data
 from tf_train import metrics as quality
 from tf_train import model as training_model
-from tfbridge.contracts import ModelManifest, PipelineConfig, file_sha256, fingerprints, staged, write_json_atomic
+from tfbridge.contracts import (ModelManifest, PipelineConfig, TrainingError, file_sha256, fingerprints, staged,
+                                write_json_atomic)
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +60,11 @@ def is_chief(strategy) -> bool:
     return task_type == "worker" and task_id == 0 and "chief" not in resolver.cluster_spec().as_dict()
 
 
+def worker_count(strategy) -> int:
+    tasks = strategy.cluster_resolver.cluster_spec().as_dict()
+    return sum(len(tasks.get(kind, ())) for kind in ("chief", "worker")) or 1
+
+
 def worker_name(strategy) -> str:
     resolver = strategy.cluster_resolver
     return f"{resolver.task_type or 'worker'} {resolver.task_id or 0}"
@@ -68,16 +75,22 @@ def run_worker(config: PipelineConfig) -> None:
     chief, name = is_chief(strategy), worker_name(strategy)
     train = config.train
     data = training_data.load_training_data(config)
-    log.info("train: %s: %s; %d replica(s) in sync", name, training_data.describe(data), strategy.num_replicas_in_sync)
+    log.info("train: %s: %s; %d replica(s) in sync%s, on core(s) %s", name, training_data.describe(data),
+             strategy.num_replicas_in_sync,
+             f", weights averaged every {train.sync_every} steps" if train.sync_every > 1 else "",
+             ",".join(str(c) for c in sorted(os.sched_getaffinity(0))))
     tf_keras.utils.set_random_seed(train.seed)
-    steps = training_data.steps_per_epoch(data, data.batch_size)
+    sync_every = train.sync_every
+    # An epoch of local SGD: whole rounds of sync_every batches, enough for the split's rows (the stream repeats).
+    steps = -(-training_data.steps_per_epoch(data, data.batch_size) // sync_every)
 
     pipeline = {}
 
     def dataset_fn(context: tf.distribute.InputContext):
         pipeline.update(id=context.input_pipeline_id, count=context.num_input_pipelines)
-        return training_data.train_dataset(data, context.input_pipeline_id, context.num_input_pipelines,
-                                           context.get_per_replica_batch_size(data.batch_size), train.seed)
+        batches = training_data.train_dataset(data, context.input_pipeline_id, context.num_input_pipelines,
+                                              context.get_per_replica_batch_size(data.batch_size), train.seed)
+        return training_data.stacked(batches, sync_every)
 
     dataset = strategy.distribute_datasets_from_function(dataset_fn)
     with strategy.scope():
@@ -85,14 +98,15 @@ def run_worker(config: PipelineConfig) -> None:
     layout = config.layout
     layout.model_dir.mkdir(parents=True, exist_ok=True)
     eval_batches = training_data.eval_dataset(data).take(EVAL_LOSS_BATCHES)  # built once: no retracing per epoch
-    history = EpochLog(name, train.epochs, steps * data.batch_size, layout.model_dir / HISTORY_FILE,
+    history = EpochLog(name, train.epochs, steps * sync_every * data.batch_size, layout.model_dir / HISTORY_FILE,
                        (lambda: eval_loss(model, data.label, eval_batches)) if chief else None)
-    callbacks = [tf_keras.callbacks.BackupAndRestore(str(layout.backup_dir))]
+    all_reduced_sum = all_reducer(strategy)
+    callbacks = [EpochLoss(all_reduced_sum), tf_keras.callbacks.BackupAndRestore(str(layout.backup_dir))]
     stopping = None
     if data.validation_every:
         stopping = tf_keras.callbacks.EarlyStopping("val_loss", patience=train.patience, restore_best_weights=True)
         callbacks += [
-            ValidationLoss(strategy, training_data.validation_dataset(data, pipeline["id"], pipeline["count"]),
+            ValidationLoss(all_reduced_sum, training_data.validation_dataset(data, pipeline["id"], pipeline["count"]),
                            data.label.task),
             stopping,
             tf_keras.callbacks.ReduceLROnPlateau("val_loss", factor=0.5, patience=max(1, train.patience // 3),
@@ -100,11 +114,14 @@ def run_worker(config: PipelineConfig) -> None:
     fitted = model.fit(dataset, epochs=train.epochs, steps_per_epoch=steps, verbose=0, callbacks=[*callbacks, history])
     fitting = {"epochs": fitted.epoch[-1] + 1 if fitted.epoch else train.epochs, "batch_size": data.batch_size,
                "validation_every": data.validation_every,
-               "kept_epoch": stopping.best_epoch + 1 if stopping else train.epochs}
+               "kept_epoch": stopping.best_epoch + 1 if stopping else train.epochs,
+               "workers": worker_count(strategy),
+               "sync_every": sync_every, "examples_per_s": history.examples_per_s()}
     if stopping and stopping.stopped_epoch:
         log.info("train: %s: stopped after epoch %d of %d (no better validation loss in %d epochs); kept epoch %d",
                  name, fitting["epochs"], train.epochs, train.patience, fitting["kept_epoch"])
 
+    check_workers_agree(model, all_reduced_sum, worker_count(strategy), name)
     module = training_model.RawFeaturesModel(str(layout.features_dir), data.manifest, data.features, model,
                                              data.label)
     if not chief:
@@ -135,6 +152,23 @@ def run_worker(config: PipelineConfig) -> None:
     log.info("train: %s exported %s; eval %s", name, layout.saved_model_dir, json.dumps(metrics["eval"]))
 
 
+AGREEMENT = 1e-6  # the most any weight may differ from the workers' mean, relative to the largest weight
+
+
+def check_workers_agree(model, all_reduced_sum, workers: int, name: str) -> None:
+    """Stops the run unless this worker's weights are every worker's: the export is the chief's copy, and
+    a worker that drifted (a local step not averaged, a worker computing apart) would go unseen. One
+    all-reduce of the weights; every worker runs it and raises alike."""
+    if workers == 1:
+        return
+    local = np.concatenate([w.numpy().ravel() for w in model.trainable_weights]).astype(np.float64)
+    mean = all_reduced_sum(local) / workers
+    drift = float(np.max(np.abs(local - mean)))
+    if drift > AGREEMENT * max(1.0, float(np.max(np.abs(mean)))):
+        raise TrainingError(f"{name}: after training its weights differ from the {workers} workers' mean by up to "
+                            f"{drift:.3g} (at most {AGREEMENT:g} allowed): the workers did not train one model")
+
+
 def summed_loss(model, task: str, batches) -> tuple[float, int]:
     """(the training loss summed over the rows of (inputs, target) batches, rows); rows of classes unseen in
     training (target -1) left out."""
@@ -160,26 +194,44 @@ def eval_loss(model, label: training_data.LabelSpec, eval_batches) -> float | No
     return total / rows if rows else None
 
 
+def all_reducer(strategy):
+    """A function summing a float64 vector over every worker: one collective, which every worker must call."""
+
+    @tf.function
+    def all_reduced_sum(values):
+        # With several replicas on a worker each adds the worker's sums: every ratio of two sums is unchanged.
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(tf.identity, args=(values,)), axis=None)
+
+    return lambda values: all_reduced_sum(tf.constant(values, tf.float64)).numpy()
+
+
+class EpochLoss(tf_keras.callbacks.Callback):
+    """Puts the epoch's training loss over every worker's rows into the epoch's logs as `loss` (each worker
+    sums its own rows, the sums are all-reduced once: tf_train.model.TrainingModel keeps the steps free of it)."""
+
+    def __init__(self, all_reduced_sum):
+        super().__init__()
+        self._all_reduced_sum = all_reduced_sum
+
+    def on_epoch_end(self, epoch, logs=None):
+        total, rows = self._all_reduced_sum([float(v) for v in training_model.local_loss_sums(self.model)])
+        if logs is not None and rows > 0:
+            logs["loss"] = total / rows
+
+
 class ValidationLoss(tf_keras.callbacks.Callback):
     """Puts the loss on the validation rows into each epoch's logs as `val_loss`, for early stopping and the
     learning-rate plateau. Each worker sums the loss over its own shards' validation rows and the sums are
     all-reduced, so every worker reads the same number and they stop, or lower the rate, at the same epoch
     (a worker deciding alone would leave the others waiting in a collective)."""
 
-    def __init__(self, strategy, batches: tf.data.Dataset, task: str):
+    def __init__(self, all_reduced_sum, batches: tf.data.Dataset, task: str):
         super().__init__()
         self._batches, self._task = batches, task
-
-        @tf.function
-        def all_reduced_sum(values):
-            # With several replicas on a worker each adds the worker's sums: the ratio is unchanged.
-            return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(tf.identity, args=(values,)), axis=None)
-
         self._all_reduced_sum = all_reduced_sum
 
     def on_epoch_end(self, epoch, logs=None):
-        total, rows = summed_loss(self.model, self._task, self._batches)
-        total, rows = self._all_reduced_sum(tf.constant([total, rows], tf.float64)).numpy()
+        total, rows = self._all_reduced_sum(summed_loss(self.model, self._task, self._batches))
         if logs is not None and rows > 0:
             logs["val_loss"] = total / rows
 
@@ -193,6 +245,7 @@ class EpochLog(tf_keras.callbacks.Callback):
         self._worker, self._epochs, self._examples = worker, epochs, examples_per_epoch
         self._path, self._eval_loss, self._chief = path, eval_loss, eval_loss is not None
         self._loss: dict[int, dict] = {}
+        self._rates: list[float] = []
         self._start = self._last_step = 0.0
 
     def on_train_begin(self, logs=None):
@@ -210,13 +263,20 @@ class EpochLog(tf_keras.callbacks.Callback):
         loss = float(logs.get("loss", float("nan")))
         validation = logs.get("val_loss")
         seconds = self._last_step - self._start
+        self._rates.append(self._examples / max(seconds, 1e-9))
         log.info("train: %s: epoch %d/%d loss %.5f%s (%.1f s, %s examples/s)", self._worker, epoch + 1,
                  self._epochs, loss, "" if validation is None else f" validation {validation:.5f}", seconds,
-                 f"{self._examples / max(seconds, 1e-9):,.0f}")
+                 f"{self._rates[-1]:,.0f}")
         if self._chief:
             self._loss[epoch + 1] = {"loss": loss, "validation_loss": None if validation is None else float(validation),
                                      "eval_loss": self._eval_loss()}
             write_json_atomic(self._loss, self._path)
+
+    def examples_per_s(self) -> float:
+        """Training examples per second over this run's epochs, the first left out when there are more (it
+        traces the step function)."""
+        rates = self._rates[1:] or self._rates
+        return float(np.median(rates)) if rates else 0.0
 
     def losses(self) -> list[dict]:
         return [{"epoch": epoch, **losses} for epoch, losses in sorted(self._loss.items())]

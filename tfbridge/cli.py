@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("run", "demo"):
         parsers[name].add_argument("--master", help="Spark master URL (default local[*], or spark-submit's)")
     for name in ("train", "run", "demo"):
-        parsers[name].add_argument("--workers", type=int, help="training workers (default: train.workers, 2)")
+        parsers[name].add_argument("--workers", type=int, help="training workers (default: train.workers, auto: 1)")
         parsers[name].add_argument("--retries", type=int, default=0,
                                    help="restart the workers from the last backup this many times (default 0)")
     for name in ("run", "demo"):
@@ -177,10 +177,10 @@ def features_stage(config: PipelineConfig, args, beam_args: list[str], console: 
 
 
 def train_stage(config: PipelineConfig, args, beam_args: list[str], console: Console) -> None:
-    workers = args.workers or config.train.workers
     with console.stage("train", config.layout.logs_dir) as stage:
-        from tf_train.launcher import epochs_done, launch
+        from tf_train.launcher import epochs_done, launch, resolve_workers
 
+        workers = resolve_workers(args.workers or config.train.workers)
         stage.track("epochs", lambda: (epochs_done(config), config.train.epochs))
         resumed_after = launch(config, workers, args.retries)
         metrics = json.loads(config.layout.metrics_path.read_text())
@@ -190,7 +190,8 @@ def train_stage(config: PipelineConfig, args, beam_args: list[str], console: Con
                   else f"{fitting['epochs']} epochs (kept {fitting['kept_epoch']})")
         if resumed_after is not None:
             epochs += f", resumed after epoch {resumed_after}"
-        stage.result = (f"{epochs} on {workers} worker(s){', eval ' + figures if figures else ''}"
+        stage.result = (f"{epochs} on {workers} worker(s) at {fitting['examples_per_s']:,.0f} examples/s"
+                        f"{', eval ' + figures if figures else ''}"
                         f" → {config.layout.saved_model_dir}")
 
 

@@ -7,6 +7,7 @@ hard timeout.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -26,7 +27,7 @@ import yaml
 
 from tests.helpers import decode_split, onnx_session, serving_inputs, tf_inputs
 from tf_train.data import (default_batch_size, label_reader, labelled_batches, load_training_data, shard_reader,
-                           target, validation_dataset)
+                           steps_per_epoch, target, validation_dataset)
 from tf_train.launcher import launch
 from onnx_export.convert import export_onnx
 from tfbridge.cli import main
@@ -124,6 +125,50 @@ def test_two_workers_compute_the_same_update_as_one(features_root, tmp_path):
     history = json.loads(runs[2].metrics_path.read_text())["history"]
     assert [h["epoch"] for h in history] == [1, 2] and history[1]["loss"] < history[0]["loss"]
     assert history[1]["eval_loss"] < history[0]["eval_loss"]
+    # the logged training loss is over every worker's rows (all-reduced at the epoch's end), not worker 0's
+    one_worker = json.loads(runs[1].metrics_path.read_text())["history"]
+    np.testing.assert_allclose([h["loss"] for h in history], [h["loss"] for h in one_worker], rtol=1e-5)
+
+
+def test_local_sgd_on_one_worker_is_synchronous_training(features_root, tmp_path):
+    """train.sync_every k on one worker: k optimizer steps per round, each on its own batch, and nothing to
+    average: the weights of synchronous training (the epoch's steps a multiple of k here)."""
+    weights = {}
+    for every in (1, 4):
+        config = training_run(features_root, tmp_path, f"every{every}", seed=5, sync_every=every)
+        data = load_training_data(config)
+        assert steps_per_epoch(data, data.batch_size) % 4 == 0
+        launch(config, workers=1)
+        weights[every] = checkpoint_values(config.layout.saved_model_dir)
+    assert weights[1].keys() == weights[4].keys()
+    for key, value in weights[1].items():
+        if value.dtype.kind == "f":
+            np.testing.assert_allclose(weights[4][key], value, rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+def test_local_sgd_on_two_pinned_workers_trains_one_model(features_root, tmp_path):
+    """2 workers, each pinned to a core of its own, sync_every 4: each takes 4 steps on its own batches between
+    averages, so the weights are not synchronous training's, yet the workers end with one model (the run
+    checks every worker's weights against their mean) that is about as good."""
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("pinning 2 workers needs 2 cores")
+    runs, logs = {}, {}
+    for every in (1, 4):
+        config = training_run(features_root, tmp_path, f"pinned-every{every}", seed=5, epochs=4, sync_every=every)
+        out = io.StringIO()
+        launch(config, workers=2, out=out, pin=True)
+        runs[every], logs[every] = config.layout, out.getvalue()
+    cores = sorted(os.sched_getaffinity(0))
+    for index in (0, 1):
+        assert re.search(rf"\[worker {index}\] .*on core\(s\) {cores[index]}$", logs[4], re.M), logs[4]
+    assert "weights averaged every 4 steps" in logs[4] and "weights averaged" not in logs[1]
+    synchronous, local = (checkpoint_values(runs[every].saved_model_dir) for every in (1, 4))
+    kernels = [k for k in synchronous if "kernel" in k and "OPTIMIZER_SLOT" not in k]
+    assert max(float(np.max(np.abs(synchronous[k] - local[k]))) for k in kernels) > 1e-3
+    metrics = {every: json.loads(runs[every].metrics_path.read_text()) for every in (1, 4)}
+    assert metrics[4]["fitting"]["sync_every"] == 4 and metrics[4]["fitting"]["workers"] == 2
+    r2 = {every: metrics[every]["eval"]["r2"] for every in (1, 4)}
+    assert r2[4] > 0.5 and abs(r2[4] - r2[1]) < 0.05, r2
 
 
 def test_validation_rows_are_every_kth_row_of_each_shard_and_never_trained_on(features_root, tmp_path):

@@ -119,6 +119,7 @@ class SplitConfig:
 LABEL_TRANSFORMS = ("none", "log")
 NUMERIC_EMBEDDINGS = ("none", "periodic")
 CLASS_WEIGHTS = ("none", "balanced")
+MAX_SYNC_EVERY = 64  # local steps between averages (each is a copy of the step in the compiled graph)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,7 +133,10 @@ class TrainConfig:
     learning_rate: float = 1e-3
     seed: int = 42
     label_transform: str = "none"  # regression: "log" trains on log(label), predicts in label units
-    workers: int = 2  # worker processes the embedded launcher starts
+    workers: int | str = "auto"  # worker processes the embedded launcher starts; "auto": see tf_train.launcher
+    # 1: synchronous updates (every step's gradients all-reduced). k > 1: local SGD, each worker takes k steps
+    # on its own batches, then the workers' weights are averaged: one collective per k steps instead of k.
+    sync_every: int = 1
     # Every round(1 / fraction)-th row of each train shard is held out as validation rows (never the eval
     # split): their loss after each epoch stops training early and halves the learning rate on a plateau.
     validation_fraction: float = 0.1  # 0: no validation rows, train all `epochs` at one learning rate
@@ -157,9 +161,15 @@ class TrainConfig:
             if not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
                 raise ConfigError(f"{source}: 'train.{key}' must be a positive integer, got {v!r}")
 
-        for key in ("epochs", "workers", "patience"):
+        for key in ("epochs", "patience", "sync_every"):
             if key in values:
                 positive_int(key)
+        workers = values.get("workers", "auto")
+        if workers != "auto" and not (isinstance(workers, int) and not isinstance(workers, bool) and workers >= 1):
+            raise ConfigError(f"{source}: 'train.workers' must be a positive integer or \"auto\", got {workers!r}")
+        if values.get("sync_every", 1) > MAX_SYNC_EVERY:
+            raise ConfigError(f"{source}: 'train.sync_every' must be at most {MAX_SYNC_EVERY}, "
+                              f"got {values['sync_every']!r}")
         for key in ("embedding_dim", "batch_size"):
             if values.get(key) is not None:
                 positive_int(key)
