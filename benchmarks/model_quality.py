@@ -162,7 +162,7 @@ def main() -> None:
     parser.add_argument("--tables", help="comma-separated subset of the tables (default: all)")
     parser.add_argument("--train", nargs="*", default=[], metavar="KEY=VALUE",
                         help="override a train: default for every table (value parsed as YAML)")
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=1, help="training workers (default 1: train.workers auto)")
     parser.add_argument("--work", help="directory for the tables and runs (default: a new temporary one)")
     args = parser.parse_args()
     overrides = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.train)}

@@ -8,15 +8,17 @@ vector and token ids) through the feature stage as Parquet shards, then, each
   floor          the same model, strategy, thread settings and step function on per-replica batches already
                  read and cached in memory: 1 worker on core 0, and 2 workers on a core each (TF_CONFIG on
                  loopback): the step's compute, and its compute plus the all-reduce;
+  ceiling        two one-worker floors at once, a core each, summed: what the two cores give together with no
+                 collective at all (on a VM, two vCPUs need not be two cores' worth);
   N worker(s)    `tfbridge train` on N workers on loopback, sharing the cores as the launcher starts them;
   pinned         the same with each worker on cores of its own (tf_train.launcher.worker_cores): 2 workers
                  against 1 worker on one core is the machine's scaling efficiency with no core shared;
-  sync_every 8   local SGD (train.sync_every): each worker takes 8 steps on its own batches, then the
-                 workers' weights are averaged, one collective per 8 steps.
-With --hosts, each worker also runs in a network namespace of its own (`ip netns`, root only): a veth pair
-to a bridge, an address of its own, a 10 Gbit/s token bucket (`tc qdisc tbf`) on each link, TF_CONFIG
+  sync_every 8   local SGD (train.sync_every): each worker takes 8 steps of 1024 rows on its own shards,
+                 then the workers' weights are averaged, one collective per 8 steps.
+With --hosts, the workers also run as hosts of their own (tests/netns.py, root only): a network namespace
+each, a veth pair to a bridge, an address of its own, a 10 Gbit/s token bucket on each link, TF_CONFIG
 across those addresses, worker i on core i mod cores. (The kernel these were measured on has no netem
-qdisc, so no added delay: the links are veth.)
+qdisc, so no added delay.)
 Throughput is examples/s of the last epoch (the first one traces and warms up), as worker 0 logs it.
 Prints medians, their ratio to one pinned worker, and the synchronous step's time split into compute,
 all-reduce and input from the floors.
@@ -25,7 +27,6 @@ all-reduce and input from the floors.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import io
 import json
@@ -53,12 +54,12 @@ TRAIN = {"batch_size": 1024, "epochs": 2, "hidden_units": [64, 32]}
 LOCAL_STEPS = 8
 FLOOR_STEPS = 160
 _EPOCH = re.compile(r"worker 0: epoch \d+/\d+ .*\(([\d.]+) s, ([\d,]+) examples/s\)")
-NAMESPACE, BRIDGE, SUBNET = "tfbench", "tfbench-br", "10.213.0"
 
 
 def config_dict(data: Path, out: Path, **train) -> dict:
     return {"data": {"path": str(data)}, "label": "target", "task": "regression", "features": FEATURES,
-            "output": str(out), "train": {**TRAIN, "validation_fraction": 0, **train}}
+            "output": str(out), "split": {"eval_fraction": 0.05},  # the eval after training is not timed
+            "train": {**TRAIN, "validation_fraction": 0, **train}}
 
 
 def floor(config_path: str, steps: int) -> float:
@@ -100,20 +101,25 @@ def pinned(core: int):
     return lambda: os.sched_setaffinity(0, {core})
 
 
-def floor_throughput(config_path: Path, workers: int) -> float:
+def floor_throughput(config_path: Path, workers: int, independent: bool = False) -> float:
+    """examples/s of worker 0 of `workers` floor processes, worker i on core i; `independent`: each a
+    one-worker cluster of its own, all at once, and the sum of their examples/s (what the cores give
+    together with no collective at all)."""
     from tf_train.launcher import free_ports, tf_config, thread_env
 
     ports = free_ports(workers)
     procs = []
     for index in range(workers):
-        env = {**os.environ, **thread_env(workers), **({"TF_CONFIG": tf_config(ports, index)} if workers > 1 else {})}
+        cluster = {"TF_CONFIG": tf_config(ports, index)} if workers > 1 and not independent else {}
+        env = {**os.environ, **thread_env(workers), **cluster}
         procs.append(subprocess.Popen([sys.executable, __file__, "--floor", str(config_path), str(FLOOR_STEPS)],
                                       env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                                       preexec_fn=pinned(index % os.cpu_count())))
     outputs = [p.communicate(timeout=600)[0] for p in procs]
     if any(p.returncode for p in procs):
         raise RuntimeError(f"a floor worker failed: {[p.returncode for p in procs]}")
-    return json.loads(outputs[0].strip().splitlines()[-1])["floor"]
+    rates = [json.loads(output.strip().splitlines()[-1])["floor"] for output in outputs]
+    return sum(rates) if independent else rates[0]
 
 
 def last_epoch_rate(log: str) -> float:
@@ -131,61 +137,21 @@ def trained_throughput(config, workers: int, pin: bool) -> float:
     return last_epoch_rate(out.getvalue())
 
 
-@contextlib.contextmanager
-def namespaces(hosts: int):
-    """`hosts` network namespaces on one bridge, host i at SUBNET.(i+1), each link a 10 Gbit/s token bucket."""
-
-    def ip(*args, ns=None):
-        subprocess.run((["ip", "netns", "exec", ns] if ns else []) + list(args), check=True, capture_output=True)
-
-    teardown()
-    try:
-        ip("ip", "link", "add", BRIDGE, "type", "bridge")
-        ip("ip", "link", "set", BRIDGE, "up")
-        for i in range(hosts):
-            ns, outside, inside = f"{NAMESPACE}{i}", f"tfbench-v{i}", f"tfbench-p{i}"
-            ip("ip", "netns", "add", ns)
-            ip("ip", "link", "add", outside, "type", "veth", "peer", "name", inside)
-            ip("ip", "link", "set", inside, "netns", ns)
-            ip("ip", "link", "set", outside, "master", BRIDGE)
-            ip("ip", "link", "set", outside, "up")
-            ip("ip", "addr", "add", f"{SUBNET}.{i + 1}/24", "dev", inside, ns=ns)
-            ip("ip", "link", "set", inside, "up", ns=ns)
-            ip("ip", "link", "set", "lo", "up", ns=ns)
-            for dev, where in ((outside, None), (inside, ns)):
-                ip("tc", "qdisc", "add", "dev", dev, "root", "tbf", "rate", "10gbit", "burst", "1mb",
-                   "latency", "1ms", ns=where)
-        yield [f"{SUBNET}.{i + 1}" for i in range(hosts)]
-    finally:
-        teardown()
-
-
-def teardown():
-    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
-    for name in listed:
-        if name.startswith(NAMESPACE):
-            subprocess.run(["ip", "netns", "del", name], capture_output=True)
-    subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True)
-
-
-def hosts_throughput(config, addresses: list[str]) -> float:
-    """Workers `python -m tf_train` in their namespaces, TF_CONFIG across the namespaces' addresses."""
+def hosts_throughput(config, hosts: int) -> float:
+    """Workers `python -m tf_train` in network namespaces of their own (tests/netns.py), TF_CONFIG across the
+    namespaces' addresses, worker i on core i mod cores."""
     import yaml
 
+    from tests import netns
     from tf_train.launcher import thread_env
 
     config_path = Path(config.output) / "hosts-config.yaml"
     config_path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-    cluster = {"worker": [f"{address}:{23000 + i}" for i, address in enumerate(addresses)]}
-    procs = []
-    for index in range(len(addresses)):
-        env = {**os.environ, **thread_env(min(len(addresses), os.cpu_count())), "PYTHONUNBUFFERED": "1",
-               "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
-        procs.append(subprocess.Popen(["ip", "netns", "exec", f"{NAMESPACE}{index}", sys.executable, "-m", "tf_train",
-                                       "--config", str(config_path)], env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True, cwd=Path(__file__).resolve().parents[1],
-                                      preexec_fn=pinned(index % os.cpu_count())))
-    outputs = [p.communicate(timeout=1200)[0] for p in procs]
+    env = {**os.environ, **thread_env(min(hosts, os.cpu_count())),
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
+    with netns.hosts(hosts, prefix="tfbench") as addresses:
+        procs = netns.start_workers(config_path, addresses, env, pin=True)
+        outputs = [p.communicate(timeout=1200)[0] for p in procs]
     if any(p.returncode for p in procs):
         raise RuntimeError(f"a worker failed: {[p.returncode for p in procs]}\n{outputs[0][-3000:]}")
     return last_epoch_rate(outputs[0])
@@ -225,22 +191,22 @@ def main() -> None:
     runs = {  # name: (run, the cores it may use)
         "floor, 1 worker on core 0 (in memory)": (lambda: floor_throughput(config_path, 1), 1),
         "floor, 2 workers on a core each (in memory)": (lambda: floor_throughput(config_path, 2), 2),
+        "ceiling: 2 one-worker floors at once, a core each": (lambda: floor_throughput(config_path, 2, True), 2),
         "1 worker": (lambda: trained_throughput(synchronous, 1, pin=False), cores),
         "2 workers": (lambda: trained_throughput(synchronous, 2, pin=False), cores),
         "1 worker, pinned to one core": (lambda: trained_throughput(synchronous, 1, pin=True), 1),
         "2 workers, pinned, a core each": (lambda: trained_throughput(synchronous, 2, pin=True), 2),
-        f"1 worker, pinned, sync_every {LOCAL_STEPS}": (lambda: trained_throughput(local, 1, pin=True), 1),
         f"2 workers, pinned, sync_every {LOCAL_STEPS}": (lambda: trained_throughput(local, 2, pin=True), 2),
     }
     for hosts in [int(h) for h in args.hosts.split(",")] if args.hosts else []:
         for name, config in (("", synchronous), (f", sync_every {LOCAL_STEPS}", local)):
             runs[f"{hosts} workers in namespaces{name}"] = (
-                lambda hosts=hosts, config=config: _in_namespaces(config, hosts), min(hosts, cores))
+                lambda hosts=hosts, config=config: hosts_throughput(config, hosts), min(hosts, cores))
     results: dict[str, list[float]] = {name: [] for name in runs}
     for repeat in range(args.repeats):
         for name, (run, _) in runs.items():
             results[name].append(run())
-        print(f"repeat {repeat + 1}: " + ", ".join(f"{k} {v[-1]:,.0f}" for k, v in results.items()), flush=True)
+            print(f"repeat {repeat + 1}: {name} {results[name][-1]:,.0f}", flush=True)
 
     median = {name: statistics.median(values) for name, values in results.items()}
     base = median["1 worker, pinned to one core"]
@@ -259,11 +225,6 @@ def main() -> None:
           f"{step:.2f} ms = compute {compute:.2f} ms + all-reduce and waiting {with_all_reduce - compute:.2f} ms "
           f"+ input and the rest {step - with_all_reduce:.2f} ms (1 worker on one core: {batch / base * 1e3:.2f} ms "
           f"for {batch} rows, of which compute {whole:.2f} ms)")
-
-
-def _in_namespaces(config, hosts: int) -> float:
-    with namespaces(hosts) as addresses:
-        return hosts_throughput(config, addresses)
 
 
 if __name__ == "__main__":

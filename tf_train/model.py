@@ -141,10 +141,10 @@ class TrainingModel(tf_keras.Model):
     other worker needs; the epoch's loss over all workers' rows is all-reduced once, at the epoch's end
     (tf_train.worker.EpochLoss). The update is Keras' own: same loss scaling, gradient all-reduce and step.
 
-    Local SGD (sync_every k > 1): a step gets k per-replica batches ([k, batch, ...]); the worker takes k
-    optimizer steps on them alone (each on its own batch's mean gradient), then the weights and the optimizer's
-    moments are averaged over the workers: one collective per k batches. With one worker it is synchronous
-    training, step for step."""
+    Local SGD (sync_every k > 1): a step gets k per-replica batches of batch_size rows ([k, batch, ...]); the
+    worker takes k optimizer steps on them alone (each on its own batch's mean gradient), then the weights and
+    the optimizer's moments are averaged over the workers: one collective per k batches. With one worker it is
+    synchronous training, step for step."""
 
     sync_every = 1
 

@@ -80,16 +80,19 @@ def run_worker(config: PipelineConfig) -> None:
              f", weights averaged every {train.sync_every} steps" if train.sync_every > 1 else "",
              ",".join(str(c) for c in sorted(os.sched_getaffinity(0))))
     tf_keras.utils.set_random_seed(train.seed)
-    sync_every = train.sync_every
-    # An epoch of local SGD: whole rounds of sync_every batches, enough for the split's rows (the stream repeats).
-    steps = -(-training_data.steps_per_epoch(data, data.batch_size) // sync_every)
+    sync_every, replicas = train.sync_every, strategy.num_replicas_in_sync
+    # Local SGD: every replica's steps take batch_size rows, as one worker's do (a step's time here is mostly
+    # fixed cost: at half the rows it took nearly as long), so N replicas read N batches per step; an epoch is
+    # whole rounds of sync_every steps, enough for the split's rows (the stream repeats).
+    step_rows = data.batch_size if sync_every == 1 else data.batch_size * replicas
+    steps = -(-training_data.steps_per_epoch(data, step_rows) // sync_every)
 
     pipeline = {}
 
     def dataset_fn(context: tf.distribute.InputContext):
         pipeline.update(id=context.input_pipeline_id, count=context.num_input_pipelines)
         batches = training_data.train_dataset(data, context.input_pipeline_id, context.num_input_pipelines,
-                                              context.get_per_replica_batch_size(data.batch_size), train.seed)
+                                              context.get_per_replica_batch_size(step_rows), train.seed)
         return training_data.stacked(batches, sync_every)
 
     dataset = strategy.distribute_datasets_from_function(dataset_fn)
@@ -98,7 +101,7 @@ def run_worker(config: PipelineConfig) -> None:
     layout = config.layout
     layout.model_dir.mkdir(parents=True, exist_ok=True)
     eval_batches = training_data.eval_dataset(data).take(EVAL_LOSS_BATCHES)  # built once: no retracing per epoch
-    history = EpochLog(name, train.epochs, steps * sync_every * data.batch_size, layout.model_dir / HISTORY_FILE,
+    history = EpochLog(name, train.epochs, steps * sync_every * step_rows, layout.model_dir / HISTORY_FILE,
                        (lambda: eval_loss(model, data.label, eval_batches)) if chief else None)
     all_reduced_sum = all_reducer(strategy)
     callbacks = [EpochLoss(all_reduced_sum), tf_keras.callbacks.BackupAndRestore(str(layout.backup_dir))]

@@ -25,6 +25,7 @@ import pytest
 import tensorflow as tf
 import yaml
 
+from tests import netns
 from tests.helpers import decode_split, onnx_session, serving_inputs, tf_inputs
 from tf_train.data import (default_batch_size, label_reader, labelled_batches, load_training_data, shard_reader,
                            steps_per_epoch, target, validation_dataset)
@@ -130,6 +131,29 @@ def test_two_workers_compute_the_same_update_as_one(features_root, tmp_path):
     np.testing.assert_allclose([h["loss"] for h in history], [h["loss"] for h in one_worker], rtol=1e-5)
 
 
+@pytest.mark.skipif(bool(netns.available()), reason=netns.available() or "")
+def test_two_workers_on_hosts_of_their_own_compute_the_same_update_as_one(features_root, tmp_path):
+    """`python -m tf_train` in two network namespaces, TF_CONFIG naming their own addresses (a real cluster's
+    path: no launcher, no loopback between the workers): the weights of one worker on one host."""
+    one = training_run(features_root, tmp_path, "one-host", seed=5)
+    launch(one, workers=1)
+    config = training_run(features_root, tmp_path, "two-hosts", seed=5)
+    with netns.hosts(2) as hosts:
+        procs = netns.start_workers(config.source, hosts, dict(os.environ))
+        try:
+            logs = [p.communicate(timeout=300)[0] for p in procs]
+        finally:
+            for p in procs:
+                p.kill()
+    assert [p.returncode for p in procs] == [0, 0], logs
+    one_weights, two_weights = (checkpoint_values(c.layout.saved_model_dir) for c in (one, config))
+    assert one_weights.keys() == two_weights.keys()
+    for key, value in one_weights.items():
+        if value.dtype.kind == "f":
+            np.testing.assert_allclose(two_weights[key], value, atol=1e-4, err_msg=key)
+    assert json.loads(config.layout.metrics_path.read_text())["fitting"]["workers"] == 2
+
+
 def test_local_sgd_on_one_worker_is_synchronous_training(features_root, tmp_path):
     """train.sync_every k on one worker: k optimizer steps per round, each on its own batch, and nothing to
     average: the weights of synchronous training (the epoch's steps a multiple of k here)."""
@@ -149,12 +173,14 @@ def test_local_sgd_on_one_worker_is_synchronous_training(features_root, tmp_path
 def test_local_sgd_on_two_pinned_workers_trains_one_model(features_root, tmp_path):
     """2 workers, each pinned to a core of its own, sync_every 4: each takes 4 steps on its own batches between
     averages, so the weights are not synchronous training's, yet the workers end with one model (the run
-    checks every worker's weights against their mean) that is about as good."""
+    checks every worker's weights against their mean) that is about as good for as many optimizer steps (each
+    worker's steps take a whole batch, so an epoch has half the steps: twice the epochs)."""
     if len(os.sched_getaffinity(0)) < 2:
         pytest.skip("pinning 2 workers needs 2 cores")
     runs, logs = {}, {}
     for every in (1, 4):
-        config = training_run(features_root, tmp_path, f"pinned-every{every}", seed=5, epochs=4, sync_every=every)
+        config = training_run(features_root, tmp_path, f"pinned-every{every}", seed=5, epochs=4 * (1 + (every > 1)),
+                              sync_every=every)
         out = io.StringIO()
         launch(config, workers=2, out=out, pin=True)
         runs[every], logs[every] = config.layout, out.getvalue()
