@@ -62,8 +62,9 @@ def worker_cores(workers: int) -> list[set[int]] | None:
 def resolve_workers(requested: int | str) -> int:
     """`train.workers`: a number is honoured; "auto" is 1. The embedded launcher starts its workers on this one
     host, where one process already uses every core (TF's op threads, tf.data's pool), and each more worker
-    adds an all-reduce per step between processes that share those cores: measured on 2 cores
-    (benchmarks/train_throughput.py), 2 workers were at best level with 1 (README, "Training throughput").
+    adds an all-reduce per step between processes that share those cores: measured on 2 vCPUs
+    (benchmarks/train_throughput.py; README, "Training throughput and scaling"), 2 synchronous workers ran at
+    0.45-0.6x of one.
     Workers pay off across hosts, each started with its own TF_CONFIG (`python -m tf_train`)."""
     return 1 if requested == "auto" else int(requested)
 
