@@ -20,8 +20,8 @@ each, a veth pair to a bridge, an address of its own, a 10 Gbit/s token bucket o
 across those addresses, worker i on core i mod cores. (The kernel these were measured on has no netem
 qdisc, so no added delay.)
 Throughput is examples/s of the last epoch (the first one traces and warms up), as worker 0 logs it.
-Prints medians, their ratio to one pinned worker, and the synchronous step's time split into compute,
-all-reduce and input from the floors.
+Prints medians, their ratio to one pinned worker, and a synchronous step's time with and without input
+(from the floors).
 """
 
 from __future__ import annotations
@@ -217,14 +217,12 @@ def main() -> None:
         print(f"| {name} | {median[name]:,.0f} | {median[name] / base:.2f}x | {median[name] / base / runs[name][1]:.2f}x "
               f"| {', '.join(f'{v:,.0f}' for v in values)} |")
     batch = TRAIN["batch_size"]
-    whole = batch / median["floor, 1 worker on core 0 (in memory)"] * 1e3
-    compute = whole / 2
-    with_all_reduce = batch / median["floor, 2 workers on a core each (in memory)"] * 1e3
-    step = batch / median["2 workers, pinned, a core each"] * 1e3
-    print(f"\nA synchronous step of 2 pinned workers ({batch // 2} rows each), from the medians: "
-          f"{step:.2f} ms = compute {compute:.2f} ms + all-reduce and waiting {with_all_reduce - compute:.2f} ms "
-          f"+ input and the rest {step - with_all_reduce:.2f} ms (1 worker on one core: {batch / base * 1e3:.2f} ms "
-          f"for {batch} rows, of which compute {whole:.2f} ms)")
+    ms = {name: batch / median[name] * 1e3 for name in median}  # one global step of `batch` rows
+    print(f"\nA synchronous step of {batch} rows, from the medians: 1 worker on one core "
+          f"{ms['1 worker, pinned to one core']:.2f} ms, of which {ms['floor, 1 worker on core 0 (in memory)']:.2f} "
+          f"in memory (compute); 2 pinned workers ({batch // 2} rows each) {ms['2 workers, pinned, a core each']:.2f} "
+          f"ms, of which {ms['floor, 2 workers on a core each (in memory)']:.2f} in memory (compute and the "
+          f"all-reduce) and the rest input.")
 
 
 if __name__ == "__main__":
