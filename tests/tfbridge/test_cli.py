@@ -67,7 +67,9 @@ def test_demo_runs_every_stage_on_diamonds_quietly(tmp_path, python_env):
         assert chatter not in console, (chatter, console)
     logs = tmp_path / "runs" / "demo" / "logs"
     train_log = (logs / "train.log").read_text()
-    assert "[worker 0]" in train_log and "[worker 1]" in train_log
+    assert "[worker 0]" in train_log and "[worker 1]" not in train_log  # train.workers: auto is 1 worker here
+    rate = re.search(r"^✓ train .* on 1 worker\(s\) at ([\d,]+) examples/s", done.stdout, re.M)
+    assert rate and int(rate.group(1).replace(",", "")) > 0, console
     assert "tf2onnx" in (logs / "export.log").read_text() and "log4j" in (logs / "score.log").read_text()
     assert_report_renders(tmp_path / "runs" / "demo")
 
