@@ -9,9 +9,11 @@ are veth, with their own addresses, routes and TCP stacks.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 
 
@@ -73,9 +75,6 @@ def start_workers(config_path, hosts: list[tuple[str, str]], env: dict[str, str]
                   port: int = 23000) -> list[subprocess.Popen]:
     """`python -m tf_train --config C` in each host's namespace, TF_CONFIG naming every host's address (worker i
     at `<address i>:port`); with `pin`, worker i on core i mod the cores this process may use."""
-    import json
-    import sys
-
     cluster = {"worker": [f"{address}:{port}" for _, address in hosts]}
     cores = sorted(os.sched_getaffinity(0))
     procs = []

@@ -72,7 +72,7 @@ def worker_name(strategy) -> str:
 
 def run_worker(config: PipelineConfig) -> None:
     strategy = make_strategy()
-    chief, name = is_chief(strategy), worker_name(strategy)
+    chief, name, workers = is_chief(strategy), worker_name(strategy), worker_count(strategy)
     train = config.train
     data = training_data.load_training_data(config)
     log.info("train: %s: %s; %d replica(s) in sync%s, on core(s) %s", name, training_data.describe(data),
@@ -118,13 +118,13 @@ def run_worker(config: PipelineConfig) -> None:
     fitting = {"epochs": fitted.epoch[-1] + 1 if fitted.epoch else train.epochs, "batch_size": data.batch_size,
                "validation_every": data.validation_every,
                "kept_epoch": stopping.best_epoch + 1 if stopping else train.epochs,
-               "workers": worker_count(strategy),
+               "workers": workers,
                "sync_every": sync_every, "examples_per_s": history.examples_per_s()}
     if stopping and stopping.stopped_epoch:
         log.info("train: %s: stopped after epoch %d of %d (no better validation loss in %d epochs); kept epoch %d",
                  name, fitting["epochs"], train.epochs, train.patience, fitting["kept_epoch"])
 
-    check_workers_agree(model, all_reduced_sum, worker_count(strategy), name)
+    check_workers_agree(model, all_reduced_sum, workers, name)
     module = training_model.RawFeaturesModel(str(layout.features_dir), data.manifest, data.features, model,
                                              data.label)
     if not chief:
