@@ -77,7 +77,8 @@ def write_table(name: str, spec: dict, root: Path) -> Path:
 def train_ours(name: str, spec: dict, data: Path, root: Path, overrides: dict, workers: int):
     """(config, metrics.json, seconds of `tfbridge train`) for our model on the table."""
     from tfbridge.cli import main
-    from tfbridge.contracts import PipelineConfig
+    from tfbridge.contracts import ModelManifest, PipelineConfig
+    from tfbridge.contracts.layout import METRICS
 
     config = {"data": {"path": str(data)}, "label": spec["label"], "task": spec["task"],
               "features": spec["features"], "output": str(root / name),
@@ -88,8 +89,9 @@ def train_ours(name: str, spec: dict, data: Path, root: Path, overrides: dict, w
     start = time.perf_counter()
     assert main(["train", "--config", str(path)]) == 0, name
     seconds = time.perf_counter() - start
-    parsed = PipelineConfig.from_yaml(path)
-    return parsed, json.loads(parsed.layout.metrics_path.read_text()), seconds
+    layout = PipelineConfig.from_yaml(path).layout
+    metrics = ModelManifest.read(layout.model_manifest_path).file(layout.model_dir, METRICS).read_text()
+    return PipelineConfig.from_yaml(path), json.loads(metrics), seconds
 
 
 def raw_frames(config, spec: dict):

@@ -78,7 +78,8 @@ def floor(model_dir: str, data: str, batch: int, threads: int, concurrent: int, 
 
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(threads)
-        signature = tf.saved_model.load(str(Path(model_dir) / "saved_model")).signatures["serving_default"]
+        saved_model = model.manifest.saved_model_dir(model_dir)
+        signature = tf.saved_model.load(str(saved_model)).signatures["serving_default"]
         if engine == "tensorflow-tensors":
             chunks = [{k: tf.constant(v) for k, v in c.items()} for c in chunks]
 
@@ -113,7 +114,7 @@ def predict_batch_column(model_dir: Path, batch: int):
     from tfbridge.scoring import ScoringModel
 
     model = ScoringModel.load(model_dir)
-    names, inputs, path = model.input_names, model.manifest.inputs, str(model_dir / "saved_model")
+    names, inputs, path = model.input_names, model.manifest.inputs, str(model.manifest.saved_model_dir(model_dir))
 
     def make_predict_fn():
         import tensorflow as tf
@@ -251,14 +252,15 @@ def main() -> None:
         return
 
     from tfbridge.cli import main as tfbridge
-    from tfbridge.jobs import setup_logging
+    from tfbridge.contracts import ModelManifest
     from tfbridge.datasets import write_synthetic
+    from tfbridge.jobs import setup_logging
 
     setup_logging()
     work = Path(args.work or tempfile.mkdtemp(prefix="score-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     model_dir, data = work / "run" / "model", work / f"score-{args.rows}"
-    if not (model_dir / "model.onnx").exists():
+    if not (model_dir / "manifest.json").exists() or ModelManifest.read(model_dir / "manifest.json").onnx is None:
         import yaml
 
         write_synthetic(work / "train", TRAIN_ROWS, seed=0)

@@ -1,4 +1,5 @@
-"""`python -m onnx_export --config C`: the export stage as its own job (model/model.onnx), e.g. a cluster's last step."""
+"""`python -m onnx_export --config C`: the export stage as its own job (the ONNX graph, named in model/manifest.json), e.g. a
+cluster's last step."""
 
 import sys
 

@@ -17,6 +17,7 @@ import dataclasses
 import hashlib
 import logging
 import re
+import tempfile
 import time
 from pathlib import Path
 
@@ -25,8 +26,10 @@ import onnx
 from onnx_export.lowerings import EXTENSIONS_DOMAIN, HANDLERS, UnsupportedOp
 from onnx_export.parity_gate import check_graph
 from tfbridge.contracts import (DataError, ModelManifest, OnnxGraph, ParityRecord, PipelineConfig, StageError,
-                                file_sha256, fingerprints, staged)
+                                fingerprints, named_attempts)
+from tfbridge.contracts.layout import ONNX
 from tfbridge.scoring.parity import HandOff, ParityError
+from tfbridge.storage.attempts import commit
 
 log = logging.getLogger(__name__)
 
@@ -104,34 +107,40 @@ def convert_graph(graph_def, inputs, outputs, columns, name: str, tables=None, r
             feature = feature_of(node, columns)
             lines.append(f"op {op} (feature '{feature}', node {node})" if feature else f"op {op} (node {node})")
         raise ExportError("ONNX export: no lowering for " + "; ".join(lines) + ". Score with the SavedModel "
-                          "instead (spark_infer picks the SavedModel path when there is no model.onnx).")
+                          "instead (spark_infer picks the SavedModel path when the manifest names no graph).")
     return model
 
 
 def export_onnx(config: PipelineConfig) -> HandOff:
-    """Writes <output>/model/model.onnx once it agrees with the SavedModel (`parity_gate`), and records its
-    inputs, outputs and that check in the model manifest; ParityError (and no graph named) when it does not."""
+    """Writes the model's ONNX graph once it agrees with the SavedModel (`parity_gate`), and records its inputs,
+    outputs and that check in the model manifest; ParityError (and no graph named) when it does not."""
     layout = config.layout
     manifest = ModelManifest.read(layout.model_manifest_path)
-    model = convert_saved_model(layout.saved_model_dir, list(manifest.input_names.values()))
+    saved_model = manifest.saved_model_dir(layout.model_dir)
+    model = convert_saved_model(saved_model, list(manifest.input_names.values()))
     lacking = sorted(set(manifest.input_names.values()) - {value.name for value in model.graph.input})
     if lacking:
-        raise ExportError(f"the ONNX graph of {layout.saved_model_dir} lacks the inputs {lacking}")
-    path = layout.onnx_path
+        raise ExportError(f"the ONNX graph of {saved_model} lacks the inputs {lacking}")
     uses_extensions = any(node.domain == EXTENSIONS_DOMAIN for node in model.graph.node)
-    # The manifest is the commit point: it stops naming a graph before the file changes and names the new
-    # one after it passed its check, so a crash or a failed check leaves the SavedModel as the model,
-    # never a graph the manifest does not describe or one that disagrees with it.
-    with staged(path) as tmp:
-        onnx.save(model, str(tmp))
-        graph = OnnxGraph(path=path.name, opset=OPSET, inputs=_signature(model.graph.input),
-                          outputs=_signature(model.graph.output),
-                          custom_ops_library="onnxruntime_extensions" if uses_extensions else None,
-                          sha256=file_sha256(tmp), fingerprint=fingerprints.onnx_fingerprint(manifest.fingerprint))
-        dataclasses.replace(manifest, onnx=None).write(layout.model_manifest_path)
-        hand_off = check_graph(config, dataclasses.replace(manifest, onnx=graph), tmp.read_bytes()).check()
-    _record_check(layout, manifest, graph, hand_off)
-    log.info("export: %s (%d nodes, opset %d%s)", path, len(model.graph.node), OPSET,
+    onnx_bytes = model.SerializeToString()
+    graph = OnnxGraph(path=ONNX, opset=OPSET, inputs=_signature(model.graph.input),
+                      outputs=_signature(model.graph.output),
+                      custom_ops_library="onnxruntime_extensions" if uses_extensions else None,
+                      sha256=hashlib.sha256(onnx_bytes).hexdigest(),
+                      fingerprint=fingerprints.onnx_fingerprint(manifest.fingerprint))
+    # The manifest is the commit point: a graph is named only once it passed its check, and a failed check
+    # leaves the SavedModel as the model (the manifest names no graph), never a graph that disagrees with it.
+    try:
+        hand_off = check_graph(config, dataclasses.replace(manifest, onnx=graph), onnx_bytes).check()
+    except ParityError:
+        _name_graph(layout, manifest, None)
+        raise
+    with tempfile.TemporaryDirectory(prefix="tfbridge-onnx-") as local:
+        (Path(local) / ONNX).write_bytes(onnx_bytes)
+        attempt = commit(layout.model_dir, Path(local), lambda sums, name: _name_graph(
+            layout, manifest, dataclasses.replace(graph, path=f"{name}/{ONNX}", parity=_record(graph, hand_off))),
+            named=lambda: named_attempts(layout.model_manifest_path), keep=[manifest.attempt])
+    log.info("export: %s (%d nodes, opset %d%s)", attempt / ONNX, len(model.graph.node), OPSET,
              ", onnxruntime-extensions" if uses_extensions else "")
     return hand_off
 
@@ -144,22 +153,26 @@ def check_exported(config: PipelineConfig) -> HandOff:
     graph = manifest.onnx
     if graph is None:
         raise ExportError(f"{layout.model_manifest_path} names no ONNX graph: run `tfbridge export`")
-    onnx_bytes = layout.onnx_path.read_bytes()
+    location = layout.model_dir / graph.path
+    onnx_bytes = location.read_bytes()
     if hashlib.sha256(onnx_bytes).hexdigest() != graph.sha256:
-        raise DataError(f"{layout.onnx_path} is not the graph {layout.model_manifest_path} records (sha256): "
+        raise DataError(f"{location} is not the graph {layout.model_manifest_path} records (sha256): "
                         f"run `tfbridge export`")
     try:
         hand_off = check_graph(config, manifest, onnx_bytes).check()
     except ParityError:
-        dataclasses.replace(manifest, onnx=None).write(layout.model_manifest_path)
+        _name_graph(layout, manifest, None)
         raise
-    _record_check(layout, manifest, graph, hand_off)
+    _name_graph(layout, manifest, dataclasses.replace(graph, parity=_record(graph, hand_off)))
     return hand_off
 
 
-def _record_check(layout, manifest: ModelManifest, graph: OnnxGraph, hand_off: HandOff) -> None:
-    record = ParityRecord(graph.sha256, hand_off.rows, hand_off.max_abs_diff)
-    dataclasses.replace(manifest, onnx=dataclasses.replace(graph, parity=record)).write(layout.model_manifest_path)
+def _record(graph: OnnxGraph, hand_off: HandOff) -> ParityRecord:
+    return ParityRecord(graph.sha256, hand_off.rows, hand_off.max_abs_diff)
+
+
+def _name_graph(layout, manifest: ModelManifest, graph: OnnxGraph | None) -> None:
+    dataclasses.replace(manifest, onnx=graph).write(layout.model_manifest_path)
 
 
 def _signature(values) -> dict[str, dict]:
@@ -176,7 +189,13 @@ def export_job(config: PipelineConfig) -> None:
     """The stage as a job (`python -m onnx_export`, `tfbridge export`): export, report one line."""
     start = time.monotonic()
     hand_off = export_onnx(config)
-    print(f"export: {config.layout.onnx_path} ({time.monotonic() - start:.1f} s); {describe_check(hand_off)}")
+    print(f"export: {onnx_location(config)} ({time.monotonic() - start:.1f} s); {describe_check(hand_off)}")
+
+
+def onnx_location(config: PipelineConfig):
+    """Where the graph the model manifest names lies."""
+    layout = config.layout
+    return layout.model_dir / ModelManifest.read(layout.model_manifest_path).onnx.path
 
 
 def describe_check(hand_off: HandOff) -> str:

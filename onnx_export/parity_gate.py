@@ -1,7 +1,7 @@
 """The export's own check: a new graph against the SavedModel it was converted from, before the manifest names it.
 
 Both engines score the same raw rows: the eval rows the feature stage kept for these checks
-(`features/check_rows.parquet`, up to 2,000 rows of the user's own eval split) and edge rows made here
+(check_rows.parquet of the feature stage, up to 2,000 rows of the user's own eval split) and edge rows made here
 from them, one column changed at a time: unseen categories, empty strings, non-ASCII and multi-line text,
 missing values where the column imputes them, every bucket and piecewise-linear boundary, the column's
 extremes and magnitudes a million times beyond them. A graph beyond tolerance
@@ -10,7 +10,6 @@ extremes and magnitudes a million times beyond them. A graph beyond tolerance
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any, Mapping
@@ -37,14 +36,14 @@ def check_graph(config: PipelineConfig, manifest: ModelManifest, onnx_bytes: byt
     layout = config.layout
     features = FeaturesManifest.read(layout.features_manifest_path)
     sample = features.read_check_rows(layout.features_dir)
-    stats = json.loads(layout.stats_path.read_text()).get("features", {})
+    stats = features.stats(layout.features_dir).get("features", {})
     sample = as_input_types(sample, manifest.inputs)
     edges, reasons = edge_rows(sample, manifest.inputs, stats, config.features)
     rows = pa.concat_tables([sample, edges])
     model = ScoringModel(layout.model_dir, manifest, onnx_bytes)
     feeds = model.feeds(rows)
     onnx_out = model.predict(rows)
-    saved_out = saved_model_outputs(layout.saved_model_dir, feeds)
+    saved_out = saved_model_outputs(manifest.saved_model_dir(layout.model_dir), feeds)
     labels = [f"eval row {i}" for i in range(sample.num_rows)] + reasons
 
     def describe(i: int) -> str:

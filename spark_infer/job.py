@@ -7,36 +7,40 @@ that does not convert, an existing output with --mode error) stops the job
 before Spark runs a task; a file Spark cannot read, a CSV value that does not
 parse, or nulls in a column the model does not impute fail the job with a
 DataError naming the file or the column. The output is written by Spark's
-committer into a staging directory beside the target and renamed into place
-when the job succeeded and its first rows, scored again by onnxruntime in this
-process, agree with what Spark wrote (`check_scores`); so a failed job leaves no
-partial output, a job beyond tolerance leaves none either, and an earlier one
-stays intact.
+committer into a staging directory beside the target and put in place when the
+job succeeded and its first rows, scored again by onnxruntime in this process,
+agree with what Spark wrote (`check_scores`); so a failed job leaves no partial
+output, a job beyond tolerance leaves none either, and an earlier one stays
+intact. On a store, putting it in place is a copy after the earlier output is
+deleted: a failure in that step loses the earlier scores, and `_tfbridge_score.json`,
+written last, says whether the scores there are whole.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import glob
 import logging
 import os
 import re
 import sys
 import time
-from pathlib import Path
+import uuid
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
-import pyarrow.parquet as pq
 from pyspark.sql import functions as F
 
-from spark_infer import column_ref, score
+from spark_infer import column_ref, score, stores
 from tfbridge.scoring import MissingValues, ScoringModel
 from tfbridge.scoring.parity import CHECK_ROWS, SPARK_VS_ONNXRUNTIME, HandOff, compare
 from tfbridge.contracts import (CSV_NULL_VALUES, DATA_FORMATS, SCORE_RECORD, DataError, ModelManifest, fingerprints,
                                 staged, write_json_atomic)
+from tfbridge import storage
+from tfbridge.storage import Location, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -45,17 +49,20 @@ MODES = ("error", "overwrite")
 
 @dataclasses.dataclass(frozen=True)
 class ScoreResult:
-    output: Path
+    output: Location
     rows: int
     seconds: float
 
 
-def spark_session(master: str | None, app: str = "tfbridge-score"):
-    """The session: --master when given, else spark-submit's (it starts this driver with a gateway), else local[*]."""
+def spark_session(master: str | None, app: str = "tfbridge-score", uris=()):
+    """The session: --master when given, else spark-submit's (it starts this driver with a gateway), else local[*];
+    with the connector of each store that `uris` name (`spark_infer.stores`)."""
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     from pyspark.sql import SparkSession
 
     builder = SparkSession.builder.appName(app).config("spark.ui.showConsoleProgress", "false")
+    for key, value in stores.spark_options(uris).items():
+        builder = builder.config(key, value)
     if master or "PYSPARK_GATEWAY_PORT" not in os.environ:
         builder = builder.master(master or "local[*]")
     return builder.getOrCreate()
@@ -141,25 +148,26 @@ def input_error(error: Exception, df, input_path: str) -> DataError | None:
 
 def run_score(model_dir: str, input_path: str, output: str, master: str | None = None, mode: str = "error",
               id_column: str | None = None, spark=None, fmt: str | None = None) -> ScoreResult:
-    """Scores the input into `output`, committed only once Spark's scores agree with onnxruntime here
-    (`check_scores`): a job beyond tolerance raises ParityError and leaves any earlier output intact."""
+    """Scores the input into `output` (paths or URIs), committed only once Spark's scores agree with onnxruntime
+    here (`check_scores`): a job beyond tolerance raises ParityError and leaves any earlier output intact."""
     if mode not in MODES:
         raise DataError(f"--mode must be one of {MODES}, got {mode!r}")
-    # Absolute paths: Spark's JVM resolves relative ones against its own working directory.
-    model_dir, input_path = os.path.abspath(model_dir), os.path.abspath(input_path)
-    final = Path(output).resolve()
+    final = Location.of(output)
     if final.exists() and mode == "error":
         raise DataError(f"output {output} exists; pass --mode overwrite to replace it")
-    if not glob.glob(input_path):
+    input_files = storage.glob(Location.of(input_path))
+    if not input_files and not Location.of(input_path).is_dir():
         raise DataError(f"input {input_path} does not exist")
+    # Spark's JVM resolves a relative path against its own working directory, and names S3 `s3a://`.
+    spark_input = Location.of(input_path).hadoop_uri()
     start = time.monotonic()
     model = ScoringModel.load(model_dir)
     owned = spark is None and _active_session() is None  # a session this job starts, it stops
-    spark = spark or spark_session(master)
+    spark = spark or spark_session(master, uris=(input_path, output))
     df = None
     try:
-        with staged(final) as staging:
-            df = read_input(spark, input_path, model.manifest, fmt)
+        with staged_scores(spark, final) as staging:
+            df = read_input(spark, spark_input, model.manifest, fmt)
             if id_column is not None and id_column not in df.columns:
                 raise DataError(f"--id-column '{id_column}' is not a column of {input_path}")
             scored = score(_model_columns(df, model, id_column) if id_column else df, model)
@@ -167,20 +175,22 @@ def run_score(model_dir: str, input_path: str, output: str, master: str | None =
             kept = [id_column] if id_column else df.columns
             scored = scored.select(*[F.col(column_ref(c)) for c in [*kept, *predictions]])
             job_start = time.monotonic()
-            scored.write.parquet(str(staging))
+            scored.write.parquet(staging.hadoop_uri())
             job_seconds = time.monotonic() - job_start
-            rows = sum(pq.ParquetFile(part).metadata.num_rows for part in staging.glob("*.parquet"))
+            written = written_scores(staging)
+            rows = written.count_rows()
             if id_column:
-                _check_unique_ids(staging, id_column, input_path, rows)
+                _check_unique_ids(written, id_column, input_path, rows)
             if model.onnx_bytes is not None:
-                hand_off = check_scores(model, _written_rows(staging, df, model, id_column)).check()
+                hand_off = check_scores(model, _written_rows(written, df, model, id_column)).check()
                 log.info("score: %s, largest differences %s", hand_off.name, hand_off.max_abs_diff)
+            input_files = input_files or storage.glob(Location.of(input_path) / "*")
             # seconds: the whole job, Spark's start included; job_seconds: the Spark job that read, scored, wrote.
-            write_json_atomic({"rows": rows, "seconds": time.monotonic() - start, "input": input_path,
-                               "job_seconds": job_seconds, "model": model_dir,
-                               "output": str(final), "fingerprint": fingerprints.scores_fingerprint(model.manifest,
-                                                                              sorted(glob.glob(input_path)))},
-                              staging / SCORE_RECORD)
+            record = {"rows": rows, "seconds": time.monotonic() - start, "input": input_path,
+                      "job_seconds": job_seconds, "model": str(model_dir), "output": str(final),
+                      "fingerprint": fingerprints.scores_fingerprint(model.manifest, input_files)}
+            if final.is_local:  # in place with the scores, in one step
+                write_json_atomic(record, staging / SCORE_RECORD)
     except BaseException as error:
         explained = input_error(error, df, input_path) if isinstance(error, Exception) else None
         if explained is None:
@@ -189,9 +199,42 @@ def run_score(model_dir: str, input_path: str, output: str, master: str | None =
     finally:
         if owned:
             spark.stop()
+    if not final.is_local:  # after the move: the record says the scores are whole
+        write_json_atomic(record, final / SCORE_RECORD)
     seconds = time.monotonic() - start
     log.info("score: %s rows -> %s in %.1f s", f"{rows:,}", final, seconds)
     return ScoreResult(final, rows, seconds)
+
+
+@contextlib.contextmanager
+def staged_scores(spark, final: Location) -> Iterator[Location]:
+    """Where Spark writes the scores, put in place of `final` when the block ends: on local disk through `staged`
+    (one exchange of directories); on a store, written beside it and moved by Hadoop's file system once checked
+    (a store's move is a copy: its record, `_tfbridge_score.json`, is written after it, and a reader that goes by
+    the record never reads scores half moved)."""
+    if final.is_local:
+        with staged(final.local) as staging:
+            yield Location.of(str(staging))
+        return
+    staging = final.with_name(f".{final.name}-attempt-{uuid.uuid4().hex[:12]}")
+    try:
+        yield staging
+        jvm = spark.sparkContext._jvm
+        conf = spark.sparkContext._jsc.hadoopConfiguration()
+        source, target = (jvm.org.apache.hadoop.fs.Path(location.hadoop_uri()) for location in (staging, final))
+        filesystem = target.getFileSystem(conf)
+        filesystem.delete(target, True)
+        if not filesystem.rename(source, target):
+            raise StorageError(f"{final}: Spark's file system could not move the scores there from {staging}")
+    finally:
+        staging.remove()
+
+
+def written_scores(directory: Location):
+    """What Spark wrote (its Parquet part files), as a pyarrow dataset read where it lies."""
+    filesystem, path = directory.filesystem()
+    return pads.dataset([f"{path}/{part.name}" for part in directory.files("*.parquet")], format="parquet",
+                        filesystem=filesystem)
 
 
 def _active_session():
@@ -218,10 +261,10 @@ def check_scores(model: ScoringModel, table, output_col: str = "prediction") -> 
                    describe)
 
 
-def _written_rows(staging: Path, df, model: ScoringModel, id_column: str | None) -> pd.DataFrame:
+def _written_rows(dataset, df, model: ScoringModel, id_column: str | None) -> pd.DataFrame:
     """Up to CHECK_ROWS rows Spark wrote, with the input columns the model read (joined back by id when only the
     id was written)."""
-    written = pads.dataset(str(staging), format="parquet").head(CHECK_ROWS).to_pandas()
+    written = dataset.head(CHECK_ROWS).to_pandas()
     if not id_column:
         return written
     ids = written[id_column].tolist()
@@ -230,8 +273,8 @@ def _written_rows(staging: Path, df, model: ScoringModel, id_column: str | None)
     return written.merge(inputs, on=id_column, how="left", validate="one_to_one")
 
 
-def _check_unique_ids(staging: Path, id_column: str, input_path: str, rows: int) -> None:
-    ids = pads.dataset(str(staging), format="parquet").to_table(columns=[id_column]).column(id_column)
+def _check_unique_ids(dataset, id_column: str, input_path: str, rows: int) -> None:
+    ids = dataset.to_table(columns=[id_column]).column(id_column)
     distinct = len(pc.unique(ids))
     if distinct != rows:
         raise DataError(f"--id-column '{id_column}' is not unique in {input_path}: {rows - distinct:,} of "

@@ -21,7 +21,7 @@ import pandas as pd
 import pyarrow as pa
 
 from spark_infer import testing
-from tfbridge.contracts import ModelFiles, ModelManifest
+from tfbridge.contracts import ModelManifest
 from tfbridge.scoring import ScoringModel, arrow_feeds, feeds, graph_inputs
 
 _SESSIONS: dict[str, object] = {}  # per Python worker: model key -> session (or loaded SavedModel)
@@ -60,7 +60,9 @@ def predictor(model: ScoringModel):
     """The pandas UDF for a model without an ONNX graph: the SavedModel's signature, TensorFlow in the worker.
     Iterator[pd.DataFrame] -> Iterator[pd.Series] (or of frames)."""
     inputs, task, key = graph_inputs(model.manifest), model.manifest.task, model.key
-    saved_model = str(ModelFiles(model.directory).saved_model)
+    # A local copy (on the driver's disk): the SavedModel fallback scores where that disk is, e.g. local[*]; a
+    # cluster scores the ONNX graph, which travels inside the UDF.
+    saved_model = str(model.manifest.saved_model_dir(model.directory))
 
     def run(batch: pd.DataFrame) -> dict[str, np.ndarray]:
         import tensorflow as tf

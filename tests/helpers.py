@@ -8,17 +8,70 @@ from pathlib import Path
 import numpy as np
 
 
+class committed:
+    """The committed artifacts of a run on local disk, by the paths its manifests name (for tests to open)."""
+
+    def __init__(self, layout):
+        self.layout = layout
+
+    def _features(self):
+        from tfbridge.contracts import FeaturesManifest
+
+        return FeaturesManifest.read(self.layout.features_manifest_path)
+
+    def _model(self):
+        from tfbridge.contracts import ModelManifest
+
+        return ModelManifest.read(self.layout.model_manifest_path)
+
+    @property
+    def features_dir(self) -> Path:
+        """The feature stage's attempt: transform_fn/ (`tft.TFTransformOutput` reads it), transformed/, stats.json."""
+        return self._features().directory(self.layout.features_dir).local
+
+    @property
+    def transformed_dir(self) -> Path:
+        return self.features_dir / "transformed"
+
+    @property
+    def stats_path(self) -> Path:
+        return self.features_dir / "stats.json"
+
+    @property
+    def model_attempt(self) -> Path:
+        return self.layout.model_dir.local / self._model().attempt
+
+    @property
+    def saved_model_dir(self) -> Path:
+        return self.model_attempt / "saved_model"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.model_attempt / "metrics.json"
+
+    @property
+    def eval_predictions_path(self) -> Path:
+        return self.model_attempt / "eval_predictions.parquet"
+
+    @property
+    def onnx_path(self) -> Path:
+        return self.layout.model_dir.local / self._model().onnx.path
+
+
 def decode_split(features_dir, split: str) -> dict[str, np.ndarray]:
-    """Every row of one split's shard files, as arrays (list features as lists of arrays)."""
+    """Every row of one split's shard files (`features_dir`: a run's features/), as arrays (list features as lists
+    of arrays)."""
     import tensorflow_transform as tft
 
     from tf_train.shards import decode_rows
-    from tfbridge.contracts import ArtifactLayout, FeaturesManifest, materialized_feature_spec
+    from tfbridge.contracts import FeaturesManifest, materialized_feature_spec
+    from tfbridge.storage import Location
 
-    spec = materialized_feature_spec(tft.TFTransformOutput(str(features_dir)).transformed_feature_spec())
-    layout = ArtifactLayout(Path(features_dir).parent)
-    manifest = FeaturesManifest.read(layout.features_manifest_path)
-    return decode_rows(manifest.shard_paths(layout.transformed_dir, split), manifest.format, spec)
+    features_dir = Location.of(features_dir)
+    manifest = FeaturesManifest.read(features_dir / "manifest.json")
+    transform = tft.TFTransformOutput(str(manifest.transform_dir(features_dir)))
+    spec = materialized_feature_spec(transform.transformed_feature_spec())
+    return decode_rows(manifest.shard_paths(features_dir, split), manifest.format, spec)
 
 
 def all_features() -> dict:
@@ -75,13 +128,13 @@ def check_hand_offs(layout, raw, id_column: str, scores_id_column: str, task: st
 
     model = load_model(layout.model_dir)
     onnx_out = _decoded(model.predict(raw))
-    signature = tf.saved_model.load(str(layout.saved_model_dir)).signatures["serving_default"]
+    signature = tf.saved_model.load(str(committed(layout).saved_model_dir)).signatures["serving_default"]
     saved_out = _decoded({k: v.numpy() for k, v in signature(**tf_inputs(model.feeds(raw))).items()})
     _assert_outputs_agree(onnx_out, saved_out, task, rtol=1e-4, atol=1e-5 * spread, p_atol=1e-5)
 
     position = {str(v): i for i, v in enumerate(raw[id_column])}
     assert len(position) == len(raw), "ids must be unique"
-    frames = [pq.read_table(layout.scores_dir).to_pandas()]
+    frames = [pq.read_table(str(layout.scores_dir)).to_pandas()]
     if spark is not None and parquet is not None:
         frames.append(score(spark.read.parquet(str(parquet)), model).toPandas())
     for scores in frames:

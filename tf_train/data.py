@@ -19,7 +19,6 @@ stream whichever worker reads it.
 from __future__ import annotations
 
 import dataclasses
-import glob
 import logging
 import math
 
@@ -82,10 +81,10 @@ def load_training_data(config: PipelineConfig) -> TrainingData:
     if config.label not in manifest.raw_columns:
         raise DataError(f"label '{config.label}' is not among the columns the feature stage read "
                         f"({sorted(manifest.raw_columns)})")
-    files = {split: shard_files(layout, manifest, split) for split in ("train", "eval")}
+    files = {split: manifest.shard_paths(layout.features_dir, split) for split in ("train", "eval")}
     if not files["train"]:
-        raise DataError(f"no transformed training shards in {layout.transformed_dir} "
-                        f"({layout.transformed_pattern('train', manifest.format)}): run `tfbridge features` first")
+        raise DataError(f"{layout.features_manifest_path} names no transformed training shards: run "
+                        f"`tfbridge features` first")
     features = {}
     for name, output in sorted(manifest.outputs.items()):
         if not output.kind.is_model_input:
@@ -104,7 +103,7 @@ def load_training_data(config: PipelineConfig) -> TrainingData:
     every = validation_every(config.train.validation_fraction)
     for file in manifest.files.get("train", ()):
         if file.rows <= (-(-file.rows // every) if every else 0):  # its rows 0, k, 2k, ... are validation rows
-            raise DataError(f"{layout.transformed_dir / file.name} has no rows to train on ({file.rows} rows"
+            raise DataError(f"{file.name} has no rows to train on ({file.rows} rows"
                             + (f", every {every}th held out for validation" if every else "")
                             + f"): each of the {len(files['train'])} train shard files needs some; the train "
                             f"split is too small for them")
@@ -115,14 +114,6 @@ def load_training_data(config: PipelineConfig) -> TrainingData:
                         f"{batch_size} in {config.source}")
     label = analyze_label(files["train"], manifest, config.task, config.train)
     return TrainingData(manifest, features, label, files["train"], files["eval"], every, batch_size)
-
-
-def shard_files(layout, manifest: FeaturesManifest, split: str) -> tuple[str, ...]:
-    """A split's shard files, checked against the manifest (FeaturesManifest.shard_paths); found by name for a
-    manifest from before it listed them."""
-    if manifest.files:
-        return manifest.shard_paths(layout.transformed_dir, split)
-    return tuple(sorted(glob.glob(layout.transformed_pattern(split, manifest.format))))
 
 
 def default_batch_size(train_rows: int) -> int:

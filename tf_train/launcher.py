@@ -11,6 +11,7 @@ its last log lines.
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import logging
 import os
@@ -25,7 +26,9 @@ import uuid
 
 import yaml
 
-from tfbridge.contracts import DataError, PipelineConfig, TrainingError, fingerprints, remove_staging
+from tfbridge.contracts import (ArtifactLayout, DataError, PipelineConfig, TrainingError, fingerprints,
+                                named_attempts)
+from tfbridge.storage.attempts import remove_uncommitted
 
 log = logging.getLogger(__name__)
 
@@ -129,25 +132,25 @@ def launch(config: PipelineConfig, workers: int, retries: int = 0, out=None, pin
                         f"files, so use at most {len(data.train_files)}")
     log.info("train: %s; %d worker(s)", describe(data), workers)
     layout = config.layout
-    layout.model_dir.mkdir(parents=True, exist_ok=True)
+    layout.training_dir.mkdir(parents=True, exist_ok=True)
     # A backup is resumed only by the run that made it (an interrupted one, run again): another run starts afresh.
     fingerprint = fingerprints.model_fingerprint(config, data.manifest.fingerprint)
-    marker = layout.model_dir / BACKUP_FINGERPRINT
+    marker = layout.training_dir / BACKUP_FINGERPRINT
     resumed_after = None
     if layout.backup_dir.exists() and marker.exists() and marker.read_text() == fingerprint:
         resumed_after = epochs_done(config)
         log.info("train: resuming from the backup after epoch %d of %d", resumed_after, config.train.epochs)
     else:
         shutil.rmtree(layout.backup_dir, ignore_errors=True)
-        (layout.model_dir / HISTORY_FILE).unlink(missing_ok=True)
+        (layout.training_dir / HISTORY_FILE).unlink(missing_ok=True)
         marker.write_text(fingerprint)
     # Named for this launch: the file is this process's to delete, whatever else runs beside it.
-    config_path = layout.model_dir / f".launch-config-{os.getpid()}-{uuid.uuid4().hex[:8]}.yaml"
+    config_path = layout.training_dir / f".launch-config-{os.getpid()}-{uuid.uuid4().hex[:8]}.yaml"
     config_path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     command = [sys.executable, "-m", "tf_train", "--config", str(config_path)]
     try:
         for attempt in range(retries + 1):
-            failed = _run_cluster(command, workers, out, layout.model_dir, pin)
+            failed = _run_cluster(command, workers, out, layout, pin)
             if failed is None:
                 marker.unlink(missing_ok=True)
                 return resumed_after
@@ -162,9 +165,9 @@ def launch(config: PipelineConfig, workers: int, retries: int = 0, out=None, pin
         config_path.unlink(missing_ok=True)
 
 
-def _run_cluster(command: list[str], workers: int, out, model_dir, pin: bool = False):
+def _run_cluster(command: list[str], workers: int, out, layout: ArtifactLayout, pin: bool = False):
     """Runs one attempt: None when every worker finished, else (exit status, worker index, its tail). What the
-    workers leave unfinished in `model_dir` (a stopped chief's export) is deleted once they are stopped."""
+    workers leave unfinished under model/ (a stopped chief's export) is deleted once they are stopped."""
     ports = free_ports(workers)
     procs = []
     cores = worker_cores(workers) if pin else None
@@ -190,13 +193,15 @@ def _run_cluster(command: list[str], workers: int, out, model_dir, pin: bool = F
     finally:
         for w in procs:
             w.stop(grace_s)
-        remove_staging(model_dir, [w.process.pid for w in procs])
+        with contextlib.suppress(OSError):
+            remove_uncommitted(layout.model_dir, named_attempts(layout.model_manifest_path))
 
 
 def epochs_done(config: PipelineConfig) -> int:
     """Epochs the chief has finished in the current training run (its history file), for a progress bar."""
     from tf_train.worker import HISTORY_FILE
 
-    path = config.layout.model_dir / HISTORY_FILE
+    path = config.layout.training_dir / HISTORY_FILE
     return len(json.loads(path.read_text())) if path.exists() else 0
+
 

@@ -8,7 +8,7 @@ A train shard's rows 0, k, 2k, ... (k = validation_every) are its validation row
 in both formats: the same rows for any number of workers. `stream` gives one shard's training rows forever
 in seeded random order; `batches` gives rows once, in file order.
 
-Parquet is read a row group at a time with pyarrow, never a whole file: each epoch visits a shard's row
+Parquet is read a row group at a time with pyarrow, never a whole file (from local disk or straight from a store): each epoch visits a shard's row
 groups in a seeded random order and shuffles each group's rows (16,384 per group as the feature stage
 writes them). TFRecords shuffle in a 4,096-row buffer per shard and are parsed after batching.
 """
@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 import tensorflow as tf
 
 from tfbridge.contracts import FeatureKind
+from tfbridge.storage import Location
 
 PAD_ID = -1  # token_ids pad value in the model's dense [batch, tokens] input
 SHUFFLE_BUFFER = 4096  # TFRecord rows
@@ -135,7 +136,7 @@ class ParquetReader(ShardReader):
 
     def _groups(self, file: str) -> Iterator[tuple[int, pa.Table]]:
         """A shard's row groups in file order: (position of the group's first row in the file, its rows)."""
-        shard = pq.ParquetFile(file)
+        shard = _parquet(file)
         start = 0
         for group in range(shard.num_row_groups):
             table = shard.read_row_group(group, columns=self._read_columns())
@@ -152,7 +153,7 @@ class ParquetReader(ShardReader):
 
     def _shuffled(self, file: str, seed: int) -> Iterator[dict[str, np.ndarray]]:
         """A shard's training rows forever: per epoch its row groups in random order, each group shuffled."""
-        shard = pq.ParquetFile(file)
+        shard = _parquet(file)
         sizes = [shard.metadata.row_group(g).num_rows for g in range(shard.num_row_groups)]
         starts = np.concatenate([[0], np.cumsum(sizes)])
         for epoch in itertools.count():
@@ -181,11 +182,16 @@ class ParquetReader(ShardReader):
         return self._dataset(lambda: _sub_batches(rows(), batch_size, keep_last=True))
 
     def labels(self, files):
-        parts = [_values(pq.read_table(file, columns=[self.label]).column(self.label)) for file in files]
+        parts = [_values(_parquet(file).read(columns=[self.label]).column(self.label)) for file in files]
         return np.concatenate(parts) if parts else np.zeros([0])
 
 
 READERS: dict[str, type[ShardReader]] = {"parquet": ParquetReader, "tfrecord": TFRecordReader}  # by output_format
+
+
+def _parquet(file: str) -> pq.ParquetFile:
+    """A shard on local disk or a store (`tfbridge.storage`): its row groups stream from where it lies."""
+    return pq.ParquetFile(Location.of(file).open_input())
 
 
 def _values(column: pa.ChunkedArray) -> np.ndarray:
@@ -245,7 +251,7 @@ def decode_rows(files, output_format: str, feature_spec: Mapping, limit: int | N
     if output_format == "parquet":
         tables, rows = [], 0
         for file in files:
-            tables.append(pq.read_table(file, columns=list(feature_spec)))
+            tables.append(_parquet(file).read(columns=list(feature_spec)))
             rows += tables[-1].num_rows
             if limit is not None and rows >= limit:
                 break

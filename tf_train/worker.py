@@ -6,9 +6,10 @@ builds the same model from the same seed, reads its share of the shard files,
 trains synchronously under MultiWorkerMirroredStrategy (RING collectives on
 CPU, NCCL when GPUs are visible), backs up at every epoch end and, after the
 last epoch, saves the raw-features model: every worker must take part in the
-save (it runs collectives), non-chief workers into a temporary directory they
-delete. The chief then renames its export into place and writes
-metrics.json and the model manifest.
+save (it runs collectives), each into a temporary directory (TensorFlow writes
+no object store). The chief then sends its export, metrics.json and the eval
+predictions to a new attempt under the output's model/ (local disk or a store)
+and writes the model manifest, which commits them.
 """
 
 from __future__ import annotations
@@ -31,8 +32,10 @@ from tf_train import baseline
 from tf_train import data as training_data
 from tf_train import metrics as quality
 from tf_train import model as training_model
-from tfbridge.contracts import (ModelManifest, PipelineConfig, TrainingError, file_sha256, fingerprints, staged,
+from tfbridge.contracts import (ModelManifest, PipelineConfig, TrainingError, fingerprints, named_attempts,
                                 write_json_atomic)
+from tfbridge.contracts.layout import EVAL_PREDICTIONS, METRICS, SAVED_MODEL
+from tfbridge.storage.attempts import commit
 
 log = logging.getLogger(__name__)
 
@@ -99,9 +102,9 @@ def run_worker(config: PipelineConfig) -> None:
     with strategy.scope():
         model = training_model.build_model(data.features, data.label, train)
     layout = config.layout
-    layout.model_dir.mkdir(parents=True, exist_ok=True)
+    layout.training_dir.mkdir(parents=True, exist_ok=True)
     eval_batches = training_data.eval_dataset(data).take(EVAL_LOSS_BATCHES)  # built once: no retracing per epoch
-    history = EpochLog(name, train.epochs, steps * sync_every * step_rows, layout.model_dir / HISTORY_FILE,
+    history = EpochLog(name, train.epochs, steps * sync_every * step_rows, layout.training_dir / HISTORY_FILE,
                        (lambda: eval_loss(model, data.label, eval_batches)) if chief else None)
     all_reduced_sum = all_reducer(strategy)
     callbacks = [EpochLoss(all_reduced_sum), tf_keras.callbacks.BackupAndRestore(str(layout.backup_dir))]
@@ -125,34 +128,36 @@ def run_worker(config: PipelineConfig) -> None:
                  name, fitting["epochs"], train.epochs, train.patience, fitting["kept_epoch"])
 
     check_workers_agree(model, all_reduced_sum, workers, name)
-    module = training_model.RawFeaturesModel(str(layout.features_dir), data.manifest, data.features, model,
-                                             data.label)
-    if not chief:
-        with tempfile.TemporaryDirectory(prefix="tfbridge-nonchief-export-") as target:
-            training_model.save_raw_features_model(module, target)
-        log.info("train: %s done", name)
-        return
-    with staged(layout.saved_model_dir) as target:
-        training_model.save_raw_features_model(module, str(target))
-        metrics = {"task": data.label.task, **evaluate(model, data, layout.eval_predictions_path),
+    module = training_model.RawFeaturesModel(str(data.manifest.transform_dir(layout.features_dir)), data.manifest,
+                                             data.features, model, data.label)
+    with tempfile.TemporaryDirectory(prefix="tfbridge-export-") as local:
+        # TensorFlow writes no object store: the model is saved here, then sent to its attempt (chief only).
+        local = Path(local)
+        training_model.save_raw_features_model(module, str(local / SAVED_MODEL))
+        if not chief:
+            log.info("train: %s done", name)
+            return
+        metrics = {"task": data.label.task, **evaluate(model, data, local / EVAL_PREDICTIONS),
                    "fitting": {**fitting, "eval_loss": eval_loss(model, data.label, eval_batches)},
                    "history": history.losses()}
-    write_json_atomic(metrics, layout.metrics_path)
-    ModelManifest(
-        inputs=data.manifest.model_inputs,
-        input_names=training_model.graph_inputs(data.manifest),
-        outputs=training_model.output_names(data.label),
-        label=data.manifest.label,
-        task=data.label.task,
-        classes=data.label.classes,
-        label_transform=data.label.transform,
-        versions={**data.manifest.versions, "tf_keras": tf_keras.__version__},
-        checksums=checksums(layout.model_dir, layout.saved_model_dir),
-        fingerprint=fingerprints.model_fingerprint(config, data.manifest.fingerprint),
-    ).write(layout.model_manifest_path)
-    (layout.model_dir / HISTORY_FILE).unlink(missing_ok=True)
+        write_json_atomic(metrics, local / METRICS)
+        attempt = commit(layout.model_dir, local, lambda sums, attempt: ModelManifest(
+            inputs=data.manifest.model_inputs,
+            input_names=training_model.graph_inputs(data.manifest),
+            outputs=training_model.output_names(data.label),
+            label=data.manifest.label,
+            task=data.label.task,
+            classes=data.label.classes,
+            label_transform=data.label.transform,
+            versions={**data.manifest.versions, "tf_keras": tf_keras.__version__},
+            checksums=sums,
+            fingerprint=fingerprints.model_fingerprint(config, data.manifest.fingerprint),
+            attempt=attempt,
+        ).write(layout.model_manifest_path), named=lambda: named_attempts(layout.model_manifest_path))
+    (layout.training_dir / HISTORY_FILE).unlink(missing_ok=True)
     shutil.rmtree(layout.backup_dir, ignore_errors=True)
-    log.info("train: %s exported %s; eval %s", name, layout.saved_model_dir, json.dumps(metrics["eval"]))
+    log.info("train: %s exported %s; eval %s", name, attempt / SAVED_MODEL, json.dumps(metrics["eval"]))
+
 
 
 AGREEMENT = 1e-6  # the most any weight may differ from the workers' mean, relative to the largest weight
@@ -322,11 +327,5 @@ def evaluate(model, data: training_data.TrainingData, predictions_path: Path) ->
         baseline_metrics = quality.classification_metrics(y_index, theirs)
         rows = {"label_index": y_index, "probabilities": list(ours.astype(np.float64)),
                 "baseline_probabilities": list(theirs.astype(np.float64))}
-    with staged(predictions_path) as tmp:
-        pq.write_table(pa.table(rows).slice(0, PREDICTION_ROWS), tmp)
+    pq.write_table(pa.table(rows).slice(0, PREDICTION_ROWS), predictions_path)
     return {"eval": metrics, "baseline": {"model": type(fitted).__name__, **baseline_metrics}}
-
-
-def checksums(root: Path, directory: Path) -> dict[str, str]:
-    return {str(path.relative_to(root)): file_sha256(path)
-            for path in sorted(p for p in directory.rglob("*") if p.is_file())}

@@ -2,7 +2,7 @@
 
     tfbridge features --config C [Beam pipeline options...]
     tfbridge train --config C [--workers N] [--retries R]
-    tfbridge export --config C            (the SavedModel as one ONNX graph: model/model.onnx)
+    tfbridge export --config C            (the SavedModel as one ONNX graph, named in model/manifest.json)
     tfbridge score --model DIR --input PATH --output DIR [--master URL] [--mode error|overwrite] [--format csv|parquet]
     tfbridge run --config C [--workers N] [--force | --from STAGE] [Beam pipeline options...]
     tfbridge demo [--output DIR] [--workers N] [--force | --from STAGE]
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from importlib import resources
 from pathlib import Path
@@ -31,8 +32,11 @@ from pathlib import Path
 import yaml
 
 from tfbridge.console import Console
-from tfbridge.contracts import PipelineConfig, output_lock
+from tfbridge.contracts import ModelManifest, PipelineConfig, output_lock
+from tfbridge.contracts.layout import METRICS
 from tfbridge.jobs import run_job
+from tfbridge.storage import Location
+from tfbridge.storage.attempts import work_dir
 
 
 def demo_config(output: str) -> PipelineConfig:
@@ -94,14 +98,17 @@ def run_stages(args: argparse.Namespace, beam_args: list[str], console: Console)
     output is up to date (its recorded fingerprint matches), unless --force or --from says to redo it."""
     if args.command == "score":
         # Its log beside its output (scores/ -> scores.log): never a run's own logs/score.log.
-        output = Path(args.output).resolve()
-        result = score_stage(console, output.with_name(f"{output.name}.log"), args.model, args.input,
-                             args.output, args.master, args.mode, args.id_column, args.format)
+        output = Location.of(args.output)
+        log = (Path(os.path.abspath(output.uri)).with_name(f"{output.name}.log") if output.is_local
+               else work_dir(output) / f"{output.name}.log")
+        result = score_stage(console, log,
+                             None if output.is_local else output.with_name(f"{output.name}.log"),
+                             args.model, args.input, args.output, args.master, args.mode, args.id_column, args.format)
         console.line(f"scores: {result.output}")
         return
     config = _command_config(args)
     if args.command != "report":
-        console.line(f"tfbridge {args.command}: {config.source} → {config.output} (logs: {config.layout.logs_dir})")
+        console.line(f"tfbridge {args.command}: {config.source} → {config.output} (logs: {config.layout.logs})")
     resumable = args.command in ("run", "demo")
     redo_from = STAGES.index(args.from_stage) if resumable and args.from_stage else (
         0 if not resumable or args.force else len(STAGES))
@@ -133,11 +140,11 @@ def up_to_date(stage: str, config: PipelineConfig) -> str | None:
         model = ModelManifest.read(layout.model_manifest_path)
         if stage == "train":
             done = model.fingerprint == fingerprints.model_fingerprint(config, features.fingerprint)
-            return f"{layout.saved_model_dir} is up to date" if done else None
+            return f"{layout.model_dir} is up to date" if done else None
         if stage == "export":
             done = (model.onnx is not None and model.onnx.proven
                     and model.onnx.fingerprint == fingerprints.onnx_fingerprint(model.fingerprint))
-            return f"{layout.onnx_path} is up to date" if done else None
+            return f"{layout.model_dir / model.onnx.path} is up to date" if done else None
         if stage == "score":
             recorded = json.loads(layout.score_record_path.read_text())["fingerprint"]
             done = recorded == fingerprints.scores_fingerprint(model, config.data.files())
@@ -167,7 +174,7 @@ def _working() -> tuple[int, None]:
 
 # Each stage is imported inside its console stage: importing TensorFlow already writes to the terminal.
 def features_stage(config: PipelineConfig, args, beam_args: list[str], console: Console) -> None:
-    with console.stage("features", config.layout.logs_dir) as stage:
+    with _stage(console, "features", config) as stage:
         from tft_features.inputs import READ_PROGRESS
         from tft_features.pipeline import run_features
 
@@ -177,13 +184,14 @@ def features_stage(config: PipelineConfig, args, beam_args: list[str], console: 
 
 
 def train_stage(config: PipelineConfig, args, beam_args: list[str], console: Console) -> None:
-    with console.stage("train", config.layout.logs_dir) as stage:
+    with _stage(console, "train", config) as stage:
         from tf_train.launcher import epochs_done, launch, resolve_workers
 
         workers = resolve_workers(args.workers or config.train.workers)
         stage.track("epochs", lambda: (epochs_done(config), config.train.epochs))
         resumed_after = launch(config, workers, args.retries)
-        metrics = json.loads(config.layout.metrics_path.read_text())
+        layout = config.layout
+        metrics = json.loads(ModelManifest.read(layout.model_manifest_path).file(layout.model_dir, METRICS).read_text())
         figures = ", ".join(f"{k} {_figure(v)}" for k, v in metrics["eval"].items() if k != "rows")
         fitting = metrics["fitting"]
         epochs = (f"{fitting['epochs']} epochs" if fitting["epochs"] == fitting["kept_epoch"]
@@ -192,37 +200,39 @@ def train_stage(config: PipelineConfig, args, beam_args: list[str], console: Con
             epochs += f", resumed after epoch {resumed_after}"
         stage.result = (f"{epochs} on {workers} worker(s) at {fitting['examples_per_s']:,.0f} examples/s"
                         f"{', eval ' + figures if figures else ''}"
-                        f" → {config.layout.saved_model_dir}")
+                        f" → {layout.model_dir}")
 
 
 def export_stage(config: PipelineConfig, args, beam_args: list[str], console: Console) -> None:
-    with console.stage("export", config.layout.logs_dir) as stage:
-        from onnx_export.convert import describe_check, export_onnx
+    with _stage(console, "export", config) as stage:
+        from onnx_export.convert import describe_check, export_onnx, onnx_location
 
         stage.track("converting the SavedModel, then checking the graph against it", _working)
         hand_off = export_onnx(config)
-        stage.result = f"→ {config.layout.onnx_path}; {describe_check(hand_off)}"
+        stage.result = f"→ {onnx_location(config)}; {describe_check(hand_off)}"
 
 
 def recheck_export_stage(config: PipelineConfig, console: Console) -> None:
     """A graph up to date but changed since its parity check (copied or edited into place): checked again
     against the SavedModel before anything scores with it."""
-    with console.stage("export", config.layout.logs_dir) as stage:
-        from onnx_export.convert import check_exported, describe_check
+    with _stage(console, "export", config) as stage:
+        from onnx_export.convert import check_exported, describe_check, onnx_location
 
         stage.track("checking the graph against the SavedModel", _working)
         hand_off = check_exported(config)
-        stage.result = f"{config.layout.onnx_path} changed since its check, checked again; {describe_check(hand_off)}"
+        stage.result = f"{onnx_location(config)} changed since its check, checked again; {describe_check(hand_off)}"
 
 
 def run_score_stage(config: PipelineConfig, args, beam_args: list[str], console: Console) -> None:
     # A rerun replaces its scores, as it replaces its features and model.
-    score_stage(console, config.layout.logs_dir / "score.log", str(config.layout.model_dir), config.data.pattern(),
-                str(config.layout.scores_dir), args.master, "overwrite", fmt=config.data.format)
+    layout = config.layout
+    score_stage(console, layout.logs_dir / "score.log", None if layout.root.is_local else layout.logs / "score.log",
+                str(layout.model_dir), config.data.pattern(), str(layout.scores_dir), args.master, "overwrite",
+                fmt=config.data.format)
 
 
 def report_stage(config: PipelineConfig, args, beam_args: list[str], console: Console) -> None:
-    with console.stage("report", config.layout.logs_dir) as stage:
+    with _stage(console, "report", config) as stage:
         from tfbridge.report import build_report
 
         stage.track("plots and hand-off checks", _working)
@@ -233,8 +243,14 @@ _RUNNERS = {"features": features_stage, "train": train_stage, "export": export_s
             "report": report_stage}
 
 
-def score_stage(console: Console, log: Path, *args, **kwargs):
-    with console.stage("score", log.parent, log.name) as stage:
+def _stage(console: Console, name: str, config: PipelineConfig):
+    """A stage's console block, its log under the run's logs (written locally, then copied to a store)."""
+    layout = config.layout
+    return console.stage(name, layout.logs_dir, copy_to=None if layout.root.is_local else layout.logs / f"{name}.log")
+
+
+def score_stage(console: Console, log: Path, copy_to: Location | None, *args, **kwargs):
+    with console.stage("score", log.parent, log.name, copy_to) as stage:
         from spark_infer.job import run_score, scoring_progress
 
         stage.track("Spark tasks", scoring_progress)
@@ -252,7 +268,7 @@ def _command_config(args: argparse.Namespace) -> PipelineConfig:
     if args.command == "report" and args.output:
         from tfbridge.contracts import ArtifactLayout, FeaturesManifest
 
-        layout = ArtifactLayout(Path(args.output))
+        layout = ArtifactLayout(Location.of(args.output))
         recorded = FeaturesManifest.read(layout.features_manifest_path).config
         return PipelineConfig.from_dict({**recorded, "output": args.output}, source=str(layout.features_manifest_path))
     return PipelineConfig.from_yaml(Path(args.config))
@@ -277,8 +293,9 @@ def summary(config: PipelineConfig, results: dict) -> str:
     if scoring:
         rate = scoring["rows"] / max(scoring["job_seconds"], 1e-9)
         lines.append(f"  scores    {scoring['output']}: {scoring['rows']:,} rows, {rate:,.0f} rows/s")
-    lines += [f"  features  {layout.features_dir}", f"  onnx      {layout.onnx_path}", f"  logs      {layout.logs_dir}",
-              f"  report    {layout.report_path}"]
+    graph = ModelManifest.read(layout.model_manifest_path).onnx
+    lines += [f"  features  {layout.features_dir}", *([f"  onnx      {layout.model_dir / graph.path}"] if graph else []),
+              f"  logs      {layout.logs}", f"  report    {layout.report_path}"]
     return "\n".join(lines)
 
 

@@ -21,6 +21,8 @@ from typing import Callable, Iterator
 import rich.console
 import rich.progress
 
+from tfbridge.storage import Location
+
 TAIL_LINES = 15
 POLL_S = 0.5
 
@@ -65,9 +67,10 @@ class Console:
         self.out.print(text)
 
     @contextlib.contextmanager
-    def stage(self, name: str, logs_dir: Path, log_file: str | None = None) -> Iterator[Stage]:
-        """Runs a stage's block with its output in `<logs_dir>/<log_file>` (default `<name>.log`); prints ✓ or ✗,
-        the time and its result."""
+    def stage(self, name: str, logs_dir: Path, log_file: str | None = None,
+              copy_to: Location | None = None) -> Iterator[Stage]:
+        """Runs a stage's block with its output in `<logs_dir>/<log_file>` (default `<name>.log`), copied to
+        `copy_to` (a run's logs on a store) when it ends; prints ✓ or ✗, the time and its result."""
         log_path = Path(logs_dir) / (log_file or f"{name}.log")
         start = time.monotonic()
         progress = None if self.verbose or not self.out.is_terminal else rich.progress.Progress(
@@ -76,7 +79,7 @@ class Console:
             console=self.out, transient=True)
         stage = Stage(progress)
         try:
-            with self._captured(log_path), self._showing(stage, progress):
+            with self._captured(log_path, copy_to), self._showing(stage, progress):
                 yield stage
         except BaseException as error:
             what = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
@@ -92,9 +95,17 @@ class Console:
         self.out.print(f"· {name:<9}    skip  {why}")
 
     @contextlib.contextmanager
-    def _captured(self, log_path: Path) -> Iterator[None]:
+    def _captured(self, log_path: Path, copy_to: Location | None) -> Iterator[None]:
         if self.verbose:
             yield
+            return
+        if copy_to is not None:
+            try:
+                with self._captured(log_path, None):
+                    yield
+            finally:
+                with contextlib.suppress(OSError):  # the store is gone: the local log is still there
+                    copy_to.write_bytes(log_path.read_bytes())
             return
         log_path.parent.mkdir(parents=True, exist_ok=True)
         sys.stdout.flush()

@@ -4,7 +4,8 @@ Exit codes: 0 done; 2 bad config or input (ConfigError, DataError: the message n
 key or the column), or an output another run is writing ("another tfbridge run (pid N) is writing to
 <output>": `tfbridge.contracts.output_lock`, held by every `tfbridge` command and stage job that writes
 under a config's output, the training worker excepted, whose launcher holds it); 1 a stage failed (a
-training worker died, an op has no ONNX lowering, a library misbehaves in this process); 130
+training worker died, an op has no ONNX lowering, a library misbehaves in this process, a file system failed:
+StorageError names the URI); 130
 interrupted (Ctrl-C).
 """
 
@@ -20,6 +21,7 @@ from typing import Callable
 
 from tfbridge.contracts import (BrokenRuntimeError, ConfigError, DataError, PipelineConfig, StageError, TrainingError,
                                 output_lock)
+from tfbridge.storage import StorageError, UnknownScheme
 
 EXIT_BAD_INPUT = 2
 EXIT_STAGE_FAILED = 1
@@ -42,10 +44,10 @@ def run_job(run: Callable[[], None]) -> int:
     setup_logging()
     try:
         run()
-    except (ConfigError, DataError) as e:
+    except (ConfigError, DataError, UnknownScheme) as e:
         print(f"tfbridge: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except (TrainingError, StageError, BrokenRuntimeError) as e:
+    except (TrainingError, StageError, BrokenRuntimeError, StorageError) as e:
         print(f"tfbridge: error: {e}", file=sys.stderr)
         return EXIT_STAGE_FAILED
     except KeyboardInterrupt:

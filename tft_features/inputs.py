@@ -8,8 +8,9 @@ value beyond float32's range stops the run), then against its steps' domain
 (box_cox: > 0, log1p: > -1). Every error names the file, the column and what
 was expected.
 
-The Beam side reads Parquet with `ReadFromParquetBatched` (splittable by row
-group) and CSV with pyarrow per file, and turns each table into a RecordBatch
+The Beam side reads Parquet a row group per element (a runner splits the work
+by row group) and CSV with pyarrow per file, both through `tfbridge.storage`
+(local disk or a store, the same clients on every runner), and turns each table into a RecordBatch
 of list-typed columns, the form TFXIO's tensor adapters decode: a column read
 as FixedLen [1], or VarLen when its first step imputes (a missing value is an
 empty list). The TensorAdapterConfig comes from the same schema, so TFT sees
@@ -37,6 +38,7 @@ from tfx_bsl.tfxio import tensor_adapter, tensor_representation_util
 
 from tfbridge.contracts import CSV_NULL_VALUES, DataError, DataSource, RawColumn, model_numbers
 from tfbridge.contracts.columns import model_text
+from tfbridge.storage import Location, StorageError
 
 if TYPE_CHECKING:
     from tft_features.steps import RawDomain
@@ -85,14 +87,33 @@ def kind_of(arrow_type: pa.DataType) -> str | None:
     return None
 
 
+def parquet_file(path: str) -> pq.ParquetFile:
+    """A Parquet file on local disk or a store (`tfbridge.storage`), read a row group at a time."""
+    return pq.ParquetFile(Location.of(path).open_input())
+
+
+def _csv_input(path: str):
+    return Location.of(path).open_input()
+
+
+def unreadable(path: str, kind: str, error: Exception) -> Exception:
+    """A file that could not be read: DataError when the data is at fault, StorageError when its file system is (a
+    store that failed to answer mid-read: pyarrow's I/O errors on a remote file)."""
+    if isinstance(error, StorageError):
+        return error
+    if isinstance(error, OSError) and not isinstance(error, pa.ArrowInvalid) and not Location.of(path).is_local:
+        return StorageError(f"{path}: {error}")
+    return DataError(f"cannot read {kind} file {path}: {error}")
+
+
 def file_schema(source: DataSource, path: str) -> pa.Schema:
     try:
         if source.format == "parquet":
-            return pq.read_schema(path)
-        with pacsv.open_csv(path, parse_options=CSV_PARSE) as reader:
+            return parquet_file(path).schema_arrow
+        with pacsv.open_csv(_csv_input(path), parse_options=CSV_PARSE) as reader:
             return reader.schema
     except (OSError, pa.ArrowException) as e:
-        raise DataError(f"cannot read {source.format.upper()} file {path}: {e}") from e
+        raise unreadable(path, source.format.upper(), e) from e
 
 
 def resolve_columns(source: DataSource, wanted: dict[str, tuple[str, bool]], label: str,
@@ -148,13 +169,13 @@ CSV_PARSE = pacsv.ParseOptions(newlines_in_values=True)
 def read_csv(path: str, columns: tuple[RawColumn, ...]) -> pa.Table:
     """One CSV file with the planned types; a value that does not parse names its column and row."""
     try:
-        return pacsv.read_csv(path, parse_options=CSV_PARSE, convert_options=pacsv.ConvertOptions(
+        return pacsv.read_csv(_csv_input(path), parse_options=CSV_PARSE, convert_options=pacsv.ConvertOptions(
             column_types=_csv_types(columns), include_columns=[c.name for c in columns],
             null_values=list(CSV_NULL_VALUES), strings_can_be_null=False))
     except pa.ArrowInvalid as e:
         message = str(e)
         match = re.search(r"CSV column #(\d+)", message)
-        header = pacsv.open_csv(path, parse_options=CSV_PARSE).schema.names
+        header = pacsv.open_csv(_csv_input(path), parse_options=CSV_PARSE).schema.names
         column = header[int(match.group(1))] if match else "?"
         raise DataError(f"{path}: column '{column}': {message.splitlines()[0]}; "
                         f"expected {'numbers' if column in _numeric_names(columns) else 'text'}") from e
@@ -232,11 +253,11 @@ def _tables(source: DataSource, path: str, columns: tuple[RawColumn, ...]):
         yield read_csv(path, columns)
         return
     try:
-        parquet = pq.ParquetFile(path)
+        parquet = parquet_file(path)
         for batch in parquet.iter_batches(columns=names, batch_size=65536):
             yield pa.Table.from_batches([batch])
     except (OSError, pa.ArrowException) as e:
-        raise DataError(f"cannot read Parquet file {path}: {e}") from e
+        raise unreadable(path, "Parquet", e) from e
 
 
 def inspect(source: DataSource, wanted: dict[str, tuple[str, bool]], label: str,
@@ -318,7 +339,7 @@ def read_tables(source: DataSource, files, columns: tuple[RawColumn, ...]):
     names = [c.name for c in columns]
     for path in files:
         if source.format == "parquet":
-            for batch in pq.ParquetFile(path).iter_batches(columns=names):
+            for batch in parquet_file(path).iter_batches(columns=names):
                 yield pa.Table.from_batches([batch])
         else:
             yield read_csv(path, columns)
@@ -354,9 +375,12 @@ class ReadRawData(beam.PTransform):
         raw = self._raw
         names = [c.name for c in raw.columns]
         if raw.source.format == "parquet":
-            # One table per row group: runners split the work by row group.
-            tables = pipeline | "ReadParquet" >> beam.io.ReadFromParquetBatched(
-                raw.source.pattern(), columns=names)
+            # One table per row group: runners split the work by row group. Read through tfbridge.storage, not
+            # Beam's file systems: the same clients and credentials as every other stage, on any runner.
+            groups = [(path, group) for path in raw.files for group in range(parquet_file(path).num_row_groups)]
+            tables = (pipeline
+                      | "RowGroups" >> beam.Create(groups)
+                      | "ReadParquet" >> beam.Map(_read_row_group, names))
         else:
             tables = (pipeline
                       | "CsvFiles" >> beam.Create(list(raw.files))
@@ -364,6 +388,14 @@ class ReadRawData(beam.PTransform):
         return tables | "ToRecordBatches" >> beam.ParDo(
             _SplitToRecordBatches(raw.columns, raw.arrow_schema(), self._eval_fraction, raw.rows, self._for_analysis)
         ).with_outputs("eval", main="train")
+
+
+def _read_row_group(where: tuple[str, int], names: list[str]) -> pa.Table:
+    path, group = where
+    try:
+        return parquet_file(path).read_row_group(group, columns=names)
+    except (OSError, pa.ArrowException) as e:
+        raise unreadable(path, "Parquet", e) from e
 
 
 class _SplitToRecordBatches(beam.DoFn):

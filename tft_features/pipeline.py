@@ -1,12 +1,11 @@
 """The feature stage as one Beam job: check, analyze on the train split, transform both splits, write.
 
-Outputs (under `<output>/features/`, see `tfbridge.contracts.ArtifactLayout`):
-transform_fn/ (tft_beam.WriteTransformFn), transformed/{train,eval}-*.parquet (or, with
-`output_format: tfrecord`, *.tfrecord.gz of tf.Examples; at least 8 shards each, see shards.py),
-stats.json and manifest.json.
-Everything is written into a staging directory beside the final one and renamed
-into place at the end, so a failed run leaves no partial artifacts and an
-earlier run's features stay intact until the new ones are complete.
+Outputs (under `<output>/features/`, on local disk or a store, see `tfbridge.contracts.ArtifactLayout`): an
+attempt directory holding transform_fn/ (tft_beam.WriteTransformFn), transformed/{train,eval}-*.parquet (or,
+with `output_format: tfrecord`, *.tfrecord.gz of tf.Examples; at least 8 shards each, see shards.py),
+stats.json and check_rows.parquet; then manifest.json, written last, which commits them. A failed run leaves
+an attempt no manifest names (the next run deletes it), and an earlier run's features stay readable through
+their manifest until the new one replaces it.
 
 The runner is named explicitly: the in-process FnApiRunner unless the command
 line names another (`--runner=FlinkRunner ...`): Beam's own default for batch
@@ -15,10 +14,11 @@ line names another (`--runner=FlinkRunner ...`): Beam's own default for batch
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import json
 import logging
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -30,15 +30,17 @@ import pyarrow.parquet as pq
 import tensorflow as tf
 import tensorflow_transform as tft
 import tensorflow_transform.beam as tft_beam
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io
 
-from tfbridge.contracts import (FeaturesManifest, PipelineConfig, ShardFile, file_sha256, fingerprints,
-                                graph_input_name, graph_input_names, materialized_feature_spec, staged)
+from tfbridge.contracts import (FeaturesManifest, PipelineConfig, ShardFile, fingerprints, graph_input_name,
+                                graph_input_names, materialized_feature_spec, named_attempts)
+from tfbridge.contracts.layout import CHECK_ROWS_FILE, STATS, TRANSFORMED
+from tfbridge.storage import Location
+from tfbridge.storage.attempts import abandon, new_attempt, remove_uncommitted
 from tfbridge.scoring.parity import CHECK_ROWS
 from tft_features import inputs, preprocessing
 from tft_features.shards import MIN_SHARDS, WriteShards, name_shards
@@ -51,7 +53,7 @@ SPLITS = ("train", "eval")
 
 @dataclasses.dataclass(frozen=True)
 class FeaturesResult:
-    features_dir: Path
+    features_dir: Location
     rows: dict[str, int]
     seconds: float
 
@@ -167,51 +169,74 @@ def run_features(config: PipelineConfig, beam_args: list[str] | None = None) -> 
     log.info("features: %d rows in %d file(s), %d columns checked", raw.rows, len(raw.files), len(raw.columns))
 
     layout = config.layout
-    with staged(layout.features_dir, directory=True) as staging:
-        try:
-            rows, files = _run_beam(config, raw, prep, staging, make_pipeline(beam_args, prep.analysis_phases))
-        except AssertionError as e:
-            if _FNAPI_STALL not in str(e) or prep.analysis_phases is not None:
-                raise
-            log.warning("features: FnApiRunner stalled on a deep analysis; rerunning on the bundle-based runner")
-            shutil.rmtree(staging)
-            staging.mkdir()
-            rows, files = _run_beam(config, raw, prep, staging, make_pipeline(beam_args, _FNAPI_MAX_PHASES + 1))
-        check_rows = _write_check_rows(config, staging / layout.check_rows_path.name)
-        FeaturesManifest(
-            raw_columns={c.name: c for c in raw.columns},
-            input_names={c.name: c.graph_name for c in raw.columns},
-            label=config.label,
-            task=config.task,
-            outputs=_feature_outputs(staging, staging / layout.stats_path.name, config.label, prep.plan),
-            rows=rows,
-            shards={split: len(split_files) for split, split_files in files.items()},
-            versions=versions(),
-            config=config.to_dict(),
-            fingerprint=fingerprints.features_fingerprint(config),
-            format=config.output_format,
-            files=files,
-            check_rows=check_rows,
-        ).write(staging / layout.features_manifest_path.name)
+    named = functools.partial(named_attempts, layout.features_manifest_path)
+    remove_uncommitted(layout.features_dir, named())  # what crashed runs left
+    attempt = new_attempt(layout.features_dir)
+    try:
+        with tempfile.TemporaryDirectory(prefix="tfbridge-transform-") as local:
+            manifest = _write_attempt(config, raw, prep, Path(local), attempt, beam_args)
+        manifest.write(layout.features_manifest_path)  # the commit
+    except BaseException:
+        abandon(attempt, named)
+        raise
+    with contextlib.suppress(OSError):  # the attempt this commit replaced; else the next run's to remove
+        remove_uncommitted(layout.features_dir, [attempt.name])
     seconds = time.monotonic() - start
-    log.info("features: wrote %s (%s) in %.1f s", layout.features_dir, rows, seconds)
-    return FeaturesResult(layout.features_dir, rows, seconds)
+    log.info("features: wrote %s (%s) in %.1f s", layout.features_dir, manifest.rows, seconds)
+    return FeaturesResult(layout.features_dir, dict(manifest.rows), seconds)
 
 
-def _run_beam(config, raw: inputs.RawData, prep: _Preprocessing, staging: Path,
+def _write_attempt(config, raw: inputs.RawData, prep: _Preprocessing, local: Path, attempt: Location,
+                   beam_args) -> FeaturesManifest:
+    """Runs the Beam job: the shards go to the attempt as they are written, the transform to `local` (TensorFlow
+    writes no object store), then to the attempt; returns the manifest that commits them."""
+    try:
+        rows, files = _run_beam(config, raw, prep, local, attempt, make_pipeline(beam_args, prep.analysis_phases))
+    except AssertionError as e:
+        if _FNAPI_STALL not in str(e) or prep.analysis_phases is not None:
+            raise
+        log.warning("features: FnApiRunner stalled on a deep analysis; rerunning on the bundle-based runner")
+        attempt.remove()
+        for child in local.iterdir():
+            Location.of(child).remove()
+        rows, files = _run_beam(config, raw, prep, local, attempt, make_pipeline(beam_args, _FNAPI_MAX_PHASES + 1))
+    check_rows = _write_check_rows(config, attempt / CHECK_ROWS_FILE)
+    stats = attempt / STATS
+    outputs = _feature_outputs(local, json.loads(stats.read_text()), config.label, prep.plan)
+    artifacts = {**attempt.upload(local), STATS: stats.sha256()}
+    return FeaturesManifest(
+        raw_columns={c.name: c for c in raw.columns},
+        input_names={c.name: c.graph_name for c in raw.columns},
+        label=config.label,
+        task=config.task,
+        outputs=outputs,
+        rows=rows,
+        shards={split: len(split_files) for split, split_files in files.items()},
+        versions=versions(),
+        config=config.to_dict(),
+        fingerprint=fingerprints.features_fingerprint(config),
+        format=config.output_format,
+        files=files,
+        check_rows=check_rows,
+        attempt=attempt.name,
+        artifacts=artifacts,
+    )
+
+
+def _run_beam(config, raw: inputs.RawData, prep: _Preprocessing, local: Path, attempt: Location,
               pipeline: beam.Pipeline) -> tuple[dict[str, int], dict[str, tuple[ShardFile, ...]]]:
-    layout = config.layout
     adapter = raw.tensor_adapter_config()
-    stats_path = staging / layout.stats_path.name
-    tft_temp = tempfile.mkdtemp(dir=staging, prefix="tft-tmp-")
-    bundle_files = staging / "bundle-shards"
+    stats_path = attempt / STATS
+    transformed = attempt / TRANSFORMED
+    bundles = attempt / "bundles"  # each split's list of completed bundles' files
     # TFT traces the preprocessing_fn and writes a SavedModel per analysis phase; in
     # its tf.compat.v1 graph mode that costs 3.5 s less per run (measured on the
     # `wide` benchmark config: 9.4 s -> 5.9 s on 2,000 rows), the transform_fn
     # works the same downstream (training, export and scoring parity tests run on
     # it). A user's preprocessing_fn keeps TFT's default (TF2) semantics.
     compat_v1 = prep.plan is not None
-    with pipeline as p, tft_beam.Context(temp_dir=tft_temp, force_tf_compat_v1=compat_v1):
+    with tempfile.TemporaryDirectory(prefix="tft-tmp-") as tft_temp, pipeline as p, tft_beam.Context(
+            temp_dir=tft_temp, force_tf_compat_v1=compat_v1):
         # The input is read twice, once for the analysis and once for the transform. Read once, the train
         # split would feed both, and the in-process runner would hold all of it in memory until the analysis
         # (the transform's side input) is done: peak memory grew with the rows. Read twice, both stream.
@@ -219,11 +244,11 @@ def _run_beam(config, raw: inputs.RawData, prep: _Preprocessing, staging: Path,
         splits = p | "ReadRaw" >> inputs.ReadRawData(raw, config.split.eval_fraction)
         transform_fn = (analyzed.train, adapter) | "Analyze" >> tft_beam.AnalyzeDataset(prep.fn)
         # TFT's layout: <dir>/transform_fn and <dir>/transformed_metadata, so that
-        # tft.TFTransformOutput(features_dir) reads it.
-        _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(str(staging))
+        # tft.TFTransformOutput(dir) reads it.
+        _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(str(local))
         # The raw schema too (<dir>/metadata), so TFTransformOutput.raw_feature_spec() works downstream.
         metadata_io.write_metadata(dataset_metadata.DatasetMetadata(raw.tfmd_schema()),
-                                   str(staging / tft.TFTransformOutput.RAW_METADATA_DIR))
+                                   str(local / tft.TFTransformOutput.RAW_METADATA_DIR))
         schemas = {}  # split -> the transformed schema its shard files are written in
         for split in SPLITS:
             (data, metadata) = ((splits[split], adapter), transform_fn) | f"Transform[{split}]" >> (
@@ -231,19 +256,22 @@ def _run_beam(config, raw: inputs.RawData, prep: _Preprocessing, staging: Path,
             schema = schemas[split] = metadata.schema
             _ = (data
                  | f"WriteShards[{split}]" >> beam.ParDo(
-                     WriteShards(schema, str(bundle_files), split, MIN_SHARDS, config.output_format))
+                     WriteShards(schema, str(transformed), split, MIN_SHARDS, config.output_format))
                  | f"ListShards[{split}]" >> beam.combiners.ToList()
-                 | f"ReportShards[{split}]" >> beam.Map(_write_json, str(bundle_files / f"{split}.json")))
+                 | f"ReportShards[{split}]" >> beam.Map(_write_json, str(bundles / f"{split}.json")))
             if split == "train":
                 _ = (data
                      | "StatsRow" >> beam.Map(_first_row_stats, schema, {c.graph_name: c.name for c in raw.columns})
                      | "OneStatsRow" >> beam.CombineGlobally(_AnyFn()).without_defaults()
                      | "WriteStats" >> beam.Map(_write_json, str(stats_path)))
-    shutil.rmtree(tft_temp, ignore_errors=True)
-    files = {split: name_shards([tuple(f) for f in json.loads((bundle_files / f"{split}.json").read_text())],
-                                staging / layout.transformed_dir.name, split, schemas[split], config.output_format)
+    files = {split: name_shards([tuple(f) for f in json.loads((bundles / f"{split}.json").read_text())],
+                                transformed, split, schemas[split], config.output_format)
              for split in SPLITS}
-    shutil.rmtree(bundle_files)  # with the files of failed bundles, if any
+    bundles.remove()
+    named = {f.name for split_files in files.values() for f in split_files}
+    for leftover in transformed.children():  # the files of failed bundles, if any
+        if leftover.name not in named:
+            leftover.remove()
     if not stats_path.exists():
         _write_json({"features": {}}, str(stats_path))
     counters = p.result.metrics().query(MetricsFilter().with_namespace("tfbridge"))["counters"]
@@ -253,23 +281,24 @@ def _run_beam(config, raw: inputs.RawData, prep: _Preprocessing, staging: Path,
     return rows, files
 
 
-def _write_check_rows(config: PipelineConfig, path: Path) -> ShardFile:
+def _write_check_rows(config: PipelineConfig, location: Location) -> ShardFile:
     """Up to CHECK_ROWS raw rows of the eval split (the train split when there is none), for the hand-off checks
     of the stages after this one: the export's graph against its SavedModel, the report's checks."""
     split = "eval" if config.split.eval_fraction > 0 else "train"
     table = split_rows(config, split, CHECK_ROWS)
-    pq.write_table(table, path)
-    return ShardFile(path.name, table.num_rows, file_sha256(path))
+    with location.open_output() as f:
+        pq.write_table(table, f)
+    return ShardFile(location.name, table.num_rows, location.sha256())
 
 
-def _feature_outputs(features_dir: Path, stats_path: Path, label: str, plan) -> dict:
-    transform_output = tft.TFTransformOutput(str(features_dir))
+def _feature_outputs(transform_dir: Path, stats: dict, label: str, plan) -> dict:
+    transform_output = tft.TFTransformOutput(str(transform_dir))
     spec = materialized_feature_spec(transform_output.transformed_feature_spec())
     spec.pop(graph_input_name(label), None)
     # TFT records an id range for its vocabulary and bucket outputs (what a user's preprocessing_fn makes).
     id_ranges = {f.name: f.int_domain.max + 1 for f in transform_output.transformed_metadata.schema.feature
                  if f.HasField("int_domain") and f.int_domain.min == 0 and f.int_domain.HasField("max")}
-    return preprocessing.feature_outputs(spec, plan, json.loads(stats_path.read_text()), id_ranges)
+    return preprocessing.feature_outputs(spec, plan, stats, id_ranges)
 
 
 def _is_stat(name: str) -> bool:
@@ -305,8 +334,7 @@ class _AnyFn(beam.CombineFn):
 
 
 def _write_json(value, path: str) -> None:
-    with FileSystems.create(path) as f:
-        f.write(json.dumps(value, indent=2, sort_keys=True).encode() + b"\n")
+    Location.of(path).write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
 
 
 def features_job(config: PipelineConfig, beam_args: list[str] | None = None) -> None:

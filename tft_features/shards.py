@@ -1,10 +1,11 @@
 """The transformed rows as shard files, Parquet (the default) or gzipped tf.Example TFRecords, named only once complete.
 
 `WriteShards` runs where the rows come out of TFT's transform and writes each bundle's rows to its own
-files; `name_shards` then gives the files of completed bundles their final names,
-`<split>-NNNNN-of-NNNNN.<suffix>` (ArtifactLayout.transformed_file), at least MIN_SHARDS per split so that
-training workers can share every split out by file. Files of a failed and retried bundle are never named,
-so never read.
+files, `<split>-<bundle>-NNNNN.<suffix>`, under the stage's attempt (on local disk or a store, through
+`tfbridge.storage`), and reports each file with its rows and sha256 once the bundle is complete; `name_shards`
+lists the reported files in shard order for the manifest, at least MIN_SHARDS per split so that training workers
+can share every split out by file. Files of a failed and retried bundle are never named, so never read (and are
+deleted). Nothing is renamed: object stores cannot.
 
 A Parquet shard has one column per transformed feature, the statistics left out: a number or an id is a
 plain column, a vector a fixed-size list, token ids a list (`columnar_schema`). It is what training reads
@@ -13,12 +14,12 @@ as columns and what a person opens with `pandas.read_parquet`.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import apache_beam as beam
 import pyarrow as pa
@@ -28,8 +29,9 @@ from apache_beam.transforms.window import GlobalWindows
 from tensorflow_metadata.proto.v0 import schema_pb2
 from tfx_bsl.coders import example_coder
 
-from tfbridge.contracts import STAT_OUTPUT_PREFIX, DataError, ShardFile, file_sha256
-from tfbridge.contracts.layout import TRANSFORMED_SUFFIXES, transformed_file_name
+from tfbridge.contracts import STAT_OUTPUT_PREFIX, DataError, ShardFile
+from tfbridge.contracts.layout import TRANSFORMED_SUFFIXES
+from tfbridge.storage import Location
 
 log = logging.getLogger(__name__)
 
@@ -99,11 +101,37 @@ def to_columns(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(columns, schema=schema)
 
 
+class _HashingSink:
+    """A file being written (a stream of `tfbridge.storage`) that computes its sha256 on the way: a shard on a
+    store is never read back to be checked into its manifest."""
+
+    def __init__(self, location: Location):
+        self._stream, self._digest = location.open_output(), hashlib.sha256()
+        self.closed = False
+
+    def write(self, data) -> int:
+        self._digest.update(data)
+        return self._stream.write(data)
+
+    def tell(self) -> int:
+        return self._stream.tell()
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> str:
+        if not self.closed:
+            self._stream.close()
+            self.closed = True
+        return self._digest.hexdigest()
+
+
 class _ParquetShard:
     """One Parquet file being written: rows buffered up to a row group, written a group at a time."""
 
-    def __init__(self, path: str, schema: pa.Schema):
-        self._writer = pq.ParquetWriter(path, schema, use_dictionary=_dictionary_columns(schema))
+    def __init__(self, location: Location, schema: pa.Schema):
+        self._sink = _HashingSink(location)
+        self._writer = pq.ParquetWriter(self._sink, schema, use_dictionary=_dictionary_columns(schema))
         self._schema = schema
         self._buffered, self._buffered_rows = [], 0
 
@@ -119,33 +147,39 @@ class _ParquetShard:
                                      row_group_size=self._buffered_rows)
         self._buffered, self._buffered_rows = [], 0
 
-    def close(self) -> None:
+    def close(self) -> str:
+        """Ends the file; returns its sha256."""
         self._flush()
         self._writer.close()
+        return self._sink.close()
 
 
 class _TFRecordShard:
-    """One gzipped TFRecord file of tf.Examples being written (tfx_bsl encodes, TF's writer gzips)."""
+    """One gzipped TFRecord file of tf.Examples being written (tfx_bsl encodes, TF's writer gzips): on local disk
+    only (config refuses TFRecords for an output on a store)."""
 
-    def __init__(self, path: str, encoder: example_coder.RecordBatchToExamplesEncoder, columns: list[str]):
-        self._writer, self._encoder, self._columns = tf.io.TFRecordWriter(path, options=_GZIP), encoder, columns
+    def __init__(self, location: Location, encoder: example_coder.RecordBatchToExamplesEncoder, columns: list[str]):
+        self._location = location
+        location.parent.mkdir()
+        self._writer = tf.io.TFRecordWriter(str(location.local), options=_GZIP)
+        self._encoder, self._columns = encoder, columns
 
     def write(self, rows: pa.RecordBatch) -> None:
         for example in self._encoder.encode(rows.select(self._columns)):
             self._writer.write(example)
 
-    def close(self) -> None:
+    def close(self) -> str:
         self._writer.close()
+        return self._location.sha256()
 
 
-def write_empty_shard(path: str, schema: schema_pb2.Schema, output_format: str) -> None:
-    """A file of the format with no rows (and, for Parquet, the shards' columns)."""
+def write_empty_shard(location: Location, schema: schema_pb2.Schema, output_format: str) -> str:
+    """A file of the format with no rows (and, for Parquet, the shards' columns); returns its sha256."""
     if output_format == "parquet":
-        columns = columnar_schema(schema)
-        pq.write_table(columns.empty_table(), path, use_dictionary=_dictionary_columns(columns))
+        shard = _ParquetShard(location, columnar_schema(schema))
     else:
-        with tf.io.TFRecordWriter(path, options=_GZIP):
-            pass
+        shard = _TFRecordShard(location, None, [])
+    return shard.close()
 
 
 class WriteShards(beam.DoFn):
@@ -179,7 +213,6 @@ class WriteShards(beam.DoFn):
             names = [f.name for f in self._schema.feature]
             self._open = lambda path: _TFRecordShard(path, encoder, names)
         self._pool = ThreadPoolExecutor(min(self._shards, os.cpu_count() or 1), thread_name_prefix="write-shards")
-        tf.io.gfile.makedirs(self._directory)
 
     def start_bundle(self):
         self._bundle, self._files, self._pending = uuid.uuid4().hex[:12], {}, []
@@ -198,9 +231,9 @@ class WriteShards(beam.DoFn):
     def finish_bundle(self):
         self._wait()
         files, self._files = self._files, {}
-        for path, file, rows in files.values():
-            file.close()
-            yield GlobalWindows.windowed_value((path, rows))
+        for location, file, rows in files.values():
+            sha256 = file.close()
+            yield GlobalWindows.windowed_value((location.name, rows, sha256))
 
     def teardown(self):
         if self._pool is not None:
@@ -214,34 +247,23 @@ class WriteShards(beam.DoFn):
     def _write(self, shard: int, rows: pa.RecordBatch) -> None:
         if shard not in self._files:
             suffix = TRANSFORMED_SUFFIXES[self._format]
-            path = os.path.join(self._directory, f"{self._split}-{self._bundle}-{shard:05d}.{suffix}")
-            self._files[shard] = [path, self._open(path), 0]
+            location = Location.of(self._directory) / f"{self._split}-{self._bundle}-{shard:05d}.{suffix}"
+            self._files[shard] = [location, self._open(location), 0]
         entry = self._files[shard]
         entry[1].write(rows)
         entry[2] += rows.num_rows
 
 
-def name_shards(written: list[tuple[str, int]], directory: Path, split: str, schema: schema_pb2.Schema,
+def name_shards(written: list[tuple[str, int, str]], directory: Location, split: str, schema: schema_pb2.Schema,
                 output_format: str) -> tuple[ShardFile, ...]:
-    """Moves the files of completed bundles ((path, rows) each) to their shard names in `directory`
-    (transformed_file_name); returns every file of the split with its rows and sha256.
-
-    A split gets at least MIN_SHARDS files, empty ones where it had fewer rows
-    or bundles, so that every split can be shared out by file.
-    """
-    directory.mkdir(parents=True, exist_ok=True)
-    written = sorted(written)
-    count = max(len(written), MIN_SHARDS)
-    files = []
-    for shard in range(count):
-        path = directory / transformed_file_name(split, shard, count, output_format)
-        if shard < len(written):
-            source, rows = written[shard]
-            os.replace(source, path)
-        else:
-            write_empty_shard(str(path), schema, output_format)
-            rows = 0
-        files.append(ShardFile(path.name, int(rows), file_sha256(path)))
-    log.info("features: %s: %d %s files (%d written, %d empty)", split, count, output_format, len(written),
-             count - len(written))
+    """The split's files in shard order, from the files of completed bundles ((name, rows, sha256) each) in
+    `directory`, with empty ones where it had fewer than MIN_SHARDS (fewer rows or bundles than that), so that
+    every split can be shared out by file."""
+    files = [ShardFile(name, int(rows), sha256) for name, rows, sha256 in sorted(written)]
+    suffix = TRANSFORMED_SUFFIXES[output_format]
+    for shard in range(len(files), MIN_SHARDS):
+        name = f"{split}-empty-{shard:05d}.{suffix}"
+        files.append(ShardFile(name, 0, write_empty_shard(directory / name, schema, output_format)))
+    log.info("features: %s: %d %s files (%d written, %d empty)", split, len(files), output_format, len(written),
+             len(files) - len(written))
     return tuple(files)

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pytest
 import tensorflow as tf
 
-from tests.helpers import all_features, onnx_session, serving_inputs, tf_inputs, with_exact_copy
+from tests.helpers import all_features, committed, onnx_session, serving_inputs, tf_inputs, with_exact_copy
 from tests.tft_features.test_pipeline_parity import FIXED_BOUNDARIES, HUGE_MAX, make_table
 from tf_train.data import model_inputs
 from tf_train.model import RawFeaturesModel, save_raw_features_model
@@ -57,10 +57,10 @@ def pd_object(values):
 def test_onnx_predictions_match_the_saved_model(exported, seed):
     layout = exported.layout
     manifest = ModelManifest.read(layout.model_manifest_path)
-    stats = json.loads(layout.stats_path.read_text())["features"]
+    stats = json.loads(committed(layout).stats_path.read_text())["features"]
     feeds = serving_inputs(fresh_rows(seed, stats), manifest)
-    got = onnx_session(layout.onnx_path).run(["prediction"], feeds)[0]
-    want = tf.saved_model.load(str(layout.saved_model_dir)).signatures["serving_default"](
+    got = onnx_session(committed(layout).onnx_path).run(["prediction"], feeds)[0]
+    want = tf.saved_model.load(str(committed(layout).saved_model_dir)).signatures["serving_default"](
         **tf_inputs(feeds))["prediction"].numpy()
     assert np.isfinite(want).all()
     # float32 in label units: 1e-5 of the label's spread (here ~900), 1e-4 relative for large values
@@ -80,7 +80,7 @@ class TransformOnly(RawFeaturesModel):
 def transform_only(exported, tmp_path_factory):
     layout = exported.layout
     features = FeaturesManifest.read(layout.features_manifest_path)
-    module = TransformOnly(str(layout.features_dir), features, dict(features.outputs), None, None)
+    module = TransformOnly(str(features.transform_dir(layout.features_dir)), features, dict(features.outputs), None, None)
     path = tmp_path_factory.mktemp("transform") / "saved_model"
     save_raw_features_model(module, str(path))
     manifest = ModelManifest.read(layout.model_manifest_path)
@@ -92,7 +92,7 @@ def transform_only(exported, tmp_path_factory):
 @pytest.mark.parametrize("seed", [21, 22])
 def test_every_transform_matches_tf_feature_by_feature(exported, transform_only, seed):
     saved, onnx_path, manifest = transform_only
-    stats = json.loads(exported.layout.stats_path.read_text())["features"]
+    stats = json.loads(committed(exported.layout).stats_path.read_text())["features"]
     feeds = serving_inputs(fresh_rows(seed, stats), manifest)
     runner = onnx_session(onnx_path)
     names = [o.name for o in runner.get_outputs()]
@@ -113,14 +113,14 @@ def test_every_transform_matches_tf_feature_by_feature(exported, transform_only,
 def test_manifest_records_the_onnx_signature(exported):
     layout = exported.layout
     graph = ModelManifest.read(layout.model_manifest_path).onnx
-    assert isinstance(graph, OnnxGraph) and graph.path == "model.onnx" and graph.opset == 20
+    assert isinstance(graph, OnnxGraph) and graph.path.endswith("/model.onnx") and graph.opset == 20
     assert graph.custom_ops_library == "onnxruntime_extensions"  # text normalisation's regex replace
     assert graph.inputs["text"] == {"dtype": "string", "shape": [None]}
     assert graph.inputs["z"] == {"dtype": "float32", "shape": [None]}
     assert set(graph.inputs) == set(ModelManifest.read(layout.model_manifest_path).inputs)
     assert graph.outputs["prediction"]["dtype"] == "float32"
     # the model's periodic embeddings are in the graph the parity tests compare
-    assert {"Sin", "Cos", "Floor"} <= {node.op_type for node in onnx.load(layout.onnx_path).graph.node}
+    assert {"Sin", "Cos", "Floor"} <= {node.op_type for node in onnx.load(committed(layout).onnx_path).graph.node}
 
 
 def test_an_op_with_no_lowering_names_the_op_and_the_feature(tmp_path):

@@ -24,7 +24,7 @@ import pytest
 import tensorflow as tf
 import yaml
 
-from tests.helpers import decode_split, onnx_session, tf_inputs
+from tests.helpers import committed, decode_split, onnx_session, tf_inputs
 from tests.onnx_export.test_lowerings import convert, run
 from tests.onnx_export.test_parity import TransformOnly
 from onnx_export.convert import convert_saved_model
@@ -102,7 +102,7 @@ def engines(unicode_run, tmp_path_factory):
     features = FeaturesManifest.read(layout.features_manifest_path)
     manifest = ModelManifest.read(layout.model_manifest_path)
     path = tmp_path_factory.mktemp("transform") / "saved_model"
-    save_raw_features_model(TransformOnly(str(layout.features_dir), features, dict(features.outputs), None, None),
+    save_raw_features_model(TransformOnly(str(features.transform_dir(layout.features_dir)), features, dict(features.outputs), None, None),
                             str(path))
     transform_onnx = convert_saved_model(path, manifest.input_names.values()).SerializeToString()
     model = load_model(layout.model_dir)
@@ -111,10 +111,10 @@ def engines(unicode_run, tmp_path_factory):
     runner = onnx_session(transform_onnx)
     names = [o.name for o in runner.get_outputs()]
     saved = tf.saved_model.load(str(path)).signatures["serving_default"](**tf_inputs(feeds))
-    serve = tf.saved_model.load(str(layout.saved_model_dir)).signatures["serving_default"]
+    serve = tf.saved_model.load(str(committed(layout).saved_model_dir)).signatures["serving_default"]
     return {
         "rows": rows, "feeds": feeds, "model": model,
-        "stats": json.loads(layout.stats_path.read_text())["features"],
+        "stats": json.loads(committed(layout).stats_path.read_text())["features"],
         "onnx": {k[2:]: v for k, v in zip(names, runner.run(names, feeds))},
         "tf": {k[2:]: v.numpy() for k, v in saved.items()},
         "prediction": {"onnx": model.predict(rows)["prediction"],
@@ -168,7 +168,8 @@ def test_every_category_seen_in_training_has_its_own_id_line_breaks_and_empty_in
     # the report reads the vocabulary file back: each id's label is its category
     import tensorflow_transform as tft
 
-    path = tft.TFTransformOutput(str(unicode_run.features_dir)).vocabulary_file_by_name(vocabulary_name("cat", 0))
+    path = tft.TFTransformOutput(str(committed(unicode_run).features_dir)).vocabulary_file_by_name(
+        vocabulary_name("cat", 0))
     assert vocabulary_lines(open(path, "rb").read().decode()) == sorted(known, key=known.get)
 
 

@@ -15,8 +15,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from tfbridge.scoring.session import PROBE_TEXT, expected_text
+from tests.helpers import committed
 from tests.onnx_export.test_parity import fresh_rows
+from tfbridge.scoring.session import PROBE_TEXT, expected_text
 
 TEXTS = [*PROBE_TEXT, "Great price!!! Don't\tbuy\n it...", "ÆØÅ—naïve, café's", "a'b'c", "  \t ", "x_y-z/w"]
 
@@ -53,7 +54,7 @@ def run_script(python_env, first: str, *args) -> dict:
 
 @pytest.fixture(scope="module")
 def text_rows(exported, tmp_path_factory):
-    stats = json.loads(exported.layout.stats_path.read_text())["features"]
+    stats = json.loads(committed(exported.layout).stats_path.read_text())["features"]
     path = tmp_path_factory.mktemp("import-order") / "rows.parquet"
     pq.write_table(fresh_rows(seed=47, stats=stats).slice(0, 500), path)
     return path

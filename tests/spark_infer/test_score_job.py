@@ -20,6 +20,7 @@ import pyspark
 import pytest
 
 from spark_infer.job import run_score
+from tests.helpers import committed
 from tests.onnx_export.test_parity import fresh_rows
 from tfbridge.contracts import DataError, ModelManifest
 
@@ -109,7 +110,7 @@ def test_a_crashed_python_worker_is_retried_and_every_row_is_scored_once(exporte
 @pytest.fixture(scope="module")
 def fresh_raw(exported, tmp_path_factory):
     """3,000 fresh raw rows with the edge cases and a row id, as Parquet and as CSV."""
-    stats = json.loads(exported.layout.stats_path.read_text())["features"]
+    stats = json.loads(committed(exported.layout).stats_path.read_text())["features"]
     table = fresh_rows(seed=41, stats=stats)
     table = table.append_column("row_id", pa.array(np.arange(table.num_rows)))
     root = tmp_path_factory.mktemp("fresh")

@@ -11,9 +11,9 @@ import pytest
 import tensorflow as tf
 
 from spark_infer import score
-from tests.helpers import onnx_session, serving_inputs, tf_inputs
+from tests.helpers import committed, onnx_session, serving_inputs, tf_inputs
 from tests.onnx_export.test_parity import fresh_rows
-from tfbridge.contracts import DataError, ModelManifest
+from tfbridge.contracts import DataError, ModelManifest, named_attempts
 from tfbridge.scoring.parity import ONNX_VS_SAVED_MODEL, compare
 
 
@@ -21,7 +21,7 @@ from tfbridge.scoring.parity import ONNX_VS_SAVED_MODEL, compare
 def rows(exported):
     """3,000 fresh raw rows with the edge cases, an id to join on, and the model's inputs for direct runs."""
     layout = exported.layout
-    stats = json.loads(layout.stats_path.read_text())["features"]
+    stats = json.loads(committed(layout).stats_path.read_text())["features"]
     table = fresh_rows(seed=31, stats=stats)
     table = table.append_column("row_id", pa.array(np.arange(table.num_rows)))
     return table, serving_inputs(table, ModelManifest.read(layout.model_manifest_path))
@@ -38,9 +38,9 @@ def test_onnx_udf_equals_onnxruntime_and_the_saved_model(spark, exported, rows):
     table, feeds = rows
     layout = exported.layout
     got = scored(spark, table, layout.model_dir)
-    direct = onnx_session(layout.onnx_path).run(["prediction"], feeds)[0]
+    direct = onnx_session(committed(layout).onnx_path).run(["prediction"], feeds)[0]
     np.testing.assert_allclose(got, direct, rtol=1e-6, atol=0)
-    saved = tf.saved_model.load(str(layout.saved_model_dir)).signatures["serving_default"](
+    saved = tf.saved_model.load(str(committed(layout).saved_model_dir)).signatures["serving_default"](
         **tf_inputs(feeds))["prediction"].numpy()
     np.testing.assert_allclose(got, saved, rtol=1e-4, atol=1e-5 * float(np.std(saved[10:])))
 
@@ -68,7 +68,7 @@ def test_without_an_onnx_export_the_saved_model_scores(spark, exported, rows, tm
     manifest["onnx"] = None
     (model_dir / "manifest.json").write_text(json.dumps(manifest))
     got = scored(spark, table, model_dir)
-    saved = tf.saved_model.load(str(model_dir / "saved_model")).signatures["serving_default"](
+    saved = tf.saved_model.load(str(model_dir / manifest["attempt"] / "saved_model")).signatures["serving_default"](
         **tf_inputs(feeds))["prediction"].numpy()
     # TensorFlow's kernels round by batch (one call on all rows vs Spark's batches of 500: 3e-4 relative apart on
     # predictions near 0, measured): held to the hand-off tolerance of the SavedModel, joined by row.
@@ -109,7 +109,7 @@ def test_integers_and_booleans_feed_categories_and_numbers(spark, tmp_path):
     layout = PipelineConfig.from_yaml(tmp_path / "c.yaml").layout
     manifest = ModelManifest.read(layout.model_manifest_path)
     assert manifest.inputs["Shop ID"].dtype == "string" and manifest.input_names["Shop ID"] == "shop_id"
-    stats = json.loads(layout.stats_path.read_text())["features"]
+    stats = json.loads(committed(layout).stats_path.read_text())["features"]
     assert stats["Shop ID"]["vocabulary_size"] == 10 and stats["member"]["vocabulary_size"] == 2
     check_hand_offs(layout, table.to_pandas(), "id", "id", "regression", float(np.std(table.column("y"))))
 
@@ -124,7 +124,7 @@ def test_a_replaced_or_missing_graph_stops_scoring_naming_the_file(exported, tmp
     from spark_infer import load_model
 
     model_dir = copy_model(exported, tmp_path)
-    graph = model_dir / "model.onnx"
+    graph = model_dir / ModelManifest.read(model_dir / "manifest.json").onnx.path
     graph.write_bytes(graph.read_bytes() + b"\0")
     with pytest.raises(DataError, match=rf"{graph} has sha256 \w+, not the \w+ that .*manifest.json records"):
         load_model(model_dir)
@@ -141,15 +141,15 @@ def test_the_saved_model_path_checks_every_file(exported, tmp_path):
     manifest["onnx"] = None
     (model_dir / "manifest.json").write_text(json.dumps(manifest))
     assert load_model(model_dir).onnx_bytes is None
-    variables = next((model_dir / "saved_model" / "variables").glob("variables.data-*"))
+    variables = next((model_dir / manifest["attempt"] / "saved_model" / "variables").glob("variables.data-*"))
     variables.write_bytes(variables.read_bytes()[:-1] + b"\x01")
-    with pytest.raises(DataError, match=rf"{variables} does not match the sha256"):
+    with pytest.raises(DataError, match=rf"{variables} is missing or is not the file its manifest names"):
         load_model(model_dir)
 
 
-def test_a_crash_mid_export_leaves_the_saved_model_as_the_model(exported, tmp_path, monkeypatch):
-    """The manifest drops the old graph's entry before the new graph replaces it: a crash in between
-    leaves a manifest without a graph (scored by the SavedModel), never a graph it does not describe."""
+def test_a_crash_mid_export_leaves_the_committed_graph(exported, tmp_path, monkeypatch):
+    """The new graph goes to an attempt of its own, named by the manifest only once it is whole: a crash while it
+    is written leaves the manifest and the graph it names as they were, and no attempt behind."""
     import dataclasses
     import os
     from pathlib import Path
@@ -159,23 +159,27 @@ def test_a_crash_mid_export_leaves_the_saved_model_as_the_model(exported, tmp_pa
 
     shutil.copytree(exported.layout.root, tmp_path / "out", ignore=shutil.ignore_patterns("scores"))
     config = dataclasses.replace(exported, output=str(tmp_path / "out"))
-    before = config.layout.onnx_path.read_bytes()
+    before = committed(config.layout).onnx_path.read_bytes()
     rename = os.replace
 
+    manifest = config.layout.model_manifest_path.local.read_bytes()
+
     def crash(source, target):
-        if Path(source).name.startswith(".model.onnx"):
+        if Path(target).name == "model.onnx":
             raise OSError("crashed")
         return rename(source, target)
 
     monkeypatch.setattr(os, "replace", crash)
     with pytest.raises(OSError, match="crashed"):
         export_onnx(config)
-    assert config.layout.onnx_path.read_bytes() == before
-    assert load_model(config.layout.model_dir).onnx_bytes is None
-    assert not [p for p in config.layout.model_dir.iterdir() if "-staging-" in p.name]
+    assert config.layout.model_manifest_path.local.read_bytes() == manifest
+    assert committed(config.layout).onnx_path.read_bytes() == before == load_model(config.layout.model_dir).onnx_bytes
+    attempts = sorted(p.name for p in config.layout.model_dir.local.iterdir() if p.name.startswith("attempt-"))
+    assert attempts == sorted(named_attempts(config.layout.model_manifest_path))
     monkeypatch.setattr(os, "replace", rename)
     export_onnx(config)
     assert load_model(config.layout.model_dir).onnx_bytes is not None
+    assert committed(config.layout).onnx_path != committed(exported.layout).onnx_path
 
 
 def test_local_feeds_read_mixed_columns_as_the_feature_stage_does():

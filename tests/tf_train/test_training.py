@@ -26,13 +26,13 @@ import tensorflow as tf
 import yaml
 
 from tests import netns
-from tests.helpers import decode_split, onnx_session, serving_inputs, tf_inputs
+from tests.helpers import committed, decode_split, onnx_session, serving_inputs, tf_inputs
 from tf_train.data import (default_batch_size, label_reader, labelled_batches, load_training_data, shard_reader,
                            steps_per_epoch, target, validation_dataset)
 from tf_train.launcher import launch
 from onnx_export.convert import export_onnx
 from tfbridge.cli import main
-from tfbridge.contracts import DataError, ModelManifest, PipelineConfig, RawColumn
+from tfbridge.contracts import DataError, FeaturesManifest, ModelManifest, PipelineConfig, RawColumn
 from tfbridge.datasets import synthetic_table
 
 ROWS = 3000
@@ -109,7 +109,7 @@ def test_two_workers_compute_the_same_update_as_one(features_root, tmp_path):
         config = training_run(features_root, tmp_path, f"w{workers}", seed=5)
         launch(config, workers=workers)
         runs[workers] = config.layout
-    one, two = (checkpoint_values(runs[w].saved_model_dir) for w in (1, 2))
+    one, two = (checkpoint_values(committed(runs[w]).saved_model_dir) for w in (1, 2))
     assert one.keys() == two.keys()
     kernels = [k for k in one if "kernel" in k and "OPTIMIZER_SLOT" not in k]
     assert kernels, sorted(one)
@@ -119,15 +119,15 @@ def test_two_workers_compute_the_same_update_as_one(features_root, tmp_path):
     # the same model: the same predictions on fresh raw rows, through the exported signature
     manifest = ModelManifest.read(runs[1].model_manifest_path)
     inputs = tf_inputs(serving_inputs(fresh_raw_rows(seed=41), manifest))
-    predictions = [tf.saved_model.load(str(runs[w].saved_model_dir)).signatures["serving_default"](**inputs)
+    predictions = [tf.saved_model.load(str(committed(runs[w]).saved_model_dir)).signatures["serving_default"](**inputs)
                    ["prediction"].numpy() for w in (1, 2)]
     np.testing.assert_allclose(predictions[0], predictions[1], rtol=1e-4, atol=1e-4)
     assert np.isfinite(predictions[0]).all()
-    history = json.loads(runs[2].metrics_path.read_text())["history"]
+    history = json.loads(committed(runs[2]).metrics_path.read_text())["history"]
     assert [h["epoch"] for h in history] == [1, 2] and history[1]["loss"] < history[0]["loss"]
     assert history[1]["eval_loss"] < history[0]["eval_loss"]
     # the logged training loss is over every worker's rows (all-reduced at the epoch's end), not worker 0's
-    one_worker = json.loads(runs[1].metrics_path.read_text())["history"]
+    one_worker = json.loads(committed(runs[1]).metrics_path.read_text())["history"]
     np.testing.assert_allclose([h["loss"] for h in history], [h["loss"] for h in one_worker], rtol=1e-5)
 
 
@@ -146,12 +146,12 @@ def test_two_workers_on_hosts_of_their_own_compute_the_same_update_as_one(featur
             for p in procs:
                 p.kill()
     assert [p.returncode for p in procs] == [0, 0], logs
-    one_weights, two_weights = (checkpoint_values(c.layout.saved_model_dir) for c in (one, config))
+    one_weights, two_weights = (checkpoint_values(committed(c.layout).saved_model_dir) for c in (one, config))
     assert one_weights.keys() == two_weights.keys()
     for key, value in one_weights.items():
         if value.dtype.kind == "f":
             np.testing.assert_allclose(two_weights[key], value, atol=1e-4, err_msg=key)
-    assert json.loads(config.layout.metrics_path.read_text())["fitting"]["workers"] == 2
+    assert json.loads(committed(config.layout).metrics_path.read_text())["fitting"]["workers"] == 2
 
 
 def test_local_sgd_on_one_worker_is_synchronous_training(features_root, tmp_path):
@@ -163,7 +163,7 @@ def test_local_sgd_on_one_worker_is_synchronous_training(features_root, tmp_path
         data = load_training_data(config)
         assert steps_per_epoch(data, data.batch_size) % 4 == 0
         launch(config, workers=1)
-        weights[every] = checkpoint_values(config.layout.saved_model_dir)
+        weights[every] = checkpoint_values(committed(config.layout).saved_model_dir)
     assert weights[1].keys() == weights[4].keys()
     for key, value in weights[1].items():
         if value.dtype.kind == "f":
@@ -188,10 +188,10 @@ def test_local_sgd_on_two_pinned_workers_trains_one_model(features_root, tmp_pat
     for index in (0, 1):
         assert re.search(rf"\[worker {index}\] .*on core\(s\) {cores[index]}$", logs[4], re.M), logs[4]
     assert "weights averaged every 4 steps" in logs[4] and "weights averaged" not in logs[1]
-    synchronous, local = (checkpoint_values(runs[every].saved_model_dir) for every in (1, 4))
+    synchronous, local = (checkpoint_values(committed(runs[every]).saved_model_dir) for every in (1, 4))
     kernels = [k for k in synchronous if "kernel" in k and "OPTIMIZER_SLOT" not in k]
     assert max(float(np.max(np.abs(synchronous[k] - local[k]))) for k in kernels) > 1e-3
-    metrics = {every: json.loads(runs[every].metrics_path.read_text()) for every in (1, 4)}
+    metrics = {every: json.loads(committed(runs[every]).metrics_path.read_text()) for every in (1, 4)}
     assert metrics[4]["fitting"]["sync_every"] == 4 and metrics[4]["fitting"]["workers"] == 2
     r2 = {every: metrics[every]["eval"]["r2"] for every in (1, 4)}
     assert r2[4] > 0.5 and abs(r2[4] - r2[1]) < 0.05, r2
@@ -248,7 +248,7 @@ def test_tfrecord_shards_give_the_model_the_same_inputs_and_train(features_root,
                 value, other = value[value != -1], other[other != -1]
             np.testing.assert_array_equal(value, other, err_msg=name)
     launch(config, workers=1)
-    assert json.loads(config.layout.metrics_path.read_text())["fitting"]["epochs"] == 2
+    assert json.loads(committed(config.layout).metrics_path.read_text())["fitting"]["epochs"] == 2
 
 
 def test_the_default_batch_gives_a_small_table_enough_steps(features_root, tmp_path):
@@ -263,7 +263,7 @@ def test_two_workers_stop_early_together_and_keep_the_best_epoch(features_root, 
     and the exported model is the best epoch's, not the last one's."""
     config = training_run(features_root, tmp_path, "stop", epochs=40, patience=2, learning_rate=0.05, seed=3)
     launch(config, workers=2)
-    metrics = json.loads(config.layout.metrics_path.read_text())
+    metrics = json.loads(committed(config.layout).metrics_path.read_text())
     fitting, history = metrics["fitting"], metrics["history"]
     assert fitting["epochs"] == len(history) < 40, fitting
     validation = [h["validation_loss"] for h in history]
@@ -285,7 +285,7 @@ def test_balanced_class_weights_raise_the_recall_of_a_rare_class(features_root, 
     assert data.label.class_weights == pytest.approx(tuple(counts.sum() / (2 * counts)))
     recall = {}
     for weight, config in runs.items():
-        kept = pq.read_table(config.layout.eval_predictions_path).to_pandas()
+        kept = pq.read_table(committed(config.layout).eval_predictions_path).to_pandas()
         rare = kept["label_index"].to_numpy() == 1
         recall[weight] = float((np.stack(kept["probabilities"][rare])[:, 1] > 0.5).mean())
     assert recall["balanced"] > recall["none"] + 0.1, recall
@@ -302,7 +302,7 @@ def test_export_takes_raw_columns_and_matches_the_trained_model(features_root, t
     assert manifest.inputs["comment"] == RawColumn("comment", "string", nullable=False)
     assert set(manifest.inputs) == set(FEATURES) and "tensorflow_transform" in manifest.versions
     assert any(path.startswith("saved_model/variables/") for path in manifest.checksums)
-    metrics = json.loads(layout.metrics_path.read_text())
+    metrics = json.loads(committed(layout).metrics_path.read_text())
     assert metrics["task"] == "regression" and set(metrics["eval"]) == {"r2", "rmse", "mae", "rows"}
     assert metrics["eval"]["r2"] > 0.7, metrics
     assert not layout.backup_dir.exists()
@@ -312,14 +312,14 @@ def test_export_takes_raw_columns_and_matches_the_trained_model(features_root, t
     eval_targets = decode_split(layout.features_dir, "eval")["target"]
     index = {v: i for i, v in enumerate(raw.column("target").to_numpy().astype(np.float32))}  # as in the records
     rows = raw.take([index[v] for v in eval_targets])
-    serve = tf.saved_model.load(str(layout.saved_model_dir)).signatures["serving_default"]
+    serve = tf.saved_model.load(str(committed(layout).saved_model_dir)).signatures["serving_default"]
     prediction = serve(**tf_inputs(serving_inputs(rows, manifest)))["prediction"].numpy()
     y = rows.column("target").to_numpy()
     r2 = 1 - ((y - prediction) ** 2).sum() / ((y - y.mean()) ** 2).sum()
     assert r2 == pytest.approx(metrics["eval"]["r2"], abs=1e-4)
 
     # The eval rows kept for the report: the same labels and predictions, and the linear baseline's next to them.
-    kept = pq.read_table(layout.eval_predictions_path).to_pandas()
+    kept = pq.read_table(committed(layout).eval_predictions_path).to_pandas()
     np.testing.assert_allclose(kept["label"], eval_targets, rtol=1e-6)
     np.testing.assert_allclose(kept["prediction"], prediction, rtol=1e-4, atol=1e-4)
     # The baseline fitted again here, from the shards by another path (decode_split, numpy, Ridge on the label as
@@ -375,12 +375,12 @@ def test_classification_exports_labels_and_probabilities(features_root, tmp_path
     launch(config, workers=1)
     manifest = ModelManifest.read(config.layout.model_manifest_path)
     assert manifest.classes == classes and manifest.outputs == ("label", "probabilities")
-    everything = json.loads(config.layout.metrics_path.read_text())
+    everything = json.loads(committed(config.layout).metrics_path.read_text())
     metrics, base = everything["eval"], everything["baseline"]
     assert set(metrics) == {"accuracy", "auc", "log_loss", "rows"}
     assert metrics["accuracy"] > 0.6 and metrics["auc"] > 0.75, metrics
     assert base["model"] == "LogisticRegression" and base["rows"] == metrics["rows"] and base["auc"] > 0.6, base
-    kept = pq.read_table(config.layout.eval_predictions_path).to_pandas()
+    kept = pq.read_table(committed(config.layout).eval_predictions_path).to_pandas()
     p_base = np.stack(kept["baseline_probabilities"].to_numpy())
     assert p_base.shape == (metrics["rows"], len(classes)) and np.allclose(p_base.sum(axis=1), 1, atol=1e-6)
     accuracy = (np.stack(kept["probabilities"].to_numpy()).argmax(axis=1) == kept["label_index"]).mean()
@@ -392,7 +392,7 @@ def test_classification_exports_labels_and_probabilities(features_root, tmp_path
     report = build_report(config)
     assert config.layout.report_dir / "predictions.png" in report.images and report.html.exists()
     assert report.results["hand_offs"] == [] and report.results["metrics"]["baseline"] == base
-    serve = tf.saved_model.load(str(config.layout.saved_model_dir)).signatures["serving_default"]
+    serve = tf.saved_model.load(str(committed(config.layout).saved_model_dir)).signatures["serving_default"]
     feeds = serving_inputs(fresh_raw_rows(seed=8), manifest)
     out = serve(**tf_inputs(feeds))
     p = out["probabilities"].numpy()
@@ -403,7 +403,7 @@ def test_classification_exports_labels_and_probabilities(features_root, tmp_path
 
     # the ONNX export returns the same labels and probabilities
     export_onnx(config)
-    onnx_label, onnx_p = onnx_session(config.layout.onnx_path).run(["label", "probabilities"], feeds)
+    onnx_label, onnx_p = onnx_session(committed(config.layout).onnx_path).run(["label", "probabilities"], feeds)
     np.testing.assert_allclose(onnx_p, p, atol=1e-5)
     assert [v.decode() if isinstance(v, bytes) else v for v in onnx_label] == expected.tolist()
 
@@ -457,12 +457,12 @@ def test_killed_worker_is_restarted_and_training_resumes_from_the_backup(feature
     before, after = output.split("restarting all 2 workers")
     assert epoch_lines(after, 0)[0] == 3, after  # resumed after epoch 2, not from scratch
     assert epoch_lines(after, 0)[-1] == epochs
-    interrupted = json.loads(config.layout.metrics_path.read_text())
+    interrupted = json.loads(committed(config.layout).metrics_path.read_text())
     assert [h["epoch"] for h in interrupted["history"]] == list(range(1, epochs + 1))
 
     reference = training_run(features_root, tmp_path, "uninterrupted", epochs=epochs, seed=9, batch_size=32)
     launch(reference, workers=2)
-    uninterrupted = json.loads(reference.layout.metrics_path.read_text())
+    uninterrupted = json.loads(committed(reference.layout).metrics_path.read_text())
     # The data iterator restarts with the workers, so the runs differ slightly; quality must not.
     assert interrupted["eval"]["r2"] == pytest.approx(uninterrupted["eval"]["r2"], abs=0.03)
     assert uninterrupted["eval"]["r2"] > 0.7
@@ -479,7 +479,8 @@ def test_a_dead_worker_without_retries_stops_the_others_and_names_itself(feature
     assert re.search(r"epoch 1/50", output.split("its last lines:")[1])
     with pytest.raises(ProcessLookupError):
         os.kill(run.pids[0], 0)  # worker 0 was stopped too
-    assert not config.layout.saved_model_dir.exists()
+    assert not config.layout.model_manifest_path.exists()
+    assert not [p for p in config.layout.model_dir.local.iterdir() if p.name.startswith("attempt-")]
 
 
 def test_bad_inputs_stop_before_any_worker_starts(features_root, tmp_path, capsys):
@@ -505,14 +506,14 @@ def test_bad_inputs_stop_before_any_worker_starts(features_root, tmp_path, capsy
     assert not run.layout.model_dir.exists()
     # a shard file changed since the feature stage wrote it, then one with no row to train on
     run = training_run(features_root, tmp_path, "changed")
-    first = run.layout.transformed_dir / "train-00000-of-00008.parquet"
+    first = committed(run.layout).transformed_dir / FeaturesManifest.read(run.layout.features_manifest_path).files["train"][0].name
     first.write_bytes(first.read_bytes() + b"\0")
-    with pytest.raises(DataError, match=r"train-00000-of-00008.parquet is not the file the feature stage wrote"):
+    with pytest.raises(DataError, match=rf"{first.name} is missing or is not the file the features stage wrote"):
         load_training_data(run)
     run = training_run(features_root, tmp_path, "tiny-shard")
     manifest = json.loads(run.layout.features_manifest_path.read_text())
     manifest["files"]["train"][3]["rows"] = 1  # as a train split of a few dozen rows leaves it
     run.layout.features_manifest_path.write_text(json.dumps(manifest))
-    with pytest.raises(DataError, match=r"train-00003-of-00008.parquet has no rows to train on \(1 rows, every "
+    with pytest.raises(DataError, match=rf"{manifest['files']['train'][3]['name']} has no rows to train on \(1 rows, every "
                                         r"10th held out for validation\): each of the 8 train shard files needs"):
         load_training_data(run)

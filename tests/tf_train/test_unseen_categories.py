@@ -19,7 +19,7 @@ import pytest
 import tensorflow as tf
 import yaml
 
-from tests.helpers import serving_inputs, tf_inputs
+from tests.helpers import committed, serving_inputs, tf_inputs
 from tf_train.launcher import launch
 from tfbridge.cli import main
 from tfbridge.contracts import ModelManifest, PipelineConfig
@@ -75,7 +75,7 @@ def test_an_unseen_category_is_predicted_alike_by_every_seed_and_within_the_know
         config = PipelineConfig.from_yaml(write_config(out, tmp_path / "raw.parquet", seed))
         launch(config, workers=1)
         manifest = ModelManifest.read(config.layout.model_manifest_path)
-        means.append(grade_means(config.layout.saved_model_dir, manifest, rows))
+        means.append(grade_means(committed(config.layout).saved_model_dir, manifest, rows))
     known = np.array([[m[g] for g in GRADES] for m in means])
     unseen = np.array([m["unseen"] for m in means])
     # the known grades are learned: their order is the effects' order, for every seed

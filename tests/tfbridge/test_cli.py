@@ -14,9 +14,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from tests.helpers import assert_report_renders, decode_split, onnx_session, serving_inputs, tf_inputs
+from tests.helpers import assert_report_renders, committed, decode_split, onnx_session, serving_inputs, tf_inputs
 from tfbridge.cli import main
-from tfbridge.contracts import ModelManifest
+from tfbridge.contracts import ArtifactLayout, ModelManifest
 from tfbridge.datasets import DIAMONDS_ROWS
 
 
@@ -38,7 +38,7 @@ def test_console_script_features_against_pandas(tmp_path, python_env):
 
     df = table.to_pandas()
     x = df["x"].to_numpy(np.float32).astype(np.float64)
-    stats = json.loads((tmp_path / "out" / "features" / "stats.json").read_text())["features"]
+    stats = json.loads(committed(ArtifactLayout(tmp_path / "out")).stats_path.read_text())["features"]
     assert abs(stats["x"]["mean"] - x.mean()) <= 1e-5 * abs(x.mean())
     assert abs(stats["x"]["std"] - x.std()) <= 1e-5 * x.std()
     counts = df["c"].value_counts()
@@ -81,29 +81,29 @@ def test_demo_runs_every_stage_on_diamonds_quietly(tmp_path, python_env):
     assert verbose.returncode == 0, verbose.stderr[-3000:]
     assert "tf2onnx" in verbose.stderr and "✓ export" in verbose.stdout
 
-    features = tmp_path / "runs" / "demo" / "features"
-    manifest = json.loads((features / "manifest.json").read_text())
+    run = committed(ArtifactLayout(tmp_path / "runs" / "demo"))
+    manifest = json.loads((tmp_path / "runs" / "demo" / "features" / "manifest.json").read_text())
     assert sum(manifest["rows"].values()) == DIAMONDS_ROWS
-    stats = json.loads((features / "stats.json").read_text())["features"]
+    stats = json.loads(run.stats_path.read_text())["features"]
     assert set(stats) == {"carat", "cut", "color", "clarity", "depth", "table", "x", "y", "z"}
     assert -1 < stats["carat"]["box_cox_lambda"] < 1 and stats["cut"]["vocabulary_size"] == 5
     assert (tmp_path / "data" / "diamonds.parquet").exists()
     model = tmp_path / "runs" / "demo" / "model"
-    metrics = json.loads((model / "metrics.json").read_text())
+    metrics = json.loads(run.metrics_path.read_text())
     assert metrics["eval"]["r2"] >= 0.97 and metrics["eval"]["rows"] == manifest["rows"]["eval"], metrics
     fitting = metrics["fitting"]
     assert len(metrics["history"]) == fitting["epochs"] <= 40  # the demo config's epochs, at most
     assert 1 <= fitting["kept_epoch"] <= fitting["epochs"]
     assert metrics["baseline"]["r2"] < metrics["eval"]["r2"]
-    assert (model / "saved_model" / "saved_model.pb").exists() and (model / "manifest.json").exists()
+    assert (run.saved_model_dir / "saved_model.pb").exists() and (model / "manifest.json").exists()
 
     # The one ONNX graph agrees with the SavedModel on every diamonds row.
     import tensorflow as tf
 
     raw = pq.read_table(tmp_path / "data" / "diamonds.parquet")
     feeds = serving_inputs(raw, ModelManifest.read(model / "manifest.json"))
-    got = onnx_session(model / "model.onnx").run(["prediction"], feeds)[0]
-    serve = tf.saved_model.load(str(model / "saved_model")).signatures["serving_default"]
+    got = onnx_session(run.onnx_path).run(["prediction"], feeds)[0]
+    serve = tf.saved_model.load(str(run.saved_model_dir)).signatures["serving_default"]
     want = serve(**tf_inputs(feeds))["prediction"].numpy()
     assert len(got) == DIAMONDS_ROWS
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * float(np.std(want)))

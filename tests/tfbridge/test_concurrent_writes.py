@@ -5,13 +5,12 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import yaml
 
 from tfbridge.cli import main
-from tfbridge.contracts import output_lock, remove_staging, staged
+from tfbridge.contracts import output_lock, staged
 
 READER = """
 import sys
@@ -116,8 +115,6 @@ def test_only_what_a_gone_process_left_is_deleted(tmp_path, python_env):
         with staged(final) as tmp:
             tmp.write_text("{}")
         assert sorted(p.name for p in tmp_path.iterdir()) == sorted([of_live, of_another_host, "metrics.json"])
-        remove_staging(tmp_path, [live.pid])  # as the training launcher does once its workers are stopped
-        assert sorted(p.name for p in tmp_path.iterdir()) == sorted([of_another_host, "metrics.json"])
     finally:
         live.kill()
         live.wait()

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from spark_infer import load_model, score
-from tests.helpers import decode_split, onnx_session, serving_inputs, tf_inputs
+from tests.helpers import committed, decode_split, onnx_session, serving_inputs, tf_inputs
 from tests.onnx_export.test_parity import fresh_rows
 from tfbridge.cli import main
 from tfbridge.contracts import PipelineConfig
@@ -47,7 +47,7 @@ def test_the_feature_stage_reads_null_and_empty_alike(tmp_path, fmt):
     decoded = decode_split(layout.features_dir, "train")
     row = {int(y): i for i, y in enumerate(decoded["y"])}
     raw = table.to_pydict()
-    stats = json.loads(layout.stats_path.read_text())["features"]
+    stats = json.loads(committed(layout).stats_path.read_text())["features"]
     assert stats["Imputed Cat"]["impute_value"] == "a"
 
     def ids(column: str, value) -> set:
@@ -71,7 +71,7 @@ def test_serving_engines_read_null_and_empty_alike(exported, spark, tmp_path):
     import tensorflow as tf
 
     layout = exported.layout
-    stats = json.loads(layout.stats_path.read_text())["features"]
+    stats = json.loads(committed(layout).stats_path.read_text())["features"]
     base = fresh_rows(seed=53, stats=stats).slice(0, 40).to_pandas()
     strings = ["miss_cat", "cat", "cat_top", "cat_exact", "text"]
     as_null, as_empty = base.copy(), base.copy()
@@ -81,8 +81,8 @@ def test_serving_engines_read_null_and_empty_alike(exported, spark, tmp_path):
     meant = {"miss_cat": stats["miss_cat"]["impute_value"], "text": "the and of", "cat": "never seen",
              "cat_top": "never seen", "cat_exact": "never seen"}
     model = load_model(layout.model_dir)
-    graph = onnx_session(layout.onnx_path)
-    signature = tf.saved_model.load(str(layout.saved_model_dir)).signatures["serving_default"]
+    graph = onnx_session(committed(layout).onnx_path)
+    signature = tf.saved_model.load(str(committed(layout).saved_model_dir)).signatures["serving_default"]
 
     def by_hand(frame: pd.DataFrame) -> dict:
         assert not frame[strings].isna().any().any()  # no null for serving_inputs to turn into ""

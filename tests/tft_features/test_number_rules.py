@@ -187,10 +187,10 @@ def model_run(tmp_path_factory):
 
 
 def test_infinities_are_imputed_and_big_integers_rounded_in_the_feature_stage(model_run):
-    from tests.helpers import decode_split
+    from tests.helpers import committed, decode_split
 
     layout = model_run.layout
-    stats = json.loads(layout.stats_path.read_text())["features"]
+    stats = json.loads(committed(layout).stats_path.read_text())["features"]
     assert all(np.isfinite(v) for column in stats.values() for v in column.values() if isinstance(v, float))
     raw = raw_table(seed=3)
     train = decode_split(layout.features_dir, "train")
@@ -214,7 +214,7 @@ def test_infinities_are_imputed_and_big_integers_rounded_in_the_feature_stage(mo
 def test_saved_model_and_onnx_treat_an_infinity_as_a_missing_value(model_run):
     import tensorflow as tf
 
-    from tests.helpers import onnx_session, tf_inputs
+    from tests.helpers import committed, onnx_session, tf_inputs
     from tfbridge.scoring import ScoringModel
 
     layout = model_run.layout
@@ -222,8 +222,8 @@ def test_saved_model_and_onnx_treat_an_infinity_as_a_missing_value(model_run):
     rows = raw_table(seed=8, n=60)
     missing = model.feeds(rows.assign(imputed=np.nan))
     infinite = {**missing, "imputed": np.where(np.arange(60) % 2, np.inf, -np.inf).astype(np.float32)}
-    signature = tf.saved_model.load(str(layout.saved_model_dir)).signatures["serving_default"]
-    session = onnx_session(layout.onnx_path)
+    signature = tf.saved_model.load(str(committed(layout).saved_model_dir)).signatures["serving_default"]
+    session = onnx_session(committed(layout).onnx_path)
     saved = [signature(**tf_inputs(f))["prediction"].numpy() for f in (missing, infinite)]
     onnx = [session.run(["prediction"], f)[0] for f in (missing, infinite)]
     assert np.isfinite(saved[0]).all()

@@ -16,7 +16,7 @@ import pytest
 from scipy import stats as scipy_stats
 from sklearn.preprocessing import PolynomialFeatures
 
-from tests.helpers import decode_split
+from tests.helpers import committed, decode_split
 from tfbridge.contracts import FeaturesManifest, PipelineConfig
 from tft_features.analyzers import QUANTILE_EPSILON
 from tft_features.mappers import ENGLISH_STOP_WORDS
@@ -111,7 +111,7 @@ def run(tmp_path_factory):
     train_raw = raw.set_index("target").loc[train["target"]]
     return {
         "config": config, "result": result, "dir": features_dir, "train": train, "eval": evaluation, "raw": raw,
-        "train_raw": train_raw, "stats": json.loads((features_dir / "stats.json").read_text())["features"],
+        "train_raw": train_raw, "stats": json.loads(committed(config.layout).stats_path.read_text())["features"],
     }
 
 
@@ -119,7 +119,7 @@ def test_parquet_shards_read_as_a_table_of_the_features(run):
     """What the README says a person can do: pandas.read_parquet on a split's shards shows the features."""
     import pandas as pd
 
-    frame = pd.concat([pd.read_parquet(p) for p in sorted((run["dir"] / "transformed").glob("train-*.parquet"))])
+    frame = pd.concat([pd.read_parquet(p) for p in sorted(committed(run["config"].layout).transformed_dir.glob("train-*.parquet"))])
     assert len(frame) == len(run["train"]["target"])
     assert not any(c.startswith("__stat__") for c in frame.columns)
     assert frame["z"].dtype == np.float32 and frame["cat"].dtype == np.int64
@@ -133,7 +133,7 @@ def test_tfrecord_output_decodes_to_the_same_values(run, tmp_path):
                                        "output": str(tmp_path / "out")})
     run_features(config)
     assert FeaturesManifest.read(config.layout.features_manifest_path).format == "tfrecord"
-    assert list(config.layout.transformed_dir.glob("*.parquet")) == []
+    assert list(committed(config.layout).transformed_dir.glob("*.parquet")) == []
     for split in ("train", "eval"):
         parquet, tfrecord = run[split], decode_split(config.layout.features_dir, split)
         order_p, order_t = np.argsort(parquet["target"]), np.argsort(tfrecord["target"])
@@ -151,21 +151,22 @@ def f32(values) -> np.ndarray:
 
 
 def test_layout_split_and_manifest(run):
-    d = run["dir"]
-    manifest = FeaturesManifest.read(d / "manifest.json")
+    manifest = FeaturesManifest.read(run["dir"] / "manifest.json")
+    assert sorted(p.name for p in run["dir"].iterdir()) == sorted(["manifest.json", manifest.attempt])  # one, named
+    d = committed(run["config"].layout).features_dir
+    assert d.name == manifest.attempt
     assert manifest.format == "parquet"
     for split in ("train", "eval"):
         files = sorted(p.name for p in (d / "transformed").glob(f"{split}-*.parquet"))
         count = manifest.shards[split]
         assert count >= MIN_SHARDS
-        assert files == [f.name for f in manifest.files[split]] == [
-            f"{split}-{i:05d}-of-{count:05d}.parquet" for i in range(count)]
-        assert [f.rows for f in manifest.files[split]] == [pq.read_metadata(d / "transformed" / f).num_rows
-                                                          for f in files]
+        assert files == sorted(f.name for f in manifest.files[split])  # every file named, none left over
+        assert [f.rows for f in manifest.files[split]] == [pq.read_metadata(d / "transformed" / f.name).num_rows
+                                                          for f in manifest.files[split]]
         assert sum(f.rows for f in manifest.files[split]) == manifest.rows[split]
-    assert sorted(p.name for p in d.iterdir()) == ["check_rows.parquet", "manifest.json", "metadata", "stats.json",
-                                                   "transform_fn", "transformed", "transformed_metadata"]  # no temp
-    check_rows = manifest.read_check_rows(d)  # raw eval rows for the hand-off checks, as the stage split them
+    assert sorted(p.name for p in d.iterdir()) == ["check_rows.parquet", "metadata", "stats.json", "transform_fn",
+                                                   "transformed", "transformed_metadata"]  # no temp
+    check_rows = manifest.read_check_rows(run["dir"])  # raw eval rows for the hand-off checks, as the stage split them
     assert check_rows.num_rows == min(manifest.rows["eval"], 2000)
     assert set(check_rows.column("target").to_pylist()) <= set(run["eval"]["target"].tolist())
     assert (d / "transform_fn" / "saved_model.pb").exists()

@@ -16,6 +16,7 @@ from tensorflow_transform.tf_metadata import schema_utils
 
 from tf_train.shards import decode_rows
 from tfbridge.contracts import DataError, file_sha256
+from tfbridge.storage import Location
 from tft_features.shards import MIN_SHARDS, WriteShards, columnar_schema, name_shards, to_columns
 
 SPEC = {"x": tf.io.FixedLenFeature([], tf.float32), "v": tf.io.FixedLenFeature([2], tf.float32),
@@ -46,25 +47,25 @@ def test_only_files_of_reported_bundles_become_shards(tmp_path, output_format):
              | beam.Map(lambda files: (bundles / "train.json").write_text(json.dumps(files))))
     written = [tuple(f) for f in json.loads((bundles / "train.json").read_text())]
     # 20 rows in 7 slices of 3, then 3 rows in 3 slices: 7 files in all, none empty, 23 rows
-    assert len(written) == 7 and sum(rows for _, rows in written) == 23
-    # what a failed attempt of a bundle would leave behind: never reported, so never a shard
-    stray = bundles / f"train-0badbundle00-00000.{'parquet' if output_format == 'parquet' else 'tfrecord.gz'}"
-    stray.write_bytes((bundles / written[0][0].rsplit("/", 1)[1]).read_bytes())
-
-    out = tmp_path / "transformed"
-    files = name_shards(written, out, "train", SCHEMA, output_format)
+    assert len(written) == 7 and sum(rows for _, rows, _ in written) == 23
     suffix = "parquet" if output_format == "parquet" else "tfrecord.gz"
-    names = sorted(p.name for p in out.iterdir())
-    assert names == [f.name for f in files] == [f"train-{i:05d}-of-{MIN_SHARDS:05d}.{suffix}" for i in range(MIN_SHARDS)]
-    assert [f.sha256 for f in files] == [file_sha256(out / f.name) for f in files]
-    assert sum(f.rows for f in files) == 23 and files[-1].rows == 0  # the 8th file pads the split: empty
-    decoded = decode_rows([out / n for n in names], output_format, DECODED_SPEC)
+    # what a failed attempt of a bundle would leave behind: never reported, so never a shard
+    stray = bundles / f"train-0badbundle00-00000.{suffix}"
+    stray.write_bytes((bundles / written[0][0]).read_bytes())
+
+    files = name_shards(written, Location.of(bundles), "train", SCHEMA, output_format)
+    names = [f.name for f in files]
+    assert names[:7] == sorted(name for name, _, _ in written) and stray.name not in names
+    assert names[7:] == [f"train-empty-{MIN_SHARDS - 1:05d}.{suffix}"]  # the 8th file pads the split: empty
+    assert [f.sha256 for f in files] == [file_sha256(bundles / name) for name in names]  # computed as written
+    assert sum(f.rows for f in files) == 23 and files[-1].rows == 0
+    decoded = decode_rows([str(bundles / name) for name in names], output_format, DECODED_SPEC)
     order = np.argsort(decoded["x"])
     expected = [float(v) for v in (*range(20), 100, 101, 102)]
     assert decoded["x"][order].tolist() == expected
     assert decoded["v"][order].tolist() == [[v, -v] for v in expected]
     assert [decoded["ids"][i].tolist() for i in order] == [list(range(int(v) % 3)) for v in expected]
-    assert decode_rows([out / names[-1]], output_format, DECODED_SPEC)["x"].tolist() == []
+    assert decode_rows([str(bundles / names[-1])], output_format, DECODED_SPEC)["x"].tolist() == []
 
 
 def test_parquet_shards_hold_one_column_per_feature_and_no_statistics(tmp_path):

@@ -7,8 +7,8 @@ Every stage reads these and nothing else of another stage. The package imports n
 - `layout`: where each artifact lives under `<output>/`.
 - `manifests`: what each stage produced, typed (`FeaturesManifest`, `ModelManifest`, `OnnxGraph`).
 - `fingerprints`: what each stage's output was made from, so that a rerun skips what is up to date.
-- `files`: writing artifacts atomically (`staged`), one run per output (`output_lock`), checking them
-  (`file_sha256`).
+- `files`: local files replaced atomically (`staged`), one run per output (`output_lock`), checking files
+  (`file_sha256`). Artifacts live on local disk or a store (`tfbridge.storage`), committed by their manifests.
 - `errors`: the errors a stage raises, by what the user must do.
 """
 
@@ -18,19 +18,19 @@ from tfbridge.contracts.columns import (CSV_NULL_VALUES, PUNCTUATION_AND_WHITESP
 from tfbridge.contracts.config import (DATA_FORMATS, LABEL_TRANSFORMS, OUTPUT_FORMATS, TASKS, DataSource,
                                        PipelineConfig, SplitConfig, TrainConfig, TransformStep)
 from tfbridge.contracts.errors import BrokenRuntimeError, ConfigError, DataError, StageError, TrainingError
-from tfbridge.contracts.files import file_sha256, output_lock, remove_staging, staged, write_json_atomic
-from tfbridge.contracts.layout import SCORE_RECORD, ArtifactLayout, ModelFiles
+from tfbridge.contracts.files import file_sha256, output_lock, staged, write_json_atomic
+from tfbridge.contracts.layout import SCORE_RECORD, ArtifactLayout
 from tfbridge.contracts.manifests import (STAT_OUTPUT_PREFIX, FeatureKind, FeatureOutput, FeaturesManifest,
                                           ModelManifest, OnnxGraph, ParityRecord, ShardFile,
-                                          materialized_feature_spec)
+                                          materialized_feature_spec, named_attempts)
 
 __all__ = [
     "ArtifactLayout", "BrokenRuntimeError", "CSV_NULL_VALUES", "ConfigError", "DATA_FORMATS", "DataError",
-    "DataSource", "FeatureKind", "FeatureOutput", "FeaturesManifest", "LABEL_TRANSFORMS", "ModelFiles",
+    "DataSource", "FeatureKind", "FeatureOutput", "FeaturesManifest", "LABEL_TRANSFORMS",
     "ModelManifest", "OUTPUT_FORMATS", "OnnxGraph", "PUNCTUATION_AND_WHITESPACE", "ParityRecord", "PipelineConfig",
     "RAW_DTYPES",
     "RawColumn", "SCORE_RECORD", "STAT_OUTPUT_PREFIX", "ShardFile", "SplitConfig", "StageError", "TASKS", "TrainConfig",
     "TrainingError", "TransformStep",
     "file_sha256", "fingerprints", "graph_input_name", "graph_input_names", "materialized_feature_spec",
-    "model_numbers", "output_lock", "remove_staging", "staged", "write_json_atomic",
+    "model_numbers", "named_attempts", "output_lock", "staged", "write_json_atomic",
 ]

@@ -8,9 +8,7 @@ Errors name the file and the key. What each transform step accepts is the featur
 from __future__ import annotations
 
 import dataclasses
-import glob
 import os
-from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
@@ -18,10 +16,12 @@ import yaml
 from tfbridge.contracts.columns import graph_input_names
 from tfbridge.contracts.errors import ConfigError
 from tfbridge.contracts.layout import ArtifactLayout
+from tfbridge import storage
+from tfbridge.storage import Location, StorageError
 
 TASKS = ("regression", "binary", "multiclass")
 DATA_FORMATS = ("parquet", "csv")
-# What the feature stage writes the transformed rows as (see ArtifactLayout.transformed_pattern): Parquet, one
+# What the feature stage writes the transformed rows as (`layout.TRANSFORMED`): Parquet, one
 # column per feature, which training reads as columns; or gzipped tf.Example TFRecords, for TFX trainers.
 OUTPUT_FORMATS = ("parquet", "tfrecord")
 
@@ -99,14 +99,16 @@ class DataSource:
     format: str
 
     def pattern(self) -> str:
-        """A glob of the files: a directory means every `*.parquet` (or `*.csv`) file directly in it."""
-        if os.path.isdir(self.path):
-            return os.path.join(self.path, f"*.{self.format}")
+        """A glob of the files (a path or a URI, wildcards in the last part): a directory means every `*.parquet`
+        (or `*.csv`) file directly in it."""
+        location = Location.of(self.path)
+        if not any(ch in location.name for ch in "*?[") and location.is_dir():
+            return str(location / f"*.{self.format}")
         return self.path
 
     def files(self) -> list[str]:
-        """The files this source names, sorted."""
-        return sorted(f for f in glob.glob(self.pattern()) if os.path.isfile(f))
+        """The files this source names (paths or URIs), sorted."""
+        return [str(location) for location in storage.glob(self.pattern())]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,7 +228,7 @@ class PipelineConfig:
 
     @property
     def layout(self) -> ArtifactLayout:
-        return ArtifactLayout(Path(self.output))
+        return ArtifactLayout(Location.of(self.output))
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> "PipelineConfig":
@@ -274,6 +276,14 @@ class PipelineConfig:
         output_format = raw.get("output_format", "parquet")
         if output_format not in OUTPUT_FORMATS:
             raise ConfigError(f"{source}: 'output_format' must be one of {OUTPUT_FORMATS}, got {output_format!r}")
+        for key, value in (("data.path", data_path), ("output", output)):
+            try:
+                location = Location.of(value)
+            except StorageError as e:
+                raise ConfigError(f"{source}: '{key}': {e}") from None
+            if key == "output" and output_format == "tfrecord" and not location.is_local:
+                raise ConfigError(f"{source}: 'output_format: tfrecord' needs a local 'output' (TensorFlow reads "
+                                  f"no object store), got {value!r}: use 'output_format: parquet'")
 
         features_raw = raw.get("features")
         preprocessing_fn = raw.get("preprocessing_fn")

@@ -1,8 +1,10 @@
-"""Writing artifacts so that a reader never sees half of one, and checking what is read back.
+"""Local files replaced so that a reader never sees half of one, one run per output, and checking files.
 
 Two processes never write one output at once (`output_lock`). What a write leaves beside its final path while it
 runs is named for the host and process that made it (`.<name>-staging-<host>-<pid>-<random>`), so that only that
-process's leftovers are ever deleted: by `staged` once that process is gone, or by whoever knows it died.
+process's leftovers are ever deleted: by `staged` once that process is gone. `staged` is for local files that
+are not artifacts of a run (a cache, a dataset, Spark's local output); artifacts are committed by their
+manifests (`tfbridge.storage.attempts`).
 """
 
 from __future__ import annotations
@@ -21,19 +23,17 @@ import socket
 import sys
 import uuid
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterator
 
 from tfbridge.contracts.errors import ConfigError
+from tfbridge.storage import Location
+from tfbridge.storage.attempts import cache_root
 
 LOCK_FILE = ".tfbridge.lock"  # under an output: held by the one run writing it, and holding that run's pid
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+def file_sha256(path: "Path | Location") -> str:
+    return Location.of(path).sha256()
 
 
 @contextlib.contextmanager
@@ -165,23 +165,24 @@ def _recover(final: Path) -> None:
         _remove(path)
 
 
-def remove_staging(directory: Path, owners: Iterable[int]) -> None:
-    """Deletes what processes `owners` of this host left being written in `directory`: writes they never ended
-    (e.g. training workers that were stopped), which no other process's are."""
-    host = glob.escape(socket.gethostname())
-    for pid in owners:
-        for path in Path(directory).glob(f".*-staging-{host}-{pid}-*"):
-            _remove(path)
+def _lock_file(output: Location) -> Path:
+    """`<output>/.tfbridge.lock` on local disk; for a store, a file in this host's cache named for the URI (a store
+    has no lock that ends with the process that took it: runs of one output on two hosts are not excluded)."""
+    if output.is_local:
+        output.local.mkdir(parents=True, exist_ok=True)
+        return output.local / LOCK_FILE
+    locks = cache_root() / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    return locks / (hashlib.sha256(output.uri.encode()).hexdigest()[:16] + ".lock")
 
 
 @contextlib.contextmanager
-def output_lock(output: Path) -> Iterator[None]:
-    """Holds `<output>/.tfbridge.lock` for the block: one run at a time writes an output, since two would replace
+def output_lock(output: "Path | Location") -> Iterator[None]:
+    """Holds the output's lock for the block: one run at a time writes an output, since two would replace
     each other's artifacts and resume each other's training. The lock is the kernel's (flock): it ends with the
     process, however that ends. Raises ConfigError naming the process that holds it, at once, without waiting."""
-    output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
-    fd = os.open(output / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    output = Location.of(output)
+    fd = os.open(_lock_file(output), os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -196,7 +197,6 @@ def output_lock(output: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def write_json_atomic(value: Any, path: Path) -> None:
-    """Writes `value` as indented, key-sorted JSON through `staged`."""
-    with staged(path) as tmp:
-        tmp.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
+def write_json_atomic(value: Any, path: "Path | Location") -> None:
+    """Writes `value` as indented, key-sorted JSON in one step: a reader sees the old file or the new one."""
+    Location.of(path).write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")

@@ -16,16 +16,20 @@ import os
 import sys
 from typing import Any
 
+from pyarrow.fs import FileType
+
 from tfbridge.contracts.config import DataSource, PipelineConfig
 from tfbridge.contracts.errors import DataError
 from tfbridge.contracts.layout import ArtifactLayout
 from tfbridge.contracts.manifests import FeaturesManifest, ModelManifest
+from tfbridge.storage import Location
 
 
 # Raised whenever the same config and data would make other artifacts than before (how rows are split, a column's
 # graph input name), so that a run made before is redone rather than mixed with the new rules: 2 splits rows by
-# their columns in name order, names columns alike on every Python, reads YAML keys as written.
-FINGERPRINT_VERSION = 2
+# their columns in name order, names columns alike on every Python, reads YAML keys as written; 3 commits each
+# artifact by its manifest under an attempt prefix.
+FINGERPRINT_VERSION = 3
 
 
 def project_version() -> str:
@@ -41,11 +45,14 @@ def _digest(*parts: Any) -> str:
 
 
 def files_identity(paths) -> list[tuple[str, int, int]]:
-    """(absolute path, size, modification time in ns) of each file: a changed or replaced file changes it."""
+    """(absolute path or URI, size, modification time in ns) of each file: a changed or replaced file changes it."""
     out = []
     for path in paths:
-        info = os.stat(path)
-        out.append((os.path.abspath(path), info.st_size, info.st_mtime_ns))
+        location = Location.of(path)
+        info = location.info()
+        if info.type == FileType.NotFound:
+            raise FileNotFoundError(str(location))
+        out.append((location.hadoop_uri() if location.is_local else location.uri, info.size, info.mtime_ns or 0))
     return out
 
 

@@ -1,7 +1,8 @@
 """The manifests: what a stage produced, read back by the stages after it as the same typed objects.
 
 features/manifest.json (FeaturesManifest) and model/manifest.json (ModelManifest, with OnnxGraph once
-the graph is exported). Each is written last, through `staged`, so it only ever names complete files.
+the graph is exported). Each is written last, and commits the files it names: they lie under an attempt prefix of
+their own (`tfbridge.storage.attempts`), each with its sha256, checked when a stage reads it back.
 """
 
 from __future__ import annotations
@@ -14,7 +15,10 @@ from typing import Any, Mapping
 
 from tfbridge.contracts.columns import RawColumn
 from tfbridge.contracts.errors import DataError
-from tfbridge.contracts.files import file_sha256, write_json_atomic
+from tfbridge.contracts.files import write_json_atomic
+from tfbridge.contracts.layout import SAVED_MODEL, STATS, TRANSFORMED
+from tfbridge.storage import ChecksumMismatch, Location
+from tfbridge.storage.attempts import local_copy
 
 # Analyzer results travel inside the transform_fn as outputs with this prefix
 # (one value repeated per row). They are statistics, not model inputs: the
@@ -65,16 +69,49 @@ class FeatureOutput:
 class ShardFile:
     """One file of transformed rows, as the feature stage wrote it: readers check what they read against it."""
 
-    name: str  # under features/transformed/
+    name: str  # under <attempt>/transformed/ (a check-rows file: under <attempt>/)
     rows: int
     sha256: str
 
 
-def _read_json(path: Path, what: str, stage: str) -> dict:
+def _read_json(path: Location, what: str, stage: str) -> dict:
     try:
-        return json.loads(Path(path).read_text())
+        return json.loads(Location.of(path).read_text())
     except FileNotFoundError as e:
         raise DataError(f"no {what} at {path}: run `tfbridge {stage}` first") from e
+
+
+def named_attempts(manifest_path: Location) -> tuple[str, ...] | None:
+    """The attempts a manifest names (its own; a model's ONNX graph's too), read from its JSON alone, so that a
+    manifest of another version still protects its files: () when there is none, None when it cannot be read (then
+    no attempt may be removed)."""
+    try:
+        raw = json.loads(Location.of(manifest_path).read_text())
+    except FileNotFoundError:
+        return ()
+    except (OSError, ValueError):
+        return None
+    graph = raw.get("onnx") or {}
+    return tuple(name for name in (raw.get("attempt"), str(graph.get("path", "")).split("/")[0]) if name)
+
+
+def _checked(location: Location, sha256: str, stage: str) -> Location:
+    """`location`, if it holds the file a manifest names; DataError naming it otherwise."""
+    try:
+        found = location.sha256()
+    except FileNotFoundError:
+        found = None
+    if found != sha256:
+        raise DataError(f"{location} is missing or is not the file the {stage} stage wrote (its sha256 differs "
+                        f"from its manifest): rerun `tfbridge {stage}`")
+    return location
+
+
+def _local_copy(directory: Location, files: Mapping[str, str], stage: str) -> Path:
+    try:
+        return local_copy(directory, files)
+    except ChecksumMismatch as e:
+        raise DataError(f"{e}: rerun `tfbridge {stage}`") from e
 
 
 def _raw_columns(raw: Mapping[str, Mapping[str, Any]]) -> dict[str, RawColumn]:
@@ -99,33 +136,41 @@ class FeaturesManifest:
     files: Mapping[str, tuple[ShardFile, ...]] = dataclasses.field(default_factory=dict)  # split -> its files
     # Raw rows of the eval split (train without one), as the stage read them: the hand-off checks' rows.
     check_rows: ShardFile | None = None
+    attempt: str = ""  # the directory under features/ that holds every file named here
+    # The transform (transform_fn/, transformed_metadata/, metadata/) and stats.json: path -> sha256.
+    artifacts: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
-    def shard_paths(self, transformed_dir: Path, split: str) -> tuple[str, ...]:
-        """The split's files, in shard order, each checked against what the stage wrote (its sha256): a file
-        changed or lost since raises DataError naming it."""
-        files = self.files.get(split, ())
-        paths = tuple(str(Path(transformed_dir) / f.name) for f in files)
-        for file, path in zip(files, paths):
-            if not Path(path).is_file():
-                raise DataError(f"{path} is missing: {len(files)} {split} files were written; "
-                                f"rerun `tfbridge features`")
-            if file_sha256(Path(path)) != file.sha256:
-                raise DataError(f"{path} is not the file the feature stage wrote (its sha256 differs from "
-                                f"manifest.json): rerun `tfbridge features`")
-        return paths
+    def directory(self, features_dir: Location) -> Location:
+        return Location.of(features_dir) / self.attempt
 
-    def read_check_rows(self, features_dir: Path):
+    def shard_paths(self, features_dir: Location, split: str) -> tuple[str, ...]:
+        """The split's files (paths or URIs), in shard order, each checked against what the stage wrote (its
+        sha256): a file changed or lost since raises DataError naming it."""
+        transformed = self.directory(features_dir) / TRANSFORMED
+        return tuple(str(_checked(transformed / f.name, f.sha256, "features")) for f in self.files.get(split, ()))
+
+    def transform_dir(self, features_dir: Location) -> Path:
+        """A local directory that `tft.TFTransformOutput` reads: the attempt itself on local disk, a checked copy
+        of the transform's files from a store."""
+        files = {name: sha for name, sha in self.artifacts.items() if name != STATS}
+        return _local_copy(self.directory(features_dir), files, "features")
+
+    def stats(self, features_dir: Location) -> dict:
+        """stats.json: what the analyzers found, per feature."""
+        location = self.directory(features_dir) / STATS
+        return json.loads(_checked(location, self.artifacts[STATS], "features").read_text())
+
+    def read_check_rows(self, features_dir: Location):
         """The raw rows the hand-off checks score (a pyarrow Table, the user's column names), checked against
         their sha256; DataError when the stage kept none or the file changed since."""
         import pyarrow.parquet as pq
 
         if self.check_rows is None:
-            raise DataError(f"{Path(features_dir) / 'manifest.json'} names no check rows (written by an older "
-                            f"version): rerun `tfbridge features`")
-        path = Path(features_dir) / self.check_rows.name
-        if not path.is_file() or file_sha256(path) != self.check_rows.sha256:
-            raise DataError(f"{path} is missing or not the file the feature stage wrote: rerun `tfbridge features`")
-        return pq.read_table(path)
+            raise DataError(f"{Location.of(features_dir) / 'manifest.json'} names no check rows (written by an "
+                            f"older version): rerun `tfbridge features`")
+        location = _checked(self.directory(features_dir) / self.check_rows.name, self.check_rows.sha256, "features")
+        with location.open_input() as f:
+            return pq.read_table(f)
 
     @property
     def label_key(self) -> str:
@@ -137,11 +182,11 @@ class FeaturesManifest:
         """The raw columns a model built on these features reads: all but the label."""
         return {name: column for name, column in self.raw_columns.items() if name != self.label}
 
-    def write(self, path: Path) -> None:
+    def write(self, path: Location) -> None:
         write_json_atomic(dataclasses.asdict(self), path)
 
     @classmethod
-    def read(cls, path: Path) -> "FeaturesManifest":
+    def read(cls, path: Location) -> "FeaturesManifest":
         raw = _read_json(path, "feature-stage manifest", "features")
         raw["raw_columns"] = _raw_columns(raw["raw_columns"])
         raw["outputs"] = {k: FeatureOutput(FeatureKind(v["kind"]), v["width"],
@@ -166,13 +211,13 @@ class ParityRecord:
 
 @dataclasses.dataclass(frozen=True)
 class OnnxGraph:
-    """The exported ONNX graph (model/model.onnx) as the scorer must feed it: the `onnx` entry of ModelManifest.
+    """The exported ONNX graph as the scorer must feed it: the `onnx` entry of ModelManifest.
 
     inputs/outputs: name -> {"dtype": ONNX element type ("float", "int64", "string"), "shape": [None, ...]}.
     custom_ops_library: "onnxruntime_extensions" when the graph uses its ops (register its library).
     """
 
-    path: str  # under model/
+    path: str  # under model/: <the export's attempt>/model.onnx
     opset: int
     inputs: Mapping[str, Mapping[str, Any]]
     outputs: Mapping[str, Mapping[str, Any]]
@@ -203,15 +248,28 @@ class ModelManifest:
     classes: tuple[Any, ...] | None  # classification: the label value of each probability column
     label_transform: str
     versions: Mapping[str, str]
-    checksums: Mapping[str, str]  # path under model/ -> sha256, for every exported file
+    checksums: Mapping[str, str]  # path under the attempt -> sha256, for every file training wrote
     onnx: OnnxGraph | None = None  # after the export stage
     fingerprint: str = ""  # what it was made from (fingerprints.model_fingerprint)
+    attempt: str = ""  # the directory under model/ that holds the files of `checksums`
 
-    def write(self, path: Path) -> None:
+    def file(self, model_dir: Location, name: str) -> Location:
+        """A file training wrote (metrics.json, eval_predictions.parquet), checked against its sha256."""
+        location = Location.of(model_dir) / self.attempt / name
+        return _checked(location, self.checksums.get(name, ""), "train")
+
+    def saved_model_dir(self, model_dir: Location) -> Path:
+        """A local directory holding the SavedModel (TensorFlow reads it from local disk): the attempt's own on
+        local disk, a checked copy from a store."""
+        prefix = SAVED_MODEL + "/"
+        files = {name[len(prefix):]: sha for name, sha in self.checksums.items() if name.startswith(prefix)}
+        return _local_copy(Location.of(model_dir) / self.attempt / SAVED_MODEL, files, "train")
+
+    def write(self, path: Location) -> None:
         write_json_atomic(dataclasses.asdict(self), path)
 
     @classmethod
-    def read(cls, path: Path) -> "ModelManifest":
+    def read(cls, path: Location) -> "ModelManifest":
         raw = _read_json(path, "model manifest", "train")
         raw["inputs"] = _raw_columns(raw["inputs"])
         raw["outputs"] = tuple(raw["outputs"])

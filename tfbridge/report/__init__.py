@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,10 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from tfbridge.contracts import (FeatureKind, FeaturesManifest, ModelManifest, PipelineConfig, fingerprints,
-                                materialized_feature_spec, staged, write_json_atomic)
+                                materialized_feature_spec, write_json_atomic)
 from tfbridge.contracts.columns import vocabulary_value
+from tfbridge.contracts.layout import EVAL_PREDICTIONS, METRICS
+from tfbridge.storage import Location
 from tfbridge.report import checks, figures, page
 
 SAMPLE_ROWS = 20_000  # rows of raw and transformed data behind each feature's plot
@@ -27,8 +30,8 @@ TOP_VALUES = 15
 
 @dataclasses.dataclass(frozen=True)
 class Report:
-    html: Path
-    images: tuple[Path, ...]
+    html: Location
+    images: tuple[Location, ...]
     results: dict[str, Any]  # what results.json holds: metrics, hand-offs, scoring
 
 
@@ -38,7 +41,8 @@ def build_report(config: PipelineConfig) -> Report:
     fingerprint = fingerprints.report_fingerprint(layout)
     manifest = FeaturesManifest.read(layout.features_manifest_path)
     sections = [_features_section(config, manifest)]
-    metrics = json.loads(layout.metrics_path.read_text()) if layout.metrics_path.exists() else None
+    model = _model_manifest(layout)
+    metrics = json.loads(model.file(layout.model_dir, METRICS).read_text()) if model else None
     if metrics is not None:
         sections.append(_model_section(config, metrics))
     hand_offs = checks.hand_offs(config)
@@ -46,17 +50,26 @@ def build_report(config: PipelineConfig) -> Report:
     sections.append(_hand_off_section(hand_offs, scoring))
     results = {"metrics": metrics, "hand_offs": [dataclasses.asdict(h) for h in hand_offs], "scoring": scoring,
                "fingerprint": fingerprint}
-    with staged(layout.report_dir, directory=True) as directory:
+    with tempfile.TemporaryDirectory(prefix="tfbridge-report-") as directory:
+        directory = Path(directory)
         for section in sections:
             for name, figure in section.figures.items():
                 figure.savefig(directory / f"{name}.png", dpi=110)
                 figures.close(figure)
-        write_json_atomic(results, directory / layout.report_results_path.name)
         html = page.render(f"tfbridge report: {config.output}", _overview(config, manifest), sections, directory)
-    with staged(layout.report_path) as tmp:
-        tmp.write_text(html, encoding="utf-8")
+        # Each file replaced whole, the earlier report's plots gone; results.json, which the summary and the
+        # resume read, last.
+        layout.report_dir.remove()
+        layout.report_dir.upload(directory)
+    layout.report_path.write_text(html)
+    write_json_atomic(results, layout.report_results_path)
     images = tuple(layout.report_dir / f"{name}.png" for section in sections for name in section.figures)
     return Report(layout.report_path, images, results)
+
+
+def _model_manifest(layout) -> ModelManifest | None:
+    """The model's manifest, or None before training."""
+    return ModelManifest.read(layout.model_manifest_path) if layout.model_manifest_path.exists() else None
 
 
 def _overview(config: PipelineConfig, manifest: FeaturesManifest) -> list[tuple[str, str]]:
@@ -76,7 +89,7 @@ def _transformed_sample(config: PipelineConfig, manifest: FeaturesManifest, tran
     from tf_train.shards import decode_rows
 
     spec = materialized_feature_spec(transform_output.transformed_feature_spec())
-    files = manifest.shard_paths(config.layout.transformed_dir, split)
+    files = manifest.shard_paths(config.layout.features_dir, split)
     rows = decode_rows(files, manifest.format, spec, limit=SAMPLE_ROWS)
     return {k: _padded(v) if isinstance(v, list) and all(r.dtype.kind == "i" for r in v) else v
             for k, v in rows.items()}
@@ -90,7 +103,7 @@ def _padded(rows: list[np.ndarray]) -> np.ndarray:
 
 
 def _features_section(config: PipelineConfig, manifest: FeaturesManifest) -> page.Section:
-    stats = json.loads(config.layout.stats_path.read_text()).get("features", {})
+    stats = manifest.stats(config.layout.features_dir).get("features", {})
     section = page.Section("Features", "How each column was transformed, with the statistics learnt on the train "
                            "split (stats.json). Plots use the first rows of the data and of the transformed shards.")
     if not config.features:
@@ -101,7 +114,7 @@ def _features_section(config: PipelineConfig, manifest: FeaturesManifest) -> pag
 
     from tft_features.pipeline import split_rows
 
-    transform_output = tft.TFTransformOutput(str(config.layout.features_dir))
+    transform_output = tft.TFTransformOutput(str(manifest.transform_dir(config.layout.features_dir)))
     split = _sample_split(config, manifest)
     transformed = _transformed_sample(config, manifest, transform_output, split)
     raw = split_rows(config, split, SAMPLE_ROWS)
@@ -173,17 +186,18 @@ def _model_section(config: PipelineConfig, metrics: dict) -> page.Section:
     if metrics.get("history"):
         section.figures["training_loss"] = figures.training_loss(metrics["history"],
                                                                  fitting["kept_epoch"] if fitting else None)
-    path = config.layout.eval_predictions_path
-    if not path.exists():
+    model = ModelManifest.read(config.layout.model_manifest_path)
+    if EVAL_PREDICTIONS not in model.checksums:
         return section
-    kept = pq.read_table(path).to_pandas()
+    with model.file(config.layout.model_dir, EVAL_PREDICTIONS).open_input() as f:
+        kept = pq.read_table(f).to_pandas()
     task = metrics["task"]
     if task == "regression":
         section.figures["predictions"] = figures.regression(
             config.label, kept["label"].to_numpy(), kept["prediction"].to_numpy(),
             kept["baseline_prediction"].to_numpy(), ours["r2"], base["r2"])
         return section
-    classes = [str(c) for c in ModelManifest.read(config.layout.model_manifest_path).classes]
+    classes = [str(c) for c in model.classes]
     p_ours, p_base = np.stack(kept["probabilities"].to_numpy()), np.stack(kept["baseline_probabilities"].to_numpy())
     y = kept["label_index"].to_numpy()
     if task == "binary":

@@ -1,6 +1,6 @@
 """The hand-off checks a finished run reports, measured on the user's own table; beyond tolerance they stop it.
 
-- ONNX vs SavedModel: the eval rows the feature stage kept for these checks (`features/check_rows.parquet`)
+- ONNX vs SavedModel: the eval rows the feature stage kept for these checks (check_rows.parquet)
   through both graphs, as the export's gate does (`onnx_export.parity_gate` adds edge rows there).
 - Spark vs onnxruntime: rows of the scores Spark wrote (each holds its input columns and its predictions)
   scored again here by onnxruntime, joined row by row, as the scoring job's gate does.
@@ -10,8 +10,6 @@ figures of a run whose hand-offs disagree.
 """
 
 from __future__ import annotations
-
-import pyarrow.dataset as pads
 
 from tfbridge.contracts import FeaturesManifest, PipelineConfig
 from tfbridge.scoring import ScoringModel
@@ -33,7 +31,7 @@ def onnx_vs_saved_model(config: PipelineConfig, model: ScoringModel) -> HandOff:
 
     layout = config.layout
     rows = FeaturesManifest.read(layout.features_manifest_path).read_check_rows(layout.features_dir)
-    saved = saved_model_outputs(layout.saved_model_dir, model.feeds(rows))
+    saved = saved_model_outputs(model.manifest.saved_model_dir(model.directory), model.feeds(rows))
     return compare("ONNX vs SavedModel (eval rows)", saved, model.predict(rows), ONNX_VS_SAVED_MODEL,
                    lambda i: f"eval row {i}")
 
@@ -41,9 +39,8 @@ def onnx_vs_saved_model(config: PipelineConfig, model: ScoringModel) -> HandOff:
 def spark_vs_onnxruntime(config: PipelineConfig, model: ScoringModel) -> HandOff | None:
     """The first scored rows again through onnxruntime here, as the scoring job checked them; None before
     scoring."""
-    from spark_infer.job import check_scores
+    from spark_infer.job import check_scores, written_scores
 
-    scores = config.layout.scores_dir
-    if not scores.is_dir():
+    if not config.layout.score_record_path.exists():
         return None
-    return check_scores(model, pads.dataset(str(scores), format="parquet").head(CHECK_ROWS))
+    return check_scores(model, written_scores(config.layout.scores_dir).head(CHECK_ROWS))

@@ -3,7 +3,6 @@ onnxruntime sessions. Every host of the model uses it (the Spark job, the export
 report), so all give the same answer by construction. It imports neither Spark nor TensorFlow.
 """
 
-from tfbridge.scoring.model import (MissingValues, ScoringModel, arrow_feeds, feeds, graph_inputs,
-                                    verify_files)
+from tfbridge.scoring.model import MissingValues, ScoringModel, arrow_feeds, feeds, graph_inputs
 
-__all__ = ["MissingValues", "ScoringModel", "arrow_feeds", "feeds", "graph_inputs", "verify_files"]
+__all__ = ["MissingValues", "ScoringModel", "arrow_feeds", "feeds", "graph_inputs"]

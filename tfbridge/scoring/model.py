@@ -23,8 +23,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tfbridge.contracts import DataError, ModelFiles, ModelManifest, RawColumn, file_sha256, model_numbers
+from tfbridge.contracts import DataError, ModelManifest, RawColumn, model_numbers
 from tfbridge.contracts.columns import model_text
+from tfbridge.contracts.layout import MANIFEST
+from tfbridge.storage import Location
 
 _INTEGERS = ("tinyint", "smallint", "int", "bigint")
 _NUMERIC = (*_INTEGERS, "float", "double", "boolean")
@@ -34,36 +36,41 @@ _NUMERIC = (*_INTEGERS, "float", "double", "boolean")
 class ScoringModel:
     """The exported model as the scorer uses it, read on the driver and checked against its manifest."""
 
-    directory: Path
+    directory: Location  # the model directory: manifest.json and the attempts it names
     manifest: ModelManifest
     onnx_bytes: bytes | None  # None: no ONNX export, the SavedModel path is used
 
     @classmethod
-    def load(cls, model_dir: str | Path) -> "ScoringModel":
-        """Reads the manifest and the graph; DataError naming the file when one is missing, replaced or damaged."""
-        files = ModelFiles(Path(model_dir))
-        manifest = ModelManifest.read(files.manifest)
+    def load(cls, model_dir: "str | Path | Location") -> "ScoringModel":
+        """Reads the manifest and the graph (from local disk or a store); DataError naming the file when one is
+        missing, replaced or damaged."""
+        directory = Location.of(model_dir)
+        manifest_path = directory / MANIFEST
+        manifest = ModelManifest.read(manifest_path)
         if manifest.onnx is None:
-            verify_files(files, manifest.checksums)
-            return cls(files.directory, manifest, None)
+            manifest.saved_model_dir(directory)  # every file there, as the manifest records it
+            return cls(directory, manifest, None)
+        graph = directory / manifest.onnx.path
         try:
-            onnx_bytes = files.onnx.read_bytes()
+            onnx_bytes = graph.read_bytes()
         except FileNotFoundError as e:
-            raise DataError(f"{files.onnx} is missing, but {files.manifest} records an ONNX graph: copy the whole "
+            raise DataError(f"{graph} is missing, but {manifest_path} records an ONNX graph: copy the whole "
                             f"model directory, or export again") from e
         found = hashlib.sha256(onnx_bytes).hexdigest()
         if found != manifest.onnx.sha256:
-            raise DataError(f"{files.onnx} has sha256 {found}, not the {manifest.onnx.sha256} that "
-                            f"{files.manifest} records: the file was replaced or damaged; export the model again")
+            raise DataError(f"{graph} has sha256 {found}, not the {manifest.onnx.sha256} that "
+                            f"{manifest_path} records: the file was replaced or damaged; export the model again")
         if not manifest.onnx.proven:
-            raise DataError(f"{files.onnx} was never checked against the SavedModel in its present state (the "
+            raise DataError(f"{graph} was never checked against the SavedModel in its present state (the "
                             f"export's parity check proved another graph): run `tfbridge export` (or `tfbridge run`, "
                             f"which checks it again) before scoring with it")
-        return cls(files.directory, manifest, onnx_bytes)
+        return cls(directory, manifest, onnx_bytes)
 
     @property
     def key(self) -> str:
-        return self.manifest.onnx.sha256 if self.onnx_bytes is not None else str(self.directory.resolve())
+        if self.onnx_bytes is not None:
+            return self.manifest.onnx.sha256
+        return f"{self.directory.hadoop_uri()}#{self.manifest.attempt}"  # a retrained model is another
 
     @property
     def input_names(self) -> list[str]:
@@ -117,17 +124,6 @@ class ScoringModel:
         session per loaded model, built on the first call."""
         outputs = list(self.manifest.outputs)
         return dict(zip(outputs, self._local_session.run(outputs, self.feeds(batch))))
-
-
-def verify_files(files: ModelFiles, checksums) -> None:
-    """Every file the manifest lists under the model directory is there with its recorded sha256."""
-    for relative, digest in checksums.items():
-        path = files.directory / relative
-        if not path.is_file():
-            raise DataError(f"{path} is missing; {files.manifest} lists it: copy the whole model directory")
-        if file_sha256(path) != digest:
-            raise DataError(f"{path} does not match the sha256 that {files.manifest} records: the file was "
-                            f"replaced or damaged; train or copy the model again")
 
 
 def graph_inputs(manifest: ModelManifest) -> dict[str, RawColumn]:
