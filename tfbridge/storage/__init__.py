@@ -100,7 +100,7 @@ class Location:
             if scheme not in REMOTE_SCHEMES:
                 raise UnknownScheme(f"{text}: no file system for '{scheme}://' (expected a local path or one of "
                                     f"{', '.join(s + '://' for s in REMOTE_SCHEMES)}, or file://)")
-            return cls(text.rstrip("/") if text.rstrip("/").count("/") > 2 else text)
+            return cls(text.rstrip("/") if text.rstrip("/").count("/") >= 2 else text)
         return cls(text)
 
     def __str__(self) -> str:
