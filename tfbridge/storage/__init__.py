@@ -130,7 +130,8 @@ class Location:
             return os.path.abspath(self.uri)
         return HADOOP_SCHEMES.get(self.scheme, self.scheme) + self.uri[len(self.scheme):]
 
-    def _fs(self) -> tuple[pafs.FileSystem, str]:
+    def filesystem(self) -> tuple[pafs.FileSystem, str]:
+        """pyarrow's file system of this location and the path inside it (for `pyarrow.parquet`, `pyarrow.dataset`)."""
         if self.is_local:
             return pafs.LocalFileSystem(), os.path.abspath(self.uri)
         parsed = urllib.parse.urlparse(self.uri)
@@ -143,11 +144,6 @@ class Location:
         if self.scheme in ("abfs", "abfss"):  # the client is the account's; paths start at the container
             return filesystem, f"{parsed.netloc.split('@')[0]}{parsed.path}".rstrip("/")
         return filesystem, f"{parsed.netloc}{parsed.path}".rstrip("/")
-
-    def filesystem(self) -> tuple[pafs.FileSystem, str]:
-        """pyarrow's file system of this location and the path inside it (for `pyarrow.parquet`, `pyarrow.csv`)."""
-        return self._fs()
-
     # Names.
     def __truediv__(self, name: str) -> "Location":
         if self.is_local:
@@ -172,7 +168,7 @@ class Location:
 
     # Reads.
     def _call(self, what, *args):
-        filesystem, path = self._fs()
+        filesystem, path = self.filesystem()
         try:
             return what(filesystem, path, *args)
         except FileNotFoundError:
@@ -222,7 +218,7 @@ class Location:
     def files(self, pattern: str = "*") -> list["Location"]:
         """The files directly in this directory whose names match `pattern` (fnmatch; a name starting with "."
         only when the pattern does, as a shell's glob), sorted by name."""
-        selector = pafs.FileSelector(self._fs()[1], allow_not_found=True)
+        selector = pafs.FileSelector(self.filesystem()[1], allow_not_found=True)
         infos = self._call(lambda fs, path: fs.get_file_info(selector))
         hidden = pattern.startswith(".")
         return sorted((self / info.base_name for info in infos
@@ -232,7 +228,7 @@ class Location:
 
     def children(self) -> list["Location"]:
         """Everything directly in this directory (files and directories), sorted by name."""
-        selector = pafs.FileSelector(self._fs()[1], allow_not_found=True)
+        selector = pafs.FileSelector(self.filesystem()[1], allow_not_found=True)
         infos = self._call(lambda fs, path: fs.get_file_info(selector))
         return sorted((self / info.base_name for info in infos), key=lambda location: location.uri)
 
