@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tfbridge.jobs import setup_logging  # noqa: E402
 from tfbridge.contracts import PipelineConfig  # noqa: E402
 from tfbridge.datasets import write_synthetic  # noqa: E402
+from benchmarks.processes import processes, tree  # noqa: E402
 
 CONFIGS = {
     "small": {
@@ -159,23 +160,8 @@ def run_numpy_floor(data: Path, name: str, out: Path) -> None:
 
 def tree_rss_kib(root: int) -> int:
     """Resident memory of a process and all its descendants (Spark's JVM is a child of its Python driver)."""
-    parents, rss = {}, {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            status = (stat.parent / "status").read_text()
-        except OSError:
-            continue
-        pid = int(stat.parent.name)
-        parents[pid] = int(fields[1])
-        line = next((ln for ln in status.splitlines() if ln.startswith("VmRSS")), None)
-        rss[pid] = int(line.split()[1]) if line else 0
-    tree, frontier = {root}, [root]
-    while frontier:
-        children = [pid for pid, parent in parents.items() if parent in frontier and pid not in tree]
-        tree.update(children)
-        frontier = children
-    return sum(rss.get(pid, 0) for pid in tree)
+    now = processes()
+    return sum(now[pid][1] for pid in tree(root, now))
 
 
 def timed_process(command: list[str]) -> tuple[float, float]:

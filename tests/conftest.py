@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from tests.helpers import all_features, with_exact_copy
+from tests.s3server import s3_server
 from tests.tft_features.test_pipeline_parity import make_table
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -42,6 +43,15 @@ def exported(tmp_path_factory):
     os.environ["PYTHONPATH"] = os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")])
     assert main(["run", "--config", str(root / "c.yaml")]) == 0
     return PipelineConfig.from_yaml(root / "c.yaml")
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """An S3 server (tests/s3server.py) per test module that asks for one, with buckets `data` and `runs`."""
+    with s3_server(tmp_path_factory.mktemp("s3")) as server:
+        server.create_bucket("data")
+        server.create_bucket("runs")
+        yield server
 
 
 @pytest.fixture(scope="session")

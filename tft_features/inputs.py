@@ -32,7 +32,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
-from apache_beam.metrics import Metrics
 from tensorflow_metadata.proto.v0 import schema_pb2
 from tfx_bsl.tfxio import tensor_adapter, tensor_representation_util
 
@@ -362,8 +361,8 @@ class ReadRawData(beam.PTransform):
     """Raw rows as list-typed RecordBatches, split into tagged outputs 'train' and 'eval'.
 
     `for_analysis`: the second read of the same input, for TFT's analysis only: it makes the train split
-    alone (eval rows are dropped unconverted) and does not count rows (the manifest's counts come from
-    the transform's read)."""
+    alone (eval rows are dropped unconverted). Rows are counted from the shards the transform commits, not
+    here: a runner's counters may include the work of failed and retried bundles."""
 
     def __init__(self, raw: RawData, eval_fraction: float, for_analysis: bool = False):
         super().__init__()
@@ -377,13 +376,17 @@ class ReadRawData(beam.PTransform):
         if raw.source.format == "parquet":
             # One table per row group: runners split the work by row group. Read through tfbridge.storage, not
             # Beam's file systems: the same clients and credentials as every other stage, on any runner.
+            # The Reshuffle deals the row groups out to the runner's workers: a distributed runner runs a
+            # Create as one bundle, and without it one worker read everything (seen on Flink).
             groups = [(path, group) for path in raw.files for group in range(parquet_file(path).num_row_groups)]
             tables = (pipeline
                       | "RowGroups" >> beam.Create(groups)
+                      | "Distribute" >> beam.Reshuffle()
                       | "ReadParquet" >> beam.Map(_read_row_group, names))
         else:
             tables = (pipeline
                       | "CsvFiles" >> beam.Create(list(raw.files))
+                      | "Distribute" >> beam.Reshuffle()
                       | "ReadCsv" >> beam.Map(read_csv, raw.columns))
         return tables | "ToRecordBatches" >> beam.ParDo(
             _SplitToRecordBatches(raw.columns, raw.arrow_schema(), self._eval_fraction, raw.rows, self._for_analysis)
@@ -404,7 +407,6 @@ class _SplitToRecordBatches(beam.DoFn):
     def __init__(self, columns, schema, eval_fraction, total_rows, for_analysis: bool):
         self._columns, self._schema, self._eval_fraction = columns, schema, eval_fraction
         self._total_rows, self._for_analysis = total_rows, for_analysis
-        self._rows = {"train": Metrics.counter("tfbridge", "rows_train"), "eval": Metrics.counter("tfbridge", "rows_eval")}
         self._seen = 0
 
     def process(self, table: pa.Table):
@@ -418,8 +420,6 @@ class _SplitToRecordBatches(beam.DoFn):
             count = int(mask.sum())
             if not count:
                 continue
-            if not self._for_analysis:
-                self._rows[split].inc(count)
             part = table.filter(pa.array(mask)) if count < table.num_rows else table
             batch = to_list_batch(part, self._columns, self._schema)
             yield batch if split == "train" else beam.pvalue.TaggedOutput("eval", batch)

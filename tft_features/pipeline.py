@@ -10,6 +10,13 @@ their manifest until the new one replaces it.
 The runner is named explicitly: the in-process FnApiRunner unless the command
 line names another (`--runner=FlinkRunner ...`): Beam's own default for batch
 (Prism) downloads a binary, which these machines cannot.
+
+On a distributed runner the code in the job's DoFns runs on workers, other
+processes or hosts: they read the raw data and write the shards, stats and
+bundle lists through `tfbridge.storage` (the output's store), and TFT writes
+its analysis SavedModels and the transform_fn with TensorFlow under the job's
+temporary directory (`--temp_location`: a directory every worker and the
+driver reach; by default one on the driver's host). Only the driver commits.
 """
 
 from __future__ import annotations
@@ -19,9 +26,9 @@ import dataclasses
 import functools
 import json
 import logging
+import re
 import tempfile
 import time
-from pathlib import Path
 from typing import Callable
 
 import apache_beam as beam
@@ -30,14 +37,13 @@ import pyarrow.parquet as pq
 import tensorflow as tf
 import tensorflow_transform as tft
 import tensorflow_transform.beam as tft_beam
-from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions
 from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io
 
-from tfbridge.contracts import (FeaturesManifest, PipelineConfig, ShardFile, fingerprints, graph_input_name,
-                                graph_input_names, materialized_feature_spec, named_attempts)
+from tfbridge.contracts import (ConfigError, FeaturesManifest, PipelineConfig, ShardFile, StageError, fingerprints,
+                                graph_input_name, graph_input_names, materialized_feature_spec, named_attempts)
 from tfbridge.contracts.layout import CHECK_ROWS_FILE, STATS, TRANSFORMED
 from tfbridge.storage import Location
 from tfbridge.storage.attempts import abandon, new_attempt, remove_uncommitted
@@ -49,6 +55,10 @@ from tft_features.steps import RawDomain
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "eval")
+# Under the job's temporary directory: TFT's transform output (transform_fn/, transformed_metadata/, metadata/).
+TRANSFORM_OUTPUT = "transform_output"
+# File systems TensorFlow 2.21 writes, where TFT's temporary directory can be (its own, not tfbridge.storage's).
+_TF_WRITABLE_SCHEMES = ("", "gs")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,8 +183,9 @@ def run_features(config: PipelineConfig, beam_args: list[str] | None = None) -> 
     remove_uncommitted(layout.features_dir, named())  # what crashed runs left
     attempt = new_attempt(layout.features_dir)
     try:
-        with tempfile.TemporaryDirectory(prefix="tfbridge-transform-") as local:
-            manifest = _write_attempt(config, raw, prep, Path(local), attempt, beam_args)
+        with job_temp_dir(beam_args, attempt.name) as temp:
+            manifest = _write_attempt(config, raw, prep, temp, attempt, beam_args)
+        _check_rows_written(raw.rows, manifest.rows, beam_args)
         manifest.write(layout.features_manifest_path)  # the commit
     except BaseException:
         abandon(attempt, named)
@@ -186,24 +197,77 @@ def run_features(config: PipelineConfig, beam_args: list[str] | None = None) -> 
     return FeaturesResult(layout.features_dir, dict(manifest.rows), seconds)
 
 
-def _write_attempt(config, raw: inputs.RawData, prep: _Preprocessing, local: Path, attempt: Location,
-                   beam_args) -> FeaturesManifest:
-    """Runs the Beam job: the shards go to the attempt as they are written, the transform to `local` (TensorFlow
-    writes no object store), then to the attempt; returns the manifest that commits them."""
+@contextlib.contextmanager
+def job_temp_dir(beam_args: list[str] | None, attempt: str):
+    """The job's temporary directory (a Location), removed afterwards: TFT writes its analysis phases' SavedModels
+    and the transform_fn there with TensorFlow, on whichever worker runs them, and the driver reads the
+    transform_fn back. `--temp_location` names it (a shared mount or gs://, as Dataflow users give it); else it is
+    on this host, which serves the in-process runner and a cluster whose workers share this host's disk."""
+    temp_location = PipelineOptions(beam_args or []).view_as(GoogleCloudOptions).temp_location
+    if not temp_location:
+        if PipelineOptions(beam_args or []).view_as(StandardOptions).runner:
+            log.info("features: no --temp_location: TFT's temporary files are on this host; a cluster whose workers "
+                     "run on other hosts needs --temp_location=<a directory all of them reach: a shared mount or gs://>")
+        with tempfile.TemporaryDirectory(prefix="tfbridge-job-") as local:
+            yield Location.of(local)
+        return
+    root = Location.of(temp_location) / f"tfbridge-{attempt}"
+    if root.scheme not in _TF_WRITABLE_SCHEMES:
+        raise ConfigError(f"--temp_location={temp_location}: TFT writes its temporary SavedModels with TensorFlow "
+                          f"{tf.__version__}, which has no '{root.scheme}://' file system; give a directory every "
+                          "worker reaches on a shared mount, or a gs:// bucket")
     try:
-        rows, files = _run_beam(config, raw, prep, local, attempt, make_pipeline(beam_args, prep.analysis_phases))
+        yield root
+    finally:
+        with contextlib.suppress(OSError):
+            root.remove()
+
+
+def _check_rows_written(rows_read: int, rows_written: dict[str, int], beam_args) -> None:
+    """Every raw row in exactly one committed shard: a runner that lost or repeated work (a retried bundle whose
+    files were committed twice) stops here, before the manifest commits anything."""
+    if sum(rows_written.values()) != rows_read:
+        runner = PipelineOptions(beam_args or []).view_as(StandardOptions).runner or "the in-process runner"
+        raise StageError(f"features: the job on {runner} wrote {sum(rows_written.values()):,} rows "
+                         f"({rows_written}), the input has {rows_read:,}: nothing was committed")
+
+
+def job_failure(message: str, temp: Location) -> str:
+    """What a failed job on a distributed runner says, in a line or two: the runner's first line (the job and its
+    state) and the Python error a worker raised, if any (the last `...Error: ...` line of its traceback), with what
+    to pass when the workers could not read the job's temporary directory."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()] or ["(the runner gave no message)"]
+    errors = [line for line in lines if re.match(r"^[\w.]*(Error|Exception)\b.*: ", line)]
+    said = "; ".join(dict.fromkeys([lines[0][:500], *(errors[-1:] if errors else [])]))
+    if str(temp) in message:
+        said += (f" (the workers could not read {temp}, this host's: give --temp_location=<a directory that every "
+                 "worker and this driver reach: a shared mount or gs://>)")
+    return f"features: the Beam job failed: {said}"
+
+
+def _write_attempt(config, raw: inputs.RawData, prep: _Preprocessing, temp: Location, attempt: Location,
+                   beam_args) -> FeaturesManifest:
+    """Runs the Beam job: the shards go to the attempt as they are written, the transform to the job's `temp`
+    directory (TensorFlow writes no object store), then to the attempt; returns the manifest that commits them."""
+    try:
+        rows, files = _run_beam(config, raw, prep, temp, attempt, make_pipeline(beam_args, prep.analysis_phases))
     except AssertionError as e:
         if _FNAPI_STALL not in str(e) or prep.analysis_phases is not None:
             raise
         log.warning("features: FnApiRunner stalled on a deep analysis; rerunning on the bundle-based runner")
         attempt.remove()
-        for child in local.iterdir():
-            Location.of(child).remove()
-        rows, files = _run_beam(config, raw, prep, local, attempt, make_pipeline(beam_args, _FNAPI_MAX_PHASES + 1))
+        for child in temp.children():
+            child.remove()
+        rows, files = _run_beam(config, raw, prep, temp, attempt, make_pipeline(beam_args, _FNAPI_MAX_PHASES + 1))
+    except RuntimeError as e:  # how Beam's portable runners report a failed job
+        if not PipelineOptions(beam_args or []).view_as(StandardOptions).runner or isinstance(e, StageError):
+            raise
+        raise StageError(job_failure(str(e), temp)) from e
+    transform_output = temp / TRANSFORM_OUTPUT
     check_rows = _write_check_rows(config, attempt / CHECK_ROWS_FILE)
     stats = attempt / STATS
-    outputs = _feature_outputs(local, json.loads(stats.read_text()), config.label, prep.plan)
-    artifacts = {**attempt.upload(local), STATS: stats.sha256()}
+    outputs = _feature_outputs(transform_output, json.loads(stats.read_text()), config.label, prep.plan)
+    artifacts = {**attempt.upload(transform_output), STATS: stats.sha256()}
     return FeaturesManifest(
         raw_columns={c.name: c for c in raw.columns},
         input_names={c.name: c.graph_name for c in raw.columns},
@@ -223,9 +287,10 @@ def _write_attempt(config, raw: inputs.RawData, prep: _Preprocessing, local: Pat
     )
 
 
-def _run_beam(config, raw: inputs.RawData, prep: _Preprocessing, local: Path, attempt: Location,
+def _run_beam(config, raw: inputs.RawData, prep: _Preprocessing, temp: Location, attempt: Location,
               pipeline: beam.Pipeline) -> tuple[dict[str, int], dict[str, tuple[ShardFile, ...]]]:
     adapter = raw.tensor_adapter_config()
+    transform_output = str(temp / TRANSFORM_OUTPUT)
     stats_path = attempt / STATS
     transformed = attempt / TRANSFORMED
     bundles = attempt / "bundles"  # each split's list of completed bundles' files
@@ -235,8 +300,7 @@ def _run_beam(config, raw: inputs.RawData, prep: _Preprocessing, local: Path, at
     # works the same downstream (training, export and scoring parity tests run on
     # it). A user's preprocessing_fn keeps TFT's default (TF2) semantics.
     compat_v1 = prep.plan is not None
-    with tempfile.TemporaryDirectory(prefix="tft-tmp-") as tft_temp, pipeline as p, tft_beam.Context(
-            temp_dir=tft_temp, force_tf_compat_v1=compat_v1):
+    with pipeline as p, tft_beam.Context(temp_dir=str(temp / "tft"), force_tf_compat_v1=compat_v1):
         # The input is read twice, once for the analysis and once for the transform. Read once, the train
         # split would feed both, and the in-process runner would hold all of it in memory until the analysis
         # (the transform's side input) is done: peak memory grew with the rows. Read twice, both stream.
@@ -245,10 +309,10 @@ def _run_beam(config, raw: inputs.RawData, prep: _Preprocessing, local: Path, at
         transform_fn = (analyzed.train, adapter) | "Analyze" >> tft_beam.AnalyzeDataset(prep.fn)
         # TFT's layout: <dir>/transform_fn and <dir>/transformed_metadata, so that
         # tft.TFTransformOutput(dir) reads it.
-        _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(str(local))
+        _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(transform_output)
         # The raw schema too (<dir>/metadata), so TFTransformOutput.raw_feature_spec() works downstream.
         metadata_io.write_metadata(dataset_metadata.DatasetMetadata(raw.tfmd_schema()),
-                                   str(local / tft.TFTransformOutput.RAW_METADATA_DIR))
+                                   f"{transform_output}/{tft.TFTransformOutput.RAW_METADATA_DIR}")
         schemas = {}  # split -> the transformed schema its shard files are written in
         for split in SPLITS:
             (data, metadata) = ((splits[split], adapter), transform_fn) | f"Transform[{split}]" >> (
@@ -274,10 +338,7 @@ def _run_beam(config, raw: inputs.RawData, prep: _Preprocessing, local: Path, at
             leftover.remove()
     if not stats_path.exists():
         _write_json({"features": {}}, str(stats_path))
-    counters = p.result.metrics().query(MetricsFilter().with_namespace("tfbridge"))["counters"]
-    rows = {split: 0 for split in SPLITS}
-    for counter in counters:
-        rows[counter.key.metric.name.removeprefix("rows_")] += counter.committed
+    rows = {split: sum(f.rows for f in files[split]) for split in SPLITS}
     return rows, files
 
 
@@ -291,7 +352,7 @@ def _write_check_rows(config: PipelineConfig, location: Location) -> ShardFile:
     return ShardFile(location.name, table.num_rows, location.sha256())
 
 
-def _feature_outputs(transform_dir: Path, stats: dict, label: str, plan) -> dict:
+def _feature_outputs(transform_dir: Location, stats: dict, label: str, plan) -> dict:
     transform_output = tft.TFTransformOutput(str(transform_dir))
     spec = materialized_feature_spec(transform_output.transformed_feature_spec())
     spec.pop(graph_input_name(label), None)

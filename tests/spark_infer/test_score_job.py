@@ -88,6 +88,34 @@ def test_spark_submit_scores_on_a_standalone_master(exported, standalone_cluster
     np.testing.assert_allclose(scores["prediction"].to_numpy(), local["prediction"].to_numpy(), rtol=1e-6)
 
 
+def test_a_standalone_cluster_scores_from_s3_into_s3_as_local_spark_does(exported, standalone_cluster, s3, tmp_path):
+    """The model, the raw rows and the scores on the S3 server: `tfbridge score --master spark://...` brings s3a to
+    the cluster's executors, which read and write only the store; the scores equal `tfbridge run`'s on local disk,
+    joined by id."""
+    url, env = standalone_cluster
+    env = {**env, **s3.env, "SPARK_CONF_DIR": str(tmp_path / "spark-conf")}
+    (tmp_path / "spark-conf").mkdir()
+    # s3proxy implements no bulk delete: s3a deletes key by key, as a user of such a server sets.
+    (tmp_path / "spark-conf" / "spark-defaults.conf").write_text("spark.hadoop.fs.s3a.multiobjectdelete.enable false\n")
+    layout = exported.layout
+    copy = ("import sys; from pathlib import Path; from tfbridge.storage import Location; "
+            "Location.of(sys.argv[2]).upload(Path(sys.argv[1])); "
+            "Location.of(sys.argv[4]).write_bytes(Path(sys.argv[3]).read_bytes())")
+    subprocess.run([sys.executable, "-c", copy, str(layout.model_dir), "s3://runs/model", exported.data.path,
+                    "s3://data/rows.parquet"], env=env, check=True, timeout=120)
+    script = os.path.join(os.path.dirname(sys.executable), "tfbridge")
+    done = subprocess.run([script, "score", "--model", "s3://runs/model", "--input", "s3://data/rows.parquet",
+                           "--output", "s3://runs/scores", "--master", url, "--id-column", "target"],
+                          env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert list((tmp_path / "worker").glob("app-*/*/stderr"))  # the standalone worker's executors ran the tasks
+    assert "_tfbridge_score.json" in [Path(k).name for k in s3.objects("runs") if k.startswith("scores/")]
+    scores = pq.read_table(s3.data / "runs" / "scores").to_pandas().set_index("target")
+    local = pq.read_table(layout.scores_dir).to_pandas().set_index("target")
+    assert len(scores) == len(local) == 3000 and set(scores.index) == set(local.index)
+    np.testing.assert_allclose(scores.loc[local.index, "prediction"], local["prediction"], rtol=1e-6)
+
+
 def test_a_crashed_python_worker_is_retried_and_every_row_is_scored_once(exported, python_env, tmp_path):
     env, _ = python_env
     marker = tmp_path / "fault-fired"

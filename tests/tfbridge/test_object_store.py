@@ -17,19 +17,10 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from tests.s3server import s3_server
 from tests.tfbridge.test_resume import stage_lines
 
 ROWS = 3_000
 STAGES = ("features", "train", "export", "score", "report")
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    with s3_server(tmp_path_factory.mktemp("s3")) as server:
-        server.create_bucket("data")
-        server.create_bucket("runs")
-        yield server
 
 
 def raw_table(seed: int = 5) -> pa.Table:

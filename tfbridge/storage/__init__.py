@@ -270,16 +270,20 @@ class Location:
             self._call(lambda fs, path: fs.delete_file(path))
 
     # Trees.
-    def upload(self, local_dir: Path) -> dict[str, str]:
-        """Copies every file under `local_dir` here (same relative paths); returns relative path -> sha256 of
-        what was sent, for a manifest."""
+    def upload(self, source: "Path | Location") -> dict[str, str]:
+        """Copies every file under the directory `source` (local, or on any store: what a worker of a distributed
+        runner wrote) here, with the same relative paths; returns relative path -> sha256 of what was sent, for a
+        manifest."""
+        source = Location.of(source)
+        selector = pafs.FileSelector(source.filesystem()[1], recursive=True)
+        infos = source._call(lambda fs, path: fs.get_file_info(selector))
+        root = selector.base_dir.rstrip("/") + "/"
         sums = {}
-        for path in sorted(Path(local_dir).rglob("*")):
-            if path.is_file():
-                relative = path.relative_to(local_dir).as_posix()
-                data = path.read_bytes()
-                sums[relative] = hashlib.sha256(data).hexdigest()
-                (self / relative).write_bytes(data)
+        for info in sorted((i for i in infos if i.type == pafs.FileType.File), key=lambda i: i.path):
+            relative = info.path[len(root):]
+            data = (source / relative).read_bytes()
+            sums[relative] = hashlib.sha256(data).hexdigest()
+            (self / relative).write_bytes(data)
         return sums
 
     def download(self, files: Mapping[str, str], local_dir: Path) -> None:
