@@ -47,8 +47,9 @@ def exported(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
-    """An S3 server (tests/s3server.py) per test module that asks for one, with buckets `data` and `runs`."""
-    with s3_server(tmp_path_factory.mktemp("s3")) as server:
+    """An S3 server (tests/s3server.py) per test module that asks for one, with buckets `data` and `runs`; it listens
+    on every address, so that the test's own hosts (tests/netns.py) reach it too."""
+    with s3_server(tmp_path_factory.mktemp("s3"), bind="0.0.0.0") as server:
         server.create_bucket("data")
         server.create_bucket("runs")
         yield server

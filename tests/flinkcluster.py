@@ -32,6 +32,7 @@ import sys
 import tarfile
 import tempfile
 import time
+import urllib.error
 import urllib.request
 import zipfile
 from pathlib import Path
@@ -48,7 +49,10 @@ START_TIMEOUT_S = 180
 # ("Insufficient number of network buffers: required 512, but only 269 available" with 2 slots per TaskManager), so
 # smaller segments and a larger network share. A dead TaskManager is noticed after `heartbeat.timeout`. Each failed
 # task counts as one restart, and a lost TaskManager or SDK worker fails every pipelined region it ran at once
-# (with 2 attempts allowed, both faults of the tests failed the job): 10 attempts.
+# (with 2 attempts allowed, both faults of the tests failed the job): 10 attempts. Beam's gRPC channels to the SDK
+# workers take direct memory beyond Flink's network buffers: with none for tasks, the second 1M-row job on one
+# cluster failed ("Cannot reserve 2097152 bytes of direct buffer memory"), so 512 MB of task off-heap, taken from
+# Flink's managed memory (a fraction of 0.1 instead of 0.4: a portable pipeline's work runs in the SDK workers).
 _SETTINGS = {
     "jobmanager.memory.process.size": "1024m",
     "taskmanager.memory.process.size": "2560m",
@@ -56,6 +60,8 @@ _SETTINGS = {
     "taskmanager.memory.network.fraction": "0.3",
     "taskmanager.memory.network.min": "512mb",
     "taskmanager.memory.network.max": "1gb",
+    "taskmanager.memory.managed.fraction": "0.1",
+    "taskmanager.memory.task.off-heap.size": "512mb",
     "restart-strategy.type": "fixed-delay",
     "restart-strategy.fixed-delay.attempts": "10",
     "restart-strategy.fixed-delay.delay": "2 s",
@@ -254,10 +260,18 @@ class FlinkCluster:
 
     def wait_for_task_managers(self, count: int) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
-        while len(self.rest("/taskmanagers")["taskmanagers"]) < count:
+        while len(self._registered_task_managers()) < count:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"fewer than {count} TaskManagers registered; see {self.logs}")
             time.sleep(0.5)
+
+    def _registered_task_managers(self) -> list:
+        try:
+            return self.rest("/taskmanagers")["taskmanagers"]
+        except urllib.error.HTTPError as error:  # 503 while the JobManager's REST port is open but its leader not up
+            if error.code != 503:
+                raise
+            return []
 
     def jobs(self) -> list[dict]:
         """Every job the cluster ran, newest first (id, name, state, duration)."""

@@ -2,6 +2,8 @@
 
 Host i is namespace `<prefix>i` at `<subnet>.(i+1)`, joined by a veth pair to
 a bridge; each end of each link is a 10 Gbit/s token bucket (`tc qdisc tbf`).
+The bridge has `<subnet>.254` (`gateway`): the hosts reach the services a test
+starts on this machine's own namespace (an S3 server listening on 0.0.0.0) there.
 The kernel these run on has no netem qdisc, so no delay is added: the links
 are veth, with their own addresses, routes and TCP stacks.
 """
@@ -11,10 +13,17 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+
+def gateway(subnet: str = "10.213.0") -> str:
+    """This machine's address on the hosts' network."""
+    return f"{subnet}.254"
 
 
 def available() -> str | None:
@@ -43,6 +52,7 @@ def hosts(count: int, prefix: str = "tfbhost", subnet: str = "10.213.0"):
     remove(prefix)
     try:
         run("ip", "link", "add", bridge, "type", "bridge")
+        run("ip", "addr", "add", f"{gateway(subnet)}/24", "dev", bridge)
         run("ip", "link", "set", bridge, "up")
         for i in range(count):
             ns, outside, inside = f"{prefix}{i}", f"{prefix}-v{i}", f"{prefix}-p{i}"
@@ -72,18 +82,31 @@ def remove(prefix: str) -> None:
 
 
 def start_workers(config_path, hosts: list[tuple[str, str]], env: dict[str, str], pin: bool = False,
-                  port: int = 23000) -> list[subprocess.Popen]:
+                  port: int = 23000, hidden: tuple[Path, ...] = ()) -> list[subprocess.Popen]:
     """`python -m tf_train --config C` in each host's namespace, TF_CONFIG naming every host's address (worker i
-    at `<address i>:port`); with `pin`, worker i on core i mod the cores this process may use."""
+    at `<address i>:port`); with `pin`, worker i on core i mod the cores this process may use.
+
+    `hidden`: directories this machine's hosts do not share. Each worker runs in a mount namespace of its own with
+    an empty tmpfs over each (its own disk: its TMPDIR is in the first, and its config is delivered there, as a
+    cluster manager mounts a job's config), so what it reads or writes elsewhere goes through the network."""
     cluster = {"worker": [f"{address}:{port}" for _, address in hosts]}
     cores = sorted(os.sched_getaffinity(0))
     procs = []
     for index, (ns, _) in enumerate(hosts):
         task = {**env, "PYTHONUNBUFFERED": "1",
                 "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
+        command = [sys.executable, "-m", "tf_train", "--config", str(config_path)]
+        if hidden:
+            for directory in hidden:
+                Path(directory).mkdir(parents=True, exist_ok=True)
+            task.update(TMPDIR=str(Path(hidden[0]) / "tmp"), TFBRIDGE_HOST_CONFIG=Path(config_path).read_text())
+            mounts = " && ".join(f"mount -t tmpfs tfbridge-host {shlex.quote(str(d))}" for d in hidden)
+            command = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                       f'{mounts} && mkdir -p "$TMPDIR" && printf %s "$TFBRIDGE_HOST_CONFIG" > "$TMPDIR/config.yaml" '
+                       f'&& exec "$@" --config "$TMPDIR/config.yaml"', "sh", *command[:-2]]
         core = {cores[index % len(cores)]}
-        procs.append(subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "tf_train", "--config",
-                                       str(config_path)], env=task, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                      text=True, preexec_fn=(lambda core=core: os.sched_setaffinity(0, core)) if pin
+        procs.append(subprocess.Popen(["ip", "netns", "exec", ns, *command], env=task, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True, cwd="/" if hidden else None,
+                                      preexec_fn=(lambda core=core: os.sched_setaffinity(0, core)) if pin
                                       else None))
     return procs

@@ -56,17 +56,17 @@ def free_port() -> int:
 
 
 class S3Server:
-    """One s3proxy process; `stop` and `start` again on the same port and directory (the objects stay)."""
+    """One s3proxy process; `stop` and `start` again on the same port and directory (the objects stay). `bind`:
+    the address it listens on (0.0.0.0 for clients on the test's own hosts, tests/netns.py)."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, bind: str = "127.0.0.1"):
         self.directory = directory
         self.data = directory / "buckets"
         self.data.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
-        self.endpoint = f"http://127.0.0.1:{self.port}"
         self.properties = directory / "s3proxy.properties"
         self.properties.write_text("\n".join([
-            f"s3proxy.endpoint={self.endpoint}", "s3proxy.authorization=aws-v2-or-v4",
+            f"s3proxy.endpoint=http://{bind}:{self.port}", "s3proxy.authorization=aws-v2-or-v4",
             f"s3proxy.identity={IDENTITY}", f"s3proxy.credential={CREDENTIAL}",
             "jclouds.provider=filesystem", f"jclouds.filesystem.basedir={self.data}", ""]))
         self.process: subprocess.Popen | None = None
@@ -74,8 +74,12 @@ class S3Server:
     @property
     def env(self) -> dict[str, str]:
         """What a user of an S3-compatible server sets: the standard AWS variables, nothing of ours."""
+        return self.env_at("127.0.0.1")
+
+    def env_at(self, address: str) -> dict[str, str]:
+        """`env` for a client that reaches the server at `address` (a host of the test's own: the bridge's)."""
         return {"AWS_ACCESS_KEY_ID": IDENTITY, "AWS_SECRET_ACCESS_KEY": CREDENTIAL, "AWS_REGION": "us-east-1",
-                "AWS_ENDPOINT_URL": self.endpoint}
+                "AWS_ENDPOINT_URL": f"http://{address}:{self.port}"}
 
     def start(self) -> None:
         log = open(self.directory / "s3proxy.log", "ab")
@@ -105,8 +109,8 @@ class S3Server:
 
 
 @contextlib.contextmanager
-def s3_server(directory: Path) -> Iterator[S3Server]:
-    server = S3Server(Path(directory))
+def s3_server(directory: Path, bind: str = "127.0.0.1") -> Iterator[S3Server]:
+    server = S3Server(Path(directory), bind)
     server.start()
     try:
         yield server

@@ -122,6 +122,7 @@ class _Worker:
 def launch(config: PipelineConfig, workers: int, retries: int = 0, out=None, pin: bool = False) -> int | None:
     """Trains on `workers` local processes; restarts the cluster from its backup up to `retries` times.
     Returns the epochs an interrupted run had finished when this one resumed from its backup, else None."""
+    from tf_train.backup import StoreBackups
     from tf_train.data import describe, load_training_data
     from tf_train.worker import HISTORY_FILE
 
@@ -137,13 +138,17 @@ def launch(config: PipelineConfig, workers: int, retries: int = 0, out=None, pin
     fingerprint = fingerprints.model_fingerprint(config, data.manifest.fingerprint)
     marker = layout.training_dir / BACKUP_FINGERPRINT
     resumed_after = None
-    if layout.backup_dir.exists() and marker.exists() and marker.read_text() == fingerprint:
+    if not layout.root.is_local:  # the workers restore the store's backup of this run, if it has one
+        last = StoreBackups(layout, fingerprint).last()
+        resumed_after = None if last is None else int(last["epoch"])
+    elif layout.backup_dir.exists() and marker.exists() and marker.read_text() == fingerprint:
         resumed_after = epochs_done(config)
-        log.info("train: resuming from the backup after epoch %d of %d", resumed_after, config.train.epochs)
     else:
         shutil.rmtree(layout.backup_dir, ignore_errors=True)
         (layout.training_dir / HISTORY_FILE).unlink(missing_ok=True)
         marker.write_text(fingerprint)
+    if resumed_after is not None:
+        log.info("train: resuming from the backup after epoch %d of %d", resumed_after, config.train.epochs)
     # Named for this launch: the file is this process's to delete, whatever else runs beside it.
     config_path = layout.training_dir / f".launch-config-{os.getpid()}-{uuid.uuid4().hex[:8]}.yaml"
     config_path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -4,8 +4,9 @@ The cluster comes from TF_CONFIG (set by the embedded launcher, Kubernetes,
 Slurm or by hand); without it this is a one-worker cluster. Every worker
 builds the same model from the same seed, reads its share of the shard files,
 trains synchronously under MultiWorkerMirroredStrategy (RING collectives on
-CPU, NCCL when GPUs are visible), backs up at every epoch end and, after the
-last epoch, saves the raw-features model: every worker must take part in the
+CPU, NCCL when GPUs are visible), backs up at every epoch end (where every
+worker of a restarted cluster finds it, on any host: tf_train.backup) and,
+after the last epoch, saves the raw-features model: every worker must take part in the
 save (it runs collectives), each into a temporary directory (TensorFlow writes
 no object store). The chief then sends its export, metrics.json and the eval
 predictions to a new attempt under the output's model/ (local disk or a store)
@@ -32,6 +33,7 @@ from tf_train import baseline
 from tf_train import data as training_data
 from tf_train import metrics as quality
 from tf_train import model as training_model
+from tf_train.backup import SendBackup, StoreBackups
 from tfbridge.contracts import (ModelManifest, PipelineConfig, TrainingError, fingerprints, named_attempts,
                                 write_json_atomic)
 from tfbridge.contracts.layout import EVAL_PREDICTIONS, METRICS, SAVED_MODEL
@@ -103,11 +105,21 @@ def run_worker(config: PipelineConfig) -> None:
         model = training_model.build_model(data.features, data.label, train)
     layout = config.layout
     layout.training_dir.mkdir(parents=True, exist_ok=True)
+    history_path = layout.training_dir / HISTORY_FILE
+    # On local disk every worker restores the one backup directory under the output; on a store each its own
+    # copy of the backup the chief sends there (tf_train.backup).
+    store = None if layout.root.is_local else StoreBackups(
+        layout, fingerprints.model_fingerprint(config, data.manifest.fingerprint))
+    backup_dir = layout.backup_dir if store is None else store.local_dir(name)
+    if store is not None:
+        resumed = store.restore(backup_dir, history_path if chief else None)
+        if resumed is not None:
+            log.info("train: %s: resuming from the backup in %s after epoch %d", name, store.root, resumed)
     eval_batches = training_data.eval_dataset(data).take(EVAL_LOSS_BATCHES)  # built once: no retracing per epoch
-    history = EpochLog(name, train.epochs, steps * sync_every * step_rows, layout.training_dir / HISTORY_FILE,
+    history = EpochLog(name, train.epochs, steps * sync_every * step_rows, history_path,
                        (lambda: eval_loss(model, data.label, eval_batches)) if chief else None)
     all_reduced_sum = all_reducer(strategy)
-    callbacks = [EpochLoss(all_reduced_sum), tf_keras.callbacks.BackupAndRestore(str(layout.backup_dir))]
+    callbacks = [EpochLoss(all_reduced_sum), tf_keras.callbacks.BackupAndRestore(str(backup_dir))]
     stopping = None
     if data.validation_every:
         stopping = tf_keras.callbacks.EarlyStopping("val_loss", patience=train.patience, restore_best_weights=True)
@@ -117,7 +129,9 @@ def run_worker(config: PipelineConfig) -> None:
             stopping,
             tf_keras.callbacks.ReduceLROnPlateau("val_loss", factor=0.5, patience=max(1, train.patience // 3),
                                                  min_lr=train.learning_rate / 64)]
-    fitted = model.fit(dataset, epochs=train.epochs, steps_per_epoch=steps, verbose=0, callbacks=[*callbacks, history])
+    sending = [SendBackup(store, backup_dir, history_path)] if store is not None and chief else []
+    fitted = model.fit(dataset, epochs=train.epochs, steps_per_epoch=steps, verbose=0,
+                       callbacks=[*callbacks, history, *sending])
     fitting = {"epochs": fitted.epoch[-1] + 1 if fitted.epoch else train.epochs, "batch_size": data.batch_size,
                "validation_every": data.validation_every,
                "kept_epoch": stopping.best_epoch + 1 if stopping else train.epochs,
@@ -135,6 +149,7 @@ def run_worker(config: PipelineConfig) -> None:
         local = Path(local)
         training_model.save_raw_features_model(module, str(local / SAVED_MODEL))
         if not chief:
+            shutil.rmtree(backup_dir, ignore_errors=True)
             log.info("train: %s done", name)
             return
         metrics = {"task": data.label.task, **evaluate(model, data, local / EVAL_PREDICTIONS),
@@ -154,10 +169,11 @@ def run_worker(config: PipelineConfig) -> None:
             fingerprint=fingerprints.model_fingerprint(config, data.manifest.fingerprint),
             attempt=attempt,
         ).write(layout.model_manifest_path), named=lambda: named_attempts(layout.model_manifest_path))
-    (layout.training_dir / HISTORY_FILE).unlink(missing_ok=True)
-    shutil.rmtree(layout.backup_dir, ignore_errors=True)
+    history_path.unlink(missing_ok=True)
+    shutil.rmtree(backup_dir, ignore_errors=True)
+    if store is not None:
+        store.remove()
     log.info("train: %s exported %s; eval %s", name, attempt / SAVED_MODEL, json.dumps(metrics["eval"]))
-
 
 
 AGREEMENT = 1e-6  # the most any weight may differ from the workers' mean, relative to the largest weight

@@ -45,6 +45,10 @@ if TYPE_CHECKING:
 _ARROW_TYPES = {"float": pa.float32(), "int": pa.int64(), "string": pa.large_binary()}
 _TFMD_TYPES = {"float": schema_pb2.FLOAT, "int": schema_pb2.INT, "string": schema_pb2.BYTES}
 _SPLIT_BUCKETS = 10_000
+# Rows per element the read hands on. A Parquet row group (pyarrow writes up to 1M rows in one) or a CSV file is read
+# whole, but a distributed runner serializes each element between its workers: on Flink, 250K-row elements of a
+# wide table (30 MB each) ran its TaskManager out of heap. 16K rows keep an element at a few MB.
+_BATCH_ROWS = 16_384
 _CONVERT_HINT = "; convert dates and times to numbers first (e.g. a year, or days since a start date)"
 
 log = logging.getLogger(__name__)
@@ -402,7 +406,8 @@ def _read_row_group(where: tuple[str, int], names: list[str]) -> pa.Table:
 
 
 class _SplitToRecordBatches(beam.DoFn):
-    """Assigns each row of a raw table to a split and converts both parts to list-typed RecordBatches."""
+    """Assigns each row of a raw table to a split and converts both parts to list-typed RecordBatches of at most
+    _BATCH_ROWS rows."""
 
     def __init__(self, columns, schema, eval_fraction, total_rows, for_analysis: bool):
         self._columns, self._schema, self._eval_fraction = columns, schema, eval_fraction
@@ -421,5 +426,6 @@ class _SplitToRecordBatches(beam.DoFn):
             if not count:
                 continue
             part = table.filter(pa.array(mask)) if count < table.num_rows else table
-            batch = to_list_batch(part, self._columns, self._schema)
-            yield batch if split == "train" else beam.pvalue.TaggedOutput("eval", batch)
+            for start in range(0, part.num_rows, _BATCH_ROWS):
+                batch = to_list_batch(part.slice(start, _BATCH_ROWS), self._columns, self._schema)
+                yield batch if split == "train" else beam.pvalue.TaggedOutput("eval", batch)

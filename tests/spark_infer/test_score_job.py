@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,52 +18,17 @@ import pyspark
 import pytest
 
 from spark_infer.job import run_score
+from tests import sparkcluster
 from tests.helpers import committed
 from tests.onnx_export.test_parity import fresh_rows
 from tfbridge.contracts import DataError, ModelManifest
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def spark_class(*args, env) -> subprocess.Popen:
-    script = Path(pyspark.__file__).parent / "bin" / "spark-class"
-    return subprocess.Popen([str(script), *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-
-
-def wait_for_port(port: int, seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.5)
-    raise AssertionError(f"nothing listens on 127.0.0.1:{port} after {seconds} s")
-
-
 @pytest.fixture
 def standalone_cluster(python_env, tmp_path):
     env, python = python_env
-    env = dict(env, PYSPARK_PYTHON=python, SPARK_HOME=str(Path(pyspark.__file__).parent),
-               SPARK_LOCAL_IP="127.0.0.1", SPARK_WORKER_DIR=str(tmp_path / "worker"))
-    port = free_port()
-    master = spark_class("org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(port),
-                         "--webui-port", str(free_port()), env=env)
-    worker = None
-    try:
-        wait_for_port(port, 60)
-        worker = spark_class("org.apache.spark.deploy.worker.Worker", f"spark://127.0.0.1:{port}", "--cores", "2",
-                             "--memory", "2g", "--webui-port", str(free_port()), "--host", "127.0.0.1", env=env)
-        yield f"spark://127.0.0.1:{port}", env
-    finally:
-        for process in (worker, master):
-            if process is not None:
-                os.killpg(process.pid, 15)
-                process.wait(30)
+    with sparkcluster.standalone_cluster(tmp_path, env, python) as cluster:
+        yield cluster
 
 
 def test_spark_submit_scores_on_a_standalone_master(exported, standalone_cluster, tmp_path):

@@ -25,7 +25,6 @@ import pytest
 import tensorflow as tf
 import yaml
 
-from tests import netns
 from tests.helpers import committed, decode_split, onnx_session, serving_inputs, tf_inputs
 from tf_train.data import (default_batch_size, label_reader, labelled_batches, load_training_data, shard_reader,
                            steps_per_epoch, target, validation_dataset)
@@ -129,29 +128,6 @@ def test_two_workers_compute_the_same_update_as_one(features_root, tmp_path):
     # the logged training loss is over every worker's rows (all-reduced at the epoch's end), not worker 0's
     one_worker = json.loads(committed(runs[1]).metrics_path.read_text())["history"]
     np.testing.assert_allclose([h["loss"] for h in history], [h["loss"] for h in one_worker], rtol=1e-5)
-
-
-@pytest.mark.skipif(bool(netns.available()), reason=netns.available() or "")
-def test_two_workers_on_hosts_of_their_own_compute_the_same_update_as_one(features_root, tmp_path):
-    """`python -m tf_train` in two network namespaces, TF_CONFIG naming their own addresses (a real cluster's
-    path: no launcher, no loopback between the workers): the weights of one worker on one host."""
-    one = training_run(features_root, tmp_path, "one-host", seed=5)
-    launch(one, workers=1)
-    config = training_run(features_root, tmp_path, "two-hosts", seed=5)
-    with netns.hosts(2) as hosts:
-        procs = netns.start_workers(config.source, hosts, dict(os.environ))
-        try:
-            logs = [p.communicate(timeout=300)[0] for p in procs]
-        finally:
-            for p in procs:
-                p.kill()
-    assert [p.returncode for p in procs] == [0, 0], logs
-    one_weights, two_weights = (checkpoint_values(committed(c.layout).saved_model_dir) for c in (one, config))
-    assert one_weights.keys() == two_weights.keys()
-    for key, value in one_weights.items():
-        if value.dtype.kind == "f":
-            np.testing.assert_allclose(two_weights[key], value, atol=1e-4, err_msg=key)
-    assert json.loads(committed(config.layout).metrics_path.read_text())["fitting"]["workers"] == 2
 
 
 def test_local_sgd_on_one_worker_is_synchronous_training(features_root, tmp_path):

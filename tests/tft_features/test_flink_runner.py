@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -26,13 +27,15 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from tests import netns, sparkcluster
 from tests.flinkcluster import flink_cluster
 from tests.helpers import decode_split
 from tests.tfbridge.test_object_store import tfbridge, upload
 from tests.tft_features.test_pipeline_parity import FEATURES, make_table
+from tfbridge.storage.attempts import cache_root
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
-                                reason="the SDK workers' mount namespace needs root and unshare (util-linux)")
+pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None or bool(netns.available()),
+                                reason="the workers' mount and network namespaces need root, unshare and iproute2")
 
 ROW_GROUP_ROWS = 250  # 12 row groups of the 3,000 rows: work for both slots
 
@@ -75,15 +78,20 @@ def data(s3, env, hidden) -> str:
     return "s3://data/parity/"
 
 
+# A small model, two workers (on loopback for the one-machine run, on two hosts for the cluster's).
+TRAIN = {"epochs": 1, "batch_size": 128, "hidden_units": [8], "workers": 2, "seed": 7}
+
+
 def config(path: Path, data: str, output: str, features: dict = FEATURES) -> Path:
     path.write_text(yaml.safe_dump({"data": data, "label": "target", "task": "regression", "output": output,
-                                    "features": features}))
+                                    "features": features, "train": TRAIN}))
     return path
 
 
 @pytest.fixture(scope="module")
 def in_process(hidden, env) -> Path:
-    """The same data through the in-process runner, on local disk: the reference."""
+    """The same data through the feature stage on this machine, on local disk (Beam's in-process runner): the
+    reference for the cluster's features; its `features` directory."""
     c = config(hidden / "local.yaml", str(hidden / "raw.parquet"), str(hidden / "local"))
     done = tfbridge(["features", "--config", str(c)], env, hidden / "cwd")
     assert done.returncode == 0, done.stdout + done.stderr
@@ -134,10 +142,13 @@ def assert_close(got, want, where: str) -> None:
         assert got == want, where
 
 
-def test_the_feature_stage_on_flink_equals_the_in_process_run(flink, s3, hidden, shared_temp, env, data,
-                                                               in_process):
-    """Two slots share the work (the Flink REST API says so), the workers reach only the store and the job's
-    temporary directory, and the committed features equal the in-process run's."""
+def test_every_stage_on_its_cluster_equals_the_one_machine_run(flink, s3, hidden, shared_temp, env, python_env, data,
+                                                               in_process, tmp_path_factory):
+    """The feature stage on Flink: two slots share the work (the Flink REST API says so), the workers reach only
+    the store and the job's temporary directory, and the committed features equal the in-process run's. Training
+    on two hosts of the test's own that share no disk (tests/netns.py), from the store into the store. Then
+    `tfbridge run --master spark://...`: the stages done on their clusters are up to date, the export runs here, the
+    scoring on a Spark standalone cluster from s3a into s3a. The scores equal the one-machine run's, by id."""
     done = on_flink(flink, s3, hidden, shared_temp, env, data, "flink")
     assert done.returncode == 0, done.stdout + done.stderr
     job = flink.jobs()[0]
@@ -148,6 +159,39 @@ def test_the_feature_stage_on_flink_equals_the_in_process_run(flink, s3, hidden,
         assert len(subtasks) == 2 and all(s["read"] > 0 for s in subtasks), (vertex, subtasks)
     assert_same_features(s3.data / "runs" / "flink" / "features", in_process)
     assert list(shared_temp.iterdir()) == []  # the job's temporary files are gone
+
+    with netns.hosts(2) as hosts:
+        base, _ = python_env
+        workers = netns.start_workers(hidden / "flink.yaml", hosts, {**base, **s3.env_at(netns.gateway())},
+                                      hidden=(tmp_path_factory.getbasetemp(), cache_root()))
+        try:
+            outputs = [w.communicate(timeout=600)[0] for w in workers]
+        finally:
+            for w in workers:
+                w.kill()
+    assert [w.returncode for w in workers] == [0, 0], outputs
+    spark_conf = hidden / "spark-conf"
+    spark_conf.mkdir()
+    # s3proxy implements no bulk delete (DeleteObjects): s3a deletes key by key, as a user of such a server sets.
+    (spark_conf / "spark-defaults.conf").write_text("spark.hadoop.fs.s3a.multiobjectdelete.enable false\n")
+    with sparkcluster.standalone_cluster(tmp_path_factory.mktemp("spark"), env, sys.executable) as (url, spark_env):
+        done = tfbridge(["run", "--config", str(hidden / "flink.yaml"), "--master", url],
+                        {**spark_env, "SPARK_CONF_DIR": str(spark_conf)}, hidden / "cwd")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert re.search(r"features .*up to date", done.stdout) and re.search(r"train .*up to date", done.stdout), \
+        done.stdout
+
+    # The one-machine run of the same features: training's batches follow the shards' rows, and Flink lays out its
+    # shards differently from the in-process runner (compared above), so the reference trains on the cluster's.
+    shutil.copytree(s3.data / "runs" / "flink" / "features", hidden / "here" / "features")
+    here = config(hidden / "here.yaml", data, str(hidden / "here"))
+    done = tfbridge(["run", "--config", str(here)], env, hidden / "cwd")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert re.search(r"features .*up to date", done.stdout), done.stdout
+    scores = pq.read_table(s3.data / "runs" / "flink" / "scores").to_pandas().set_index("target")
+    local = pq.read_table(hidden / "here" / "scores").to_pandas().set_index("target")
+    assert len(scores) == len(local) == 3000 and set(scores.index) == set(local.index)
+    np.testing.assert_allclose(scores.loc[local.index, "prediction"], local["prediction"], rtol=1e-4, atol=1e-4)
 
 
 # Faults: a smaller config (fewer analyses, a shorter job), the same comparison.
