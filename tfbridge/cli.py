@@ -7,6 +7,7 @@
     tfbridge run --config C [--workers N] [--force | --from STAGE] [Beam pipeline options...]
     tfbridge demo [--output DIR] [--workers N] [--force | --from STAGE]
     tfbridge report --config C | --output DIR   (report.html from a finished run)
+    tfbridge serve --model DIR [--port 8080] [--workers N]   (the model over HTTP: Open Inference Protocol, instances)
 
 Quiet by default: one line per stage, progress bars, a summary; each stage's full output goes to
 <output>/logs/<stage>.log. --verbose shows it all on the terminal instead. `run` and `demo` skip the
@@ -14,7 +15,7 @@ stages whose output is up to date; Ctrl-C stops cleanly, and the next run resume
 
 Each stage also runs as its own job, without this command: `python -m tft_features --config C`,
 `python -m tf_train --config C` (one worker, the cluster from TF_CONFIG), `python -m onnx_export
---config C`, `python -m spark_infer --model ... --input ... --output ...`.
+--config C`, `python -m spark_infer --model ... --input ... --output ...`, `python -m http_serve --model ...`.
 
 Options the command does not know (e.g. `--runner=FlinkRunner
 --flink_master=host:8081`) go to Beam as pipeline options.
@@ -50,6 +51,7 @@ def demo_config(output: str) -> PipelineConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from http_serve.server import add_serve_arguments
     from spark_infer.job import add_score_arguments
 
     parser = argparse.ArgumentParser(prog="tfbridge", description=__doc__.split("\n\n")[0])
@@ -63,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         parsers[name].add_argument("--config", required=True, help="pipeline config (YAML)")
     parsers["score"] = sub.add_parser("score", help="score raw Parquet/CSV on Spark with the exported model")
     add_score_arguments(parsers["score"])
+    parsers["serve"] = sub.add_parser("serve", help="score rows sent over HTTP with the exported model (online)")
+    add_serve_arguments(parsers["serve"])
     parsers["demo"] = sub.add_parser("demo", help="`run` on the built-in diamonds dataset")
     parsers["demo"].add_argument("--output", default="runs/demo", help="where the run writes (default: runs/demo)")
     parsers["report"] = sub.add_parser("report", help="write report.html (and report/*.png) for a finished run")
@@ -83,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         command.add_argument("--verbose", action="store_true",
                              help="show every library's output on the terminal (default: in <output>/logs/)")
     args, extra_args = parser.parse_known_args(argv)
-    if extra_args and args.command in ("train", "export", "score", "report"):
+    if extra_args and args.command in ("train", "export", "score", "report", "serve"):
         parser.error(f"unrecognized arguments: {' '.join(extra_args)}")
     return run_job(lambda: run_stages(args, extra_args, Console(args.verbose)))
 
@@ -96,6 +100,11 @@ COMMAND_STAGES = {"features": ("features",), "train": ("train",), "export": ("ex
 def run_stages(args: argparse.Namespace, beam_args: list[str], console: Console) -> None:
     """The command's stages in order, each with its line on the console. `run` and `demo` skip a stage whose
     output is up to date (its recorded fingerprint matches), unless --force or --from says to redo it."""
+    if args.command == "serve":  # a service, not a stage: its own log lines, until it is stopped
+        from http_serve.server import serve
+
+        serve(args)
+        return
     if args.command == "score":
         # Its log beside its output (scores/ -> scores.log): never a run's own logs/score.log.
         output = Location.of(args.output)
@@ -279,7 +288,8 @@ def _rows(rows: dict[str, int]) -> str:
 
 
 def summary(config: PipelineConfig, results: dict) -> str:
-    """The run in a few lines: where each artifact is, quality next to the baseline, the hand-offs, the scoring."""
+    """The run in a few lines: where each artifact is, quality next to the baseline, the hand-offs, the scoring, and
+    the command that serves the model online."""
     layout = config.layout
     lines = ["", f"Summary of {config.output}"]
     metrics = results.get("metrics") or {}
@@ -296,6 +306,8 @@ def summary(config: PipelineConfig, results: dict) -> str:
     graph = ModelManifest.read(layout.model_manifest_path).onnx
     lines += [f"  features  {layout.features_dir}", *([f"  onnx      {layout.model_dir / graph.path}"] if graph else []),
               f"  logs      {layout.logs}", f"  report    {layout.report_path}"]
+    if graph:  # the service runs the ONNX graph only
+        lines.append(f"  serve it  tfbridge serve --model {layout.model_dir}")
     return "\n".join(lines)
 
 
