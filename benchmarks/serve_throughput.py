@@ -44,7 +44,6 @@ import os
 import re
 import shlex
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -59,6 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from processes import processes, tree  # noqa: E402 - this script's directory
+from tests.s3server import free_port  # noqa: E402
 
 NAME = "bench"  # the model's name in the URLs, for every server
 TRAIN = {"epochs": 2, "workers": 1}
@@ -308,12 +308,6 @@ def run_load(url: str, bodies: str, rows: int, concurrency: int, warmup: float, 
 
 
 # --- the servers ----------------------------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 class Server:
     """A server process on a free loopback port, its stderr in `log`, ready (warmed up) once started."""
