@@ -131,13 +131,17 @@ def job_server_classpath() -> list[Path]:
         return list(pool.map(fetch, entries))
 
 
+class ClusterStartError(RuntimeError):
+    """A part of the cluster did not come up (a port taken between choosing it and binding it, most often)."""
+
+
 def _wait_for_port(port: int, process: subprocess.Popen, what: str, log: Path) -> None:
     deadline = time.monotonic() + START_TIMEOUT_S
     while True:
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
             return
         if process.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"{what} did not start; see {log}")
+            raise ClusterStartError(f"{what} did not start; see {log}")
         time.sleep(0.3)
 
 
@@ -175,7 +179,7 @@ class FlinkCluster:
     def start(self) -> None:
         self._write_conf()
         self.job_managers.append(self._flink("jobmanager.sh", "jobmanager"))
-        _wait_for_port(self.rest_port, self.job_managers[0], "Flink's JobManager", self.logs)
+        self._wait_for_rest()
         self.start_task_manager()
         self.wait_for_task_managers(1)
         classpath = ":".join(str(jar) for jar in job_server_classpath())
@@ -258,6 +262,21 @@ class FlinkCluster:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.rest_port}{path}", timeout=30) as response:
             return json.load(response)
 
+    def _wait_for_rest(self) -> None:
+        """Until the JobManager's REST API answers as Flink's. A port chosen free can be taken by another process
+        before the JobManager binds it (a CI run once got HTTP 404 for /taskmanagers from whatever listened there):
+        then the JobManager dies of the bind, and `flink_cluster` starts a new cluster on other ports."""
+        deadline = time.monotonic() + START_TIMEOUT_S
+        job_manager = self.job_managers[0]
+        while True:
+            with contextlib.suppress(OSError, ValueError):  # not listening yet, a 503 of its leader election
+                if "flink-version" in self.rest("/config"):
+                    return
+            if job_manager.poll() is not None or time.monotonic() > deadline:
+                raise ClusterStartError(f"Flink's JobManager did not answer on port {self.rest_port}; "
+                                        f"see {self.logs / 'jobmanager.log'}")
+            time.sleep(0.5)
+
     def wait_for_task_managers(self, count: int) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
         while len(self._registered_task_managers()) < count:
@@ -315,10 +334,18 @@ def _cmdline(pid: int) -> str:
 
 
 @contextlib.contextmanager
-def flink_cluster(directory: Path, **kwargs) -> Iterator[FlinkCluster]:
-    cluster = FlinkCluster(Path(directory), **kwargs)
+def flink_cluster(directory: Path, attempts: int = 3, **kwargs) -> Iterator[FlinkCluster]:
+    """A started cluster under `directory` (each attempt at starting one in its own `start-N`, logs kept)."""
+    for attempt in range(1, attempts + 1):
+        cluster = FlinkCluster(Path(directory) / f"start-{attempt}", **kwargs)
+        try:
+            cluster.start()
+            break
+        except ClusterStartError:
+            cluster.stop()
+            if attempt == attempts:
+                raise
     try:
-        cluster.start()
         yield cluster
     finally:
         cluster.stop()
