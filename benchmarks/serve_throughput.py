@@ -165,7 +165,7 @@ def floor(model_dir: str, bodies_paths: list[str], seconds: float, repeats: int)
         bodies = read_bodies(path)
         decode_rows = decoder(model)
         decoded = [decode_rows(parse_json(b)) for b in bodies]
-        feeds = [model.feeds(rows.columns) for rows in decoded]
+        feeds = [model.feeds(model.arrays([rows.columns])) for rows in decoded]
         rows = decoded[0].count
         entry = {}
         for label, session_model, concurrent in ((f"1 session of {cores} threads, 1 run at a time", model, 1),
@@ -181,7 +181,7 @@ def floor(model_dir: str, bodies_paths: list[str], seconds: float, repeats: int)
             t1 = time.perf_counter()
             request_rows = decode_rows(parsed)
             t2 = time.perf_counter()
-            request_feeds = model.feeds(request_rows.columns)
+            request_feeds = model.feeds(model.arrays([request_rows.columns]))
             t3 = time.perf_counter()
             outputs = model.run(request_feeds)
             t4 = time.perf_counter()
@@ -216,7 +216,7 @@ def minimal_server(model_dir: str, port: int) -> None:
         body = await request.body()
         try:
             rows = decode(parse_json(body))
-            outputs = model.run(model.feeds(rows.columns))
+            outputs = model.score([rows.columns])
         except RequestError as e:
             return answer({"error": str(e)}, e.status)
         return answer(encode_infer(NAME, model.version, outputs, rows))

@@ -74,20 +74,16 @@ def create_app(slot: ModelSlot, limits: Limits, watch_seconds: float | None = No
 
     def scoring(decode_rows: Callable[[ServedModel, dict], Rows],
                 encode: Callable[[ServedModel, Rows, dict], dict]) -> Callable:
-        """A scoring route: the body read within its limit, decoded and converted (off the loop when big), the rows
+        """A scoring route: the body read within its limit, decoded and checked (off the loop when big), the rows
         scored in the batcher, the answer encoded; all by the model served when the request arrived."""
 
         async def endpoint(request: Request) -> Response:
             model = served(request)
             body = await _read_body(request, limits.max_body_bytes)
 
-            def decode():
-                rows = decode_rows(model, parse_json(body))
-                return rows, model.feeds(rows.columns)
-
-            rows, feeds = await _off_loop(len(body), decode)
+            rows = await _off_loop(len(body), lambda: decode_rows(model, parse_json(body)))
             request.state.rows = rows.count
-            outputs = await batcher.score(model.run, feeds, rows.count)
+            outputs = await batcher.score(model.score, rows.columns, rows.count)
             return await _off_loop(rows.count * 32, lambda: _answer(encode(model, rows, outputs)))  # ~32 bytes a row
 
         return _answering(endpoint)

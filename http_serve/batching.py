@@ -1,18 +1,19 @@
 """Adaptive batching: concurrent requests coalesced into one onnxruntime run, each given back its own rows.
 
-A request's feeds (already checked and converted, so one request's bad data never reaches a batch) wait in a
-queue, with the run of the model that converted them, until it holds `max_rows` rows or the oldest has waited
-`max_delay` seconds; then one run, in the process's single scoring thread (onnxruntime releases the GIL: the event
-loop keeps taking requests meanwhile). While a run is in progress the queue fills, so batches grow with load by
+A request's rows (already checked: `http_serve.protocol`) wait in a queue, with the model that checked them,
+until it holds `max_rows` rows or the oldest has waited `max_delay` seconds; then the model scores them all at once
+(converted and run once), in the process's single scoring thread (onnxruntime releases the GIL: the event loop
+keeps taking requests meanwhile). While a run is in progress the queue fills, so batches grow with load by
 themselves and no request waits longer than the run before it plus the delay. A request of more than `max_rows`
 rows runs alone, whole.
 
-A batch holds requests of one model only: after a reload (`http_serve.reload`) the requests converted for the
+A batch holds requests of one model only: after a reload (`http_serve.reload`) the requests checked by the
 old version run on it, in batches of their own, and never on the new one, whose inputs may differ.
 
-Each request gets exactly its own rows back: the batch's outputs are sliced at the offsets its feeds were
-concatenated at, in the order they were queued. A batch whose run fails is run again request by request, so
-a failure stays with the request that caused it.
+Each request gets exactly its own rows back: the batch's outputs are sliced at the offsets its rows were
+concatenated at, in the order they were queued. A batch that fails (a value the model cannot take, found when the
+batch is converted) is scored again request by request, so a failure, and its message's row numbers, stay with
+the request that caused it.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from typing import Callable
 
 import numpy as np
 
-Feeds = dict[str, np.ndarray]
 Outputs = dict[str, np.ndarray]
+Score = Callable[[list], Outputs]  # the requests' parts, in order -> outputs of one row per row of the parts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,16 +43,16 @@ class BatchRun:
 
 @dataclasses.dataclass
 class _Pending:
-    run: Callable[[Feeds], Outputs]
-    feeds: Feeds
+    score: Score
+    part: object
     rows: int
     arrived: float  # time.monotonic()
     answer: asyncio.Future
 
 
 class Batcher:
-    """Runs each request's `run(feeds) -> outputs` (arrays with one row per input row) over coalesced requests of
-    the same `run`.
+    """Scores each request's `part` (its rows, `rows` of them) by its `score`, coalesced with the requests queued
+    with the same `score`: one `score(parts)` call.
 
     `observe(BatchRun)` is told of every run. Start it inside the event loop (`start`), `close` it at shutdown.
     """
@@ -77,10 +78,10 @@ class Batcher:
                 pending.answer.set_exception(RuntimeError("the server stopped before scoring this request"))
         self._executor.shutdown(wait=True)
 
-    async def score(self, run: Callable[[Feeds], Outputs], feeds: Feeds, rows: int) -> Outputs:
-        """This request's outputs by `run` (the model that converted `feeds`), once the batch it joined has run."""
+    async def score(self, score: Score, part, rows: int) -> Outputs:
+        """This request's outputs by `score` (the model that checked `part`), once the batch it joined has run."""
         answer = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(run, feeds, rows, time.monotonic(), answer))
+        self._queue.append(_Pending(score, part, rows, time.monotonic(), answer))
         self._queued_rows += rows
         self._arrived.set()
         return await answer
@@ -94,7 +95,8 @@ class Batcher:
             await self._gather()
             batch = self._take()
             started = time.monotonic()
-            results = await loop.run_in_executor(self._executor, _run_batch, batch[0].run, [p.feeds for p in batch])
+            results = await loop.run_in_executor(self._executor, _score_batch, batch[0].score,
+                                                 [p.part for p in batch], [p.rows for p in batch])
             self._observe(BatchRun(sum(p.rows for p in batch), len(batch),
                                    tuple(started - p.arrived for p in batch), time.monotonic() - started))
             for pending, result in zip(batch, results):
@@ -122,7 +124,7 @@ class Batcher:
         """The oldest requests of the oldest one's model, up to `max_rows` rows (always at least one)."""
         batch, rows = [], 0
         while self._queue and (not batch or rows + self._queue[0].rows <= self.max_rows
-                               and self._queue[0].run == batch[0].run):
+                               and self._queue[0].score == batch[0].score):
             pending = self._queue.popleft()
             batch.append(pending)
             rows += pending.rows
@@ -130,22 +132,21 @@ class Batcher:
         return batch
 
 
-def _run_batch(run: Callable[[Feeds], Outputs], parts: list[Feeds]) -> list[Outputs | Exception]:
-    """In the scoring thread: one run over the concatenated feeds, sliced back per request."""
+def _score_batch(score: Score, parts: list, sizes: list[int]) -> list[Outputs | Exception]:
+    """In the scoring thread: one call over every part, its outputs sliced back per request."""
     if len(parts) == 1:
-        return [_run_alone(run, parts[0])]
+        return [_score_alone(score, parts[0])]
     try:
-        outputs = run({name: np.concatenate([part[name] for part in parts]) for name in parts[0]})
+        outputs = score(parts)
     except Exception:  # noqa: BLE001 - find the request that failed, and answer the others
-        return [_run_alone(run, part) for part in parts]
-    sizes = [len(next(iter(part.values()))) for part in parts]
+        return [_score_alone(score, part) for part in parts]
     offsets = np.cumsum([0, *sizes])
     return [{name: values[start:stop] for name, values in outputs.items()}
             for start, stop in zip(offsets[:-1], offsets[1:])]
 
 
-def _run_alone(run: Callable[[Feeds], Outputs], feeds: Feeds) -> Outputs | Exception:
+def _score_alone(score: Score, part) -> Outputs | Exception:
     try:
-        return run(feeds)
+        return score([part])
     except Exception as e:  # noqa: BLE001 - handed to the request's own answer
         return e

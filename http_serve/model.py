@@ -10,6 +10,7 @@ one 2-thread session scored 539K rows/s, two 1-thread runs at once 1.15M (benchm
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import numpy as np
 import pyarrow as pa
@@ -67,6 +68,20 @@ class ServedModel:
     @property
     def output_names(self) -> list[str]:
         return [PREDICTION] if self.task == "regression" else [PREDICTION, PROBABILITIES]
+
+    def score(self, parts: list[dict[str, list]]) -> dict[str, np.ndarray]:
+        """The outputs of one run over the requests' rows, in order: their values (`http_serve.protocol`'s batch
+        form) concatenated, converted to Arrow and to the graph's feeds once."""
+        return self.run(self.feeds(self.arrays(parts)))
+
+    def arrays(self, parts: list[dict[str, list]]) -> dict[str, pa.Array]:
+        """The requests' values of each column, one after the other, as one Arrow array: numbers (with booleans) as
+        float64, text as strings."""
+        out = {}
+        for name, column in self.columns.items():
+            values = parts[0][name] if len(parts) == 1 else list(itertools.chain.from_iterable(p[name] for p in parts))
+            out[name] = pa.array(values, type=pa.string() if column.dtype == "string" else pa.float64())
+        return out
 
     def feeds(self, arrays: dict[str, pa.Array]) -> dict[str, np.ndarray]:
         """Arrow arrays by the user's column names as the graph's feeds, converted as the Spark scorer converts its

@@ -111,12 +111,12 @@ def _protocol_schemas(columns: dict[str, RawColumn], outputs: list[str]) -> dict
                                   "versions": {"type": "array", "items": {"type": "string"}},
                                   "platform": {"type": "string"}, "inputs": {"type": "array", "items": tensor},
                                   "outputs": {"type": "array", "items": tensor}}),
-        "InferRequest": _object({
-            "id": {"type": "string"},
+        "InferRequest": _object({  # null for `id` or `outputs` is taken as absent, as clients send it
+            "id": {"type": ["string", "null"]},
             "inputs": {"type": "array", "description": "one input per column, in the order of `prefixItems`",
                        "prefixItems": [_v2_input(name, column) for name, column in columns.items()],
                        "minItems": len(columns), "maxItems": len(columns), "items": False},
-            "outputs": {"type": "array", "items": _object({"name": {"type": "string", "enum": outputs}})},
+            "outputs": {"type": ["array", "null"], "items": _object({"name": {"type": "string", "enum": outputs}})},
         }, required=["inputs"]),
         "InferResponse": _object({
             "model_name": {"type": "string"}, "model_version": {"type": "string"}, "id": {"type": "string"},

@@ -18,34 +18,39 @@ JSON Schema's "integer"), so neither does the service. `null` is a missing value
 A string longer than the limit (`--max-string-kb`) is refused (413) before it reaches the model, whose text ops
 would hold the scoring thread, and every request batched with it, while they read it.
 Every wrong request raises RequestError naming the column, the row and what was expected.
+
+A decoded request holds plain Python values, checked and put in the one form the batch converts
+(`ServedModel.arrays`): a number column's numbers, booleans and nulls, every integer one a double holds exactly;
+a text column's strings and nulls. Arrow and the graph's feeds are made once per batch of requests, not once per
+request: for single rows that conversion cost more than the run (benchmarks/serve_throughput.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
+import re
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
+import orjson
 
 from tfbridge.contracts import RawColumn
 
 _INTEGER_TYPES = ("INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64")
 _FLOAT_TYPES = ("FP16", "FP32", "FP64")
-# v2 datatype -> (the JSON values it holds, how they become Arrow). Floats become float64 whatever their width:
-# JSON numbers are doubles, and the model rounds them to float32 itself (`model_numbers`), as Spark's do.
-_DATATYPES = {
-    "BYTES": ((str,), pa.string()), "BOOL": ((bool,), pa.bool_()),
-    **{name: ((int, float), pa.float64()) for name in _FLOAT_TYPES},
-    **{name: ((int,), pa.int64()) for name in _INTEGER_TYPES},
-}
+# v2 datatype -> the JSON values it holds. Numbers become doubles whatever their width: JSON numbers are doubles,
+# and the model rounds them to float32 itself (`model_numbers`), as Spark's do.
+_DATATYPES = {"BYTES": (str,), "BOOL": (bool,), **{name: (int, float) for name in _FLOAT_TYPES},
+              **{name: (int,) for name in _INTEGER_TYPES}}
 # The v2 datatypes each kind of column takes.
 COLUMN_DATATYPES = {"string": ("BYTES", *_INTEGER_TYPES, "BOOL"),
                     "float": (*_FLOAT_TYPES, *_INTEGER_TYPES, "BOOL")}
 _EXPECTED = {"string": "strings, integers or booleans", "float": "numbers or booleans"}
 _SHOWN = 60  # characters of a wrong value quoted in a message (a value may be megabytes long)
+_EXACT = 2**53  # an integer beyond it has no exact double (and Arrow refuses to make one of it)
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")  # maybe an integer orjson reads as a float (beyond int64), or a long fraction
 
 
 class RequestError(Exception):
@@ -58,20 +63,33 @@ class RequestError(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class Rows:
-    """A request's rows: one Arrow array per raw column (the user's names), and what the answer should hold."""
+    """A request's rows: the values of each raw column (the user's names; see above for their form), and what the
+    answer should hold."""
 
-    columns: dict[str, pa.Array]
+    columns: dict[str, list]
     count: int
     outputs: tuple[str, ...] | None = None  # v2 `outputs`: only these, in this order; None: all
     request_id: str | None = None  # v2 `id`, echoed
 
 
 def parse_json(body: bytes) -> dict:
-    """The body as a JSON object; RequestError otherwise."""
+    """The body as a JSON object, read as Python's json reads it; RequestError otherwise.
+
+    orjson reads it faster, and the same, except for what it refuses (NaN, a lone surrogate, deep nesting: Python's
+    json then reads it, or says why not) and for an integer beyond 64 bits, which it reads as a float: a body with a
+    run of 19 digits goes to Python's json (tests/http_serve/test_protocol.py compares the two)."""
     try:
-        value = json.loads(body)  # not orjson's: it reads an integer beyond 64 bits as a float
+        if not _LONG_DIGITS.search(body):
+            with contextlib.suppress(orjson.JSONDecodeError):
+                value = orjson.loads(body)
+                return _object(value)
+        value = json.loads(body)
     except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError; RecursionError: deep nesting
         raise RequestError(f"the body is not valid JSON: {str(e)[:200]}") from None
+    return _object(value)
+
+
+def _object(value) -> dict:
     if not isinstance(value, dict):
         raise RequestError(f"the body must be a JSON object, not {type(value).__name__}")
     return value
@@ -97,9 +115,9 @@ def decode_infer(body: dict, columns: dict[str, RawColumn], outputs: list[str], 
     counts = {name: len(values) for name, values in data.items()}
     if len(set(counts.values())) > 1:
         raise RequestError(f"the inputs differ in rows (shape[0]): {counts}; every column needs one value per row")
-    arrays = {name: _v2_array(name, given[name].get("datatype"), data[name], columns[name], max_string_bytes)
+    values = {name: _v2_values(name, given[name].get("datatype"), data[name], columns[name], max_string_bytes)
               for name in columns}
-    return Rows(arrays, next(iter(counts.values())), _requested(body.get("outputs"), outputs),
+    return Rows(values, next(iter(counts.values())), _requested(body.get("outputs"), outputs),
                 _request_id(body.get("id")))
 
 
@@ -117,9 +135,9 @@ def decode_instances(body: dict, columns: dict[str, RawColumn], max_rows: int, m
             raise RequestError(f"instance {i} is {_json_type(instance)}, not an object of the columns {list(columns)}")
         if instance.keys() != expected:
             _check_names(instance, columns, f"instance {i}: column")
-    arrays = {name: _instances_array(name, [instance[name] for instance in instances], column, max_string_bytes)
+    values = {name: _instances_values(name, [instance[name] for instance in instances], column, max_string_bytes)
               for name, column in columns.items()}
-    return Rows(arrays, len(instances))
+    return Rows(values, len(instances))
 
 
 def _check_names(given, columns: dict[str, RawColumn], what: str) -> None:
@@ -156,57 +174,80 @@ def _v2_data(name: str, entry: dict, max_rows: int) -> list:
     return data
 
 
-def _v2_array(name: str, datatype, values: list, column: RawColumn, max_string_bytes: int) -> pa.Array:
+def _v2_values(name: str, datatype, values: list, column: RawColumn, max_string_bytes: int) -> list:
     kind = "string" if column.dtype == "string" else "float"
     if datatype not in COLUMN_DATATYPES[kind]:
         raise RequestError(f"input '{name}' has datatype {_shown(datatype)}; the model takes {_EXPECTED[kind]} "
                            f"there: one of {list(COLUMN_DATATYPES[kind])}")
-    accepted, arrow_type = _DATATYPES[datatype]
+    accepted = _DATATYPES[datatype]
     if accepted == (int,):
         values = _integers(values)
     _check_values(values, accepted, f"input '{name}' ({datatype}) takes {_python_names(accepted)}", "row")
-    array = _to_arrow(values, arrow_type, f"input '{name}' ({datatype})", "row")
-    return _within_string_limit(array, max_string_bytes, f"input '{name}'", "row")
+    if accepted == (int,):
+        _within_int64(values, f"input '{name}' ({datatype})")
+    return _batch_form(values, kind, f"input '{name}'", "row", max_string_bytes)
 
 
-def _instances_array(name: str, values: list, column: RawColumn, max_string_bytes: int) -> pa.Array:
-    """An instances column as Arrow: numbers as float64; in a text column, integers and booleans as the feature
+def _instances_values(name: str, values: list, column: RawColumn, max_string_bytes: int) -> list:
+    """An instances column: numbers or booleans; in a text column, integers and booleans read as the feature
     stage read them ("3", "true")."""
     kind = "string" if column.dtype == "string" else "float"
     if kind == "string":
         values = _integers(values)
     _check_values(values, (str, int, bool) if kind == "string" else (int, float, bool),
                   f"column '{name}' takes {_EXPECTED[kind]}", "instance")
+    return _batch_form(values, kind, f"column '{name}'", "instance", max_string_bytes)
+
+
+def _batch_form(values: list, kind: str, where: str, row_word: str, max_string_bytes: int) -> list:
+    """Checked values in the form the batch converts: text as strings (within the size limit, valid Unicode),
+    numbers with every integer beyond 2**53 as the double it rounds to (as Arrow casts an int64)."""
+    kinds = set(map(type, values))
     if kind == "string":
-        array = pa.array([_text(v) for v in values], type=pa.string())
-        return _within_string_limit(array, max_string_bytes, f"column '{name}'", "instance")
-    return _to_arrow(values, pa.float64(), f"column '{name}'", "instance")
+        if not kinds <= {str, type(None)}:
+            values = [_text(v) for v in values]
+        _check_strings(values, max_string_bytes, where, row_word)
+        return values
+    if int not in kinds:
+        return values
+    integers = values if kinds == {int} else [v for v in values if type(v) is int]
+    if -_EXACT <= min(integers) and max(integers) <= _EXACT:
+        return values
+    return [_double(v, where, row_word, i) if type(v) is int and not -_EXACT <= v <= _EXACT else v
+            for i, v in enumerate(values)]
 
 
-def _within_string_limit(array: pa.Array, max_bytes: int, where: str, row_word: str) -> pa.Array:
-    """The array, when none of its strings is over `max_bytes` bytes of UTF-8 (numbers pass as they are)."""
-    if not pa.types.is_string(array.type):
-        return array
-    sizes = pc.binary_length(array)
-    largest = pc.max(sizes).as_py()
-    if largest is not None and largest > max_bytes:
-        raise RequestError(f"{where}: {row_word} {pc.index(sizes, largest).as_py()} holds a string of {largest:,} "
-                           f"bytes; this server takes at most {max_bytes:,} bytes per string (--max-string-kb)",
-                           status=413)
-    return array
+def _within_int64(values: list, where: str) -> None:
+    integers = [v for v in values if v is not None]
+    if integers and not (-2**63 <= min(integers) and max(integers) < 2**63):
+        i, value = next((i, v) for i, v in enumerate(values) if v is not None and not -2**63 <= v < 2**63)
+        raise RequestError(f"{where}: row {i} holds {_shown(value)}, beyond int64")
 
 
-def _to_arrow(values: list, arrow_type: pa.DataType, where: str, row_word: str) -> pa.Array:
-    """Checked values as Arrow; an integer beyond int64 becomes a double in a float column, as JSON parsers read it,
-    and is refused in an integer one."""
+def _check_strings(values: list, max_bytes: int, where: str, row_word: str) -> None:
+    """Every string valid Unicode (JSON's escapes can make a lone surrogate, which has no UTF-8) and at most
+    `max_bytes` bytes of UTF-8: 413 for the first longer one."""
+    present = [v for v in values if v is not None] if None in values else values
     try:
-        return pa.array(values, type=arrow_type)
-    except (pa.ArrowInvalid, OverflowError):
-        if arrow_type != pa.float64():
-            i, value = next((i, v) for i, v in enumerate(values) if type(v) is int and not -2**63 <= v < 2**63)
-            raise RequestError(f"{where}: {row_word} {i} holds {_shown(value)}, beyond int64") from None
-        return pa.array([None if v is None else _double(v, where, row_word, i) for i, v in enumerate(values)],
-                        type=pa.float64())
+        "".join(present).encode()
+    except UnicodeEncodeError:
+        i, value = next((i, v) for i, v in enumerate(values) if v is not None and not _encodes(v))
+        raise RequestError(f"{where}: {row_word} {i} holds a string that is not valid Unicode (a lone surrogate): "
+                           f"{_shown(value)}") from None
+    if not present or max(map(len, present)) * 4 <= max_bytes:  # a character is 4 bytes of UTF-8 at most
+        return
+    for i, value in enumerate(values):
+        if value is not None and len(value.encode()) > max_bytes:
+            raise RequestError(f"{where}: {row_word} {i} holds a string of {len(value.encode()):,} bytes; this "
+                               f"server takes at most {max_bytes:,} bytes per string (--max-string-kb)", status=413)
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _double(value, where: str, row_word: str, i: int) -> float:

@@ -1,4 +1,4 @@
-"""The batcher alone, in this process, on a run function whose answer shows which rows it was given."""
+"""The batcher alone, in this process, on a scoring function whose answer shows which rows it was given."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ import pytest
 from http_serve.batching import Batcher, BatchRun
 
 
-def doubled(feeds):
-    if (feeds["x"] < 0).any():
+def doubled(parts):
+    x = np.concatenate([part["x"] for part in parts])
+    if (x < 0).any():
         raise ValueError("a negative row")
-    return {"y": feeds["x"] * 2, "pair": np.stack([feeds["x"], -feeds["x"]], axis=1)}
+    return {"y": x * 2, "pair": np.stack([x, -x], axis=1)}
 
 
 def scored(requests: list[np.ndarray], max_rows: int, max_delay: float = 0.005):
@@ -66,13 +67,15 @@ def test_requests_of_two_models_are_never_run_together():
     Model B takes another input; each run must see only its own model's requests, coalesced."""
     seen = {"a": [], "b": []}
 
-    def model_a(feeds):
-        seen["a"].append(len(feeds["x"]))
-        return {"y": feeds["x"] * 2}
+    def model_a(parts):
+        x = np.concatenate([part["x"] for part in parts])
+        seen["a"].append(len(x))
+        return {"y": x * 2}
 
-    def model_b(feeds):
-        seen["b"].append(len(feeds["w"]))
-        return {"y": feeds["w"] * 3}
+    def model_b(parts):
+        w = np.concatenate([part["w"] for part in parts])
+        seen["b"].append(len(w))
+        return {"y": w * 3}
 
     a, b = (model_a, "x"), (model_b, "w")
     requests = [a] * 25 + [b, a, b, a] + [b] * 25
