@@ -37,7 +37,7 @@ from starlette.routing import Route
 from http_serve import metrics, openapi
 from http_serve.batching import Batcher
 from http_serve.model import ServedModel
-from http_serve.protocol import (RequestError, Rows, decode_infer, decode_instances, encode_infer, encode_predictions,
+from http_serve.protocol import (RequestError, Rows, column_kind, decode_infer, decode_instances, encode_infer, encode_predictions,
                                  parse_json)
 from http_serve.reload import ModelSlot
 from tfbridge.contracts import DataError
@@ -83,7 +83,11 @@ def create_app(slot: ModelSlot, limits: Limits, watch_seconds: float | None = No
 
             rows = await _off_loop(len(body), lambda: decode_rows(model, parse_json(body)))
             request.state.rows = rows.count
-            outputs = await batcher.score(model.score, rows.columns, rows.count)
+            if rows.count < limits.max_batch_rows:  # converted with the requests it is batched with
+                outputs = await batcher.score(model.score, rows.columns, rows.count)
+            else:  # it runs alone: converted here, in a thread, while the scoring thread runs the ones before it
+                feeds = await anyio.to_thread.run_sync(lambda: model.feeds(model.arrays([rows.columns])))
+                outputs = await batcher.score(model.run_each, feeds, rows.count)
             return await _off_loop(rows.count * 32, lambda: _answer(encode(model, rows, outputs)))  # ~32 bytes a row
 
         return _answering(endpoint)
@@ -102,7 +106,7 @@ def create_app(slot: ModelSlot, limits: Limits, watch_seconds: float | None = No
     async def model_metadata(request: Request) -> Response:
         model = served(request)
         return _answer({"name": model.name, "versions": [model.version], "platform": "onnxruntime_onnx",
-                        "inputs": [{"name": name, "datatype": "BYTES" if column.dtype == "string" else "FP32",
+                        "inputs": [{"name": name, "datatype": "FP32" if column_kind(column) == "float" else "BYTES",
                                     "shape": [-1]} for name, column in model.columns.items()],
                         "outputs": _output_metadata(model)})
 

@@ -15,6 +15,7 @@ import itertools
 import numpy as np
 import pyarrow as pa
 
+from http_serve.protocol import column_kind
 from tfbridge.contracts import RawColumn
 from tfbridge.scoring import ScoringModel, arrow_feeds, graph_inputs
 from tfbridge.storage import Location
@@ -74,13 +75,19 @@ class ServedModel:
         form) concatenated, converted to Arrow and to the graph's feeds once."""
         return self.run(self.feeds(self.arrays(parts)))
 
+    def run_each(self, parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        """The outputs of requests already converted to feeds: one run over them all, in order."""
+        if len(parts) == 1:
+            return self.run(parts[0])
+        return self.run({name: np.concatenate([part[name] for part in parts]) for name in parts[0]})
+
     def arrays(self, parts: list[dict[str, list]]) -> dict[str, pa.Array]:
         """The requests' values of each column, one after the other, as one Arrow array: numbers (with booleans) as
-        float64, text as strings."""
+        float64, text (and dates or times, which the scoring core reads from text) as strings."""
         out = {}
         for name, column in self.columns.items():
             values = parts[0][name] if len(parts) == 1 else list(itertools.chain.from_iterable(p[name] for p in parts))
-            out[name] = pa.array(values, type=pa.string() if column.dtype == "string" else pa.float64())
+            out[name] = pa.array(values, type=pa.float64() if column_kind(column) == "float" else pa.string())
         return out
 
     def feeds(self, arrays: dict[str, pa.Array]) -> dict[str, np.ndarray]:
@@ -101,6 +108,12 @@ class ServedModel:
 
 
 def warm_up_columns(columns: dict[str, RawColumn]) -> dict[str, pa.Array]:
-    """One row every column takes: "" for text, 0 for a number (1 above the bound of a column with one)."""
-    return {name: pa.array([""]) if column.dtype == "string" else
-            pa.array([0.0 if column.above is None else column.above + 1.0]) for name, column in columns.items()}
+    """One row every column takes: "" for text, 1970-01-01 for a date or time, 0 for a number (1 above the bound
+    of a column with one)."""
+    def value(column: RawColumn) -> pa.Array:
+        if column.dtype == "timestamp":
+            return pa.array([0], pa.timestamp("s"))
+        return pa.array([""]) if column.dtype == "string" else pa.array([0.0 if column.above is None else
+                                                                           column.above + 1.0])
+
+    return {name: value(column) for name, column in columns.items()}

@@ -14,7 +14,7 @@ import math
 import numpy as np
 
 from http_serve.model import PROBABILITIES
-from http_serve.protocol import COLUMN_DATATYPES
+from http_serve.protocol import COLUMN_DATATYPES, column_kind
 from tfbridge.contracts import RawColumn
 from tfbridge.contracts.columns import FLOAT32_MAX, FLOAT32_TINY
 
@@ -138,6 +138,9 @@ def _values(column: RawColumn) -> dict[str, dict]:
     if column.dtype == "string":  # null is "", as in the feature stage
         return {"string": {"type": "string"}, "integer": {"type": "integer"}, "boolean": {"type": "boolean"},
                 "null": {"type": "null"}}
+    if column.dtype == "timestamp":
+        text = {"type": "string", "description": f"a date or time: {_datetime_text(column)}; UTC unless it has a zone"}
+        return {"string": text, **({"null": {"type": "null"}} if column.nullable else {})}
     low = -FLOAT32_MAX if column.above is None else _float32_above(column.above)
     kinds = {"number": {"type": "number", "minimum": low, "maximum": FLOAT32_MAX},
              "integer": {"type": "integer", "minimum": math.ceil(low), "maximum": math.floor(FLOAT32_MAX)}}
@@ -148,6 +151,12 @@ def _values(column: RawColumn) -> dict[str, dict]:
     if column.nullable:
         kinds["null"] = {"type": "null"}
     return kinds
+
+
+def _datetime_text(column: RawColumn) -> str:
+    if column.datetime_format is None:
+        return "ISO 8601 (2024-01-31, 2024-01-31 13:45:00, 2024-01-31T13:45:00+01:00)"
+    return f"as the strptime format {column.datetime_format!r} reads it"
 
 
 def _float32_above(bound: float) -> float:
@@ -161,12 +170,13 @@ def _v2_input(name: str, column: RawColumn) -> dict:
     """A column's v2 input: its name, a shape of [rows] or [rows, 1], and one of its datatypes with values of the
     kind that datatype holds."""
     values = _values(column)
-    values["integer"] = {"type": "integer", "minimum": max(values["integer"].get("minimum", -2**63), -2**63),
-                         "maximum": 2**63 - 1}  # an INT* input is read as int64
+    if "integer" in values:  # an INT* input is read as int64
+        values["integer"] = {"type": "integer", "minimum": max(values["integer"].get("minimum", -2**63), -2**63),
+                             "maximum": 2**63 - 1}
     shape = {"type": "array", "prefixItems": [{"type": "integer", "minimum": 1}, {"const": 1}], "minItems": 1,
              "maxItems": 2, "items": False, "description": "[rows] or [rows, 1]"}
     by_kind: dict[str, list[str]] = {}
-    for datatype in COLUMN_DATATYPES["string" if column.dtype == "string" else "float"]:
+    for datatype in COLUMN_DATATYPES[column_kind(column)]:
         by_kind.setdefault(_KIND_OF.get(datatype, "integer"), []).append(datatype)
     variants = [_object({"name": {"const": name}, "shape": shape,
                          "datatype": {"type": "string", "enum": datatypes},

@@ -20,6 +20,9 @@ handler has its own test running the ONNX result against TF on fresh inputs.
                                       lowering sorts (TopK + Unique): a quarter of the graph's time
   RaggedTensorToSparse (token ids     row of each value by CumSum of scattered row starts; tf2onnx's
   to the model's sparse input)        divided by the longest row: 0 in a batch of empty texts
+  FloorDiv, FloorMod on integers      Mod with fmod=0 (the divisor's sign, as Python's %), and
+  (the calendar of dates and times)   (a - mod) / b: tf2onnx's Div truncates toward 0, which puts
+                                      1969-12-31 23:59:59 (-1 s) on day 0, 1970-01-01
 
 Vocabulary lookups (CategoryMapper), regex replacement (onnxruntime-extensions'
 StringRegexReplace: standard ONNX has no regex replace) and string equality (its
@@ -269,6 +272,30 @@ def ragged_tensor_to_sparse(ctx, node, name, args):
                   dtypes=[dtypes[2]], shapes=[[2]])
 
 
+def _is_integer(ctx, name: str) -> bool:
+    return np.issubdtype(utils.map_onnx_to_numpy_type(ctx.get_dtype(name)), np.integer)
+
+
+def floor_mod(ctx, node, name, args):
+    """a mod b with the sign of b (TF's FloorMod): ONNX Mod with fmod=0 on integers; floats: tf2onnx's lowering."""
+    from tf2onnx.onnx_opset.math import FloorMod
+
+    if not _is_integer(ctx, node.input[0]):
+        return FloorMod.version_7(ctx, node)
+    _take_over(ctx, node, "Mod", list(node.input), fmod=0)
+
+
+def floor_div(ctx, node, name, args):
+    """a // b rounded toward minus infinity (TF's FloorDiv): on integers (a - a mod b) / b, a division with no
+    remainder, where ONNX Div would truncate toward zero; floats: tf2onnx's lowering (Div, Floor)."""
+    from tf2onnx.onnx_opset.math import FloorDiv
+
+    if not _is_integer(ctx, node.input[0]):
+        return FloorDiv.version_6(ctx, node)
+    a, b = node.input
+    _take_over(ctx, node, "Div", [_node(ctx, "Sub", [a, _node(ctx, "Mod", [a, b], fmod=0)]), b])
+
+
 HANDLERS = {
     "UpperBound": (upper_bound, []),
     "Log1p": (log1p, []),
@@ -280,4 +307,6 @@ HANDLERS = {
     "UnsortedSegmentSum": (unsorted_segment_sum, []),
     "DenseBincount": (dense_bincount, []),
     "RaggedTensorToSparse": (ragged_tensor_to_sparse, []),
+    "FloorDiv": (floor_div, []),
+    "FloorMod": (floor_mod, []),
 }

@@ -17,7 +17,7 @@ from typing import Any, Mapping
 import numpy as np
 import pyarrow as pa
 
-from tfbridge.contracts import FeaturesManifest, ModelManifest, PipelineConfig, RawColumn
+from tfbridge.contracts import FeaturesManifest, ModelManifest, PipelineConfig, RawColumn, model_timestamps
 from tfbridge.scoring import ScoringModel
 from tfbridge.scoring.parity import ONNX_VS_SAVED_MODEL, HandOff, compare
 
@@ -26,6 +26,12 @@ log = logging.getLogger(__name__)
 HAND_OFF = "ONNX vs SavedModel"
 EDGE_TEXTS = ("tfbridge-unseen-value", "", "Größe CAFÉ — “quoted” l’été", "two\nlines", "  padded\t",
               "x" * 300)
+# Dates and times the calendar gets wrong first: the ends of the years a timestamp may hold, 1970 and the second
+# before it, leap days (2000 is a leap year, 1900 and 2100 are not), the ends of years, a time before 1900.
+EDGE_TIMES = ("0001-01-01T00:00:00", "1600-02-29T12:00:00", "1899-12-31T23:59:59", "1900-02-28T23:00:00",
+              "1900-03-01T00:00:00", "1969-12-31T23:59:59", "1970-01-01T00:00:00", "2000-02-29T06:30:00",
+              "2000-12-31T23:59:59", "2100-03-01T00:00:00", "9999-12-31T23:59:59")
+_TIMESTAMP = pa.timestamp("us", "UTC")
 MAGNITUDE = 1e6
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 FLOAT32_TINY = float(np.finfo(np.float32).tiny)
@@ -67,10 +73,16 @@ def saved_model_outputs(saved_model: Path, feeds: Mapping[str, np.ndarray]) -> d
 
 def as_input_types(table: pa.Table, inputs: Mapping[str, RawColumn]) -> pa.Table:
     """The model's input columns as one schema for check and edge rows alike: numbers as float64, categories
-    and text as strings (integers and booleans printed as the feature stage reads them, "3" and "true")."""
+    and text as strings (integers and booleans printed as the feature stage reads them, "3" and "true"), dates
+    and times as UTC timestamps (text read with the column's format, as the feature stage read it)."""
     columns = {}
     for name, column in inputs.items():
         values = table.column(name)
+        if column.dtype == "timestamp":
+            seconds = model_timestamps(values, name, "in the check rows", column.datetime_format)
+            columns[name] = pa.array(np.nan_to_num(seconds).astype(np.int64) * 1_000_000, _TIMESTAMP,
+                                     mask=np.isnan(seconds))
+            continue
         if pa.types.is_dictionary(values.type):
             values = values.dictionary_decode()
         # Numbers through float64 as every engine reads them (an integer above 2**53 rounds, it is not refused).
@@ -96,6 +108,10 @@ def edge_rows(sample: pa.Table, inputs: Mapping[str, RawColumn], stats: Mapping[
 
 
 def _edge_values(name: str, column: RawColumn, sample: pa.Table, stats: Mapping[str, Any], steps) -> list:
+    if column.dtype == "timestamp":
+        times = pa.array(EDGE_TIMES).cast(pa.timestamp("us")).cast(_TIMESTAMP).to_pylist()
+        return [(time, f"at {text}") for time, text in zip(times, EDGE_TIMES)] + (
+            [(None, "missing")] if column.nullable else [])
     if column.dtype == "string":
         values = [(text, "unseen text" if i == 0 else f"text {text!r}") for i, text in enumerate(EDGE_TEXTS)]
         return [(v, why) for v, why in values if v != "" or not column.nullable] + (

@@ -111,7 +111,8 @@ def model_inputs(model):
     """The struct the UDF of `scoring_udf` takes (model: a directory or ScoringModel): each input column in the model's type, named by its graph input name.
 
     Integers and booleans feeding a category become strings as the feature stage wrote them ("3",
-    "true"); numbers and booleans become doubles (float32 in the graph).
+    "true"); numbers and booleans become doubles (float32 in the graph); dates, timestamps and text
+    feeding a date step stay as they are (the UDF reads them as the feature stage did).
     """
     from pyspark.sql import functions as F
 
@@ -119,5 +120,10 @@ def model_inputs(model):
 
     if not isinstance(model, ScoringModel):
         model = ScoringModel.load(model)
-    return F.struct(*[F.col(column_ref(name)).cast("string" if column.dtype == "string" else "double")
+    cast = {"string": "string", "timestamp": None}
+    return F.struct(*[_cast(F.col(column_ref(name)), cast.get(column.dtype, "double"))
                       .alias(model.manifest.input_names[name]) for name, column in model.manifest.inputs.items()])
+
+
+def _cast(column, spark_type: str | None):
+    return column if spark_type is None else column.cast(spark_type)

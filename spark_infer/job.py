@@ -92,7 +92,8 @@ def read_input(spark, path: str, manifest: ModelManifest, fmt: str | None = None
 
     CSV as RFC 4180 writes it (quoted fields may hold commas, quotes as "", newlines), every field as
     text; the model's number columns then take CSV_NULL_VALUES (empty, NA, NaN, ...) as missing and any
-    other value that is not a number fails the job naming the column and the value.
+    other value that is not a number fails the job naming the column and the value. Dates and times stay
+    text: `tfbridge.scoring` reads them with the column's datetime format, as the feature stage did.
     """
     if input_format(path, fmt) == "parquet":
         return spark.read.parquet(path)
@@ -101,7 +102,7 @@ def read_input(spark, path: str, manifest: ModelManifest, fmt: str | None = None
     csv = spark.read.option("header", "true").option("escape", '"').option("multiLine", "true")
     header = csv.csv(path).schema.names
     df = csv.option("mode", "FAILFAST").schema(StructType([StructField(n, StringType()) for n in header])).csv(path)
-    numbers = [name for name, column in manifest.inputs.items() if column.dtype != "string" and name in header]
+    numbers = [name for name, column in manifest.inputs.items() if column.dtype in ("float", "int") and name in header]
     for name in numbers:
         text = F.col(column_ref(name))
         number = text.try_cast("double")

@@ -74,6 +74,21 @@ def decode_split(features_dir, split: str) -> dict[str, np.ndarray]:
     return decode_rows(manifest.shard_paths(features_dir, split), manifest.format, spec)
 
 
+def run_features_on(root: Path, table, features: dict, row_group_size: int):
+    """The feature stage on `table` written to `root`/raw.parquet (label `target`, a quarter of the rows for eval,
+    output under `root`/out): (its config, its result)."""
+    import pyarrow.parquet as pq
+
+    from tfbridge.contracts import PipelineConfig
+    from tft_features.pipeline import run_features
+
+    pq.write_table(table, root / "raw.parquet", row_group_size=row_group_size)
+    config = PipelineConfig.from_dict({
+        "data": {"path": str(root / "raw.parquet")}, "label": "target", "task": "regression",
+        "features": features, "split": {"eval_fraction": 0.25}, "output": str(root / "out")})
+    return config, run_features(config)
+
+
 def all_features() -> dict:
     """Every transform of the feature library (the feature-stage parity config), plus a vocabulary with
     no OOV bucket (unseen -> -1); the model exported from it is shared by the export and scoring tests."""

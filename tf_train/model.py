@@ -280,13 +280,17 @@ class RawFeaturesModel(tf.Module):
 
     def _tft_input(self, name: str, x: tf.Tensor):
         """A [batch] column as TFT reads it: [batch, 1] dense, or sparse without the missing values: "" for
-        a string, NaN or ±inf for a number (tfbridge.contracts.model_numbers), so the graph imputes both."""
-        if not self._inputs[name].nullable:
-            return tf.expand_dims(x, 1)
+        a string, NaN or ±inf for a number (tfbridge.contracts.model_numbers) or a timestamp, so the graph
+        imputes them. A timestamp (float64 epoch seconds, model_timestamps) reaches TFT as int64 whole seconds,
+        floored, as the feature stage gave them."""
+        column = self._inputs[name]
+        values = tf.cast(tf.floor(x), tf.int64) if column.dtype == "timestamp" else x  # a missing one is dropped
+        if not column.nullable:
+            return tf.expand_dims(values, 1)
         present = tf.not_equal(x, "") if x.dtype == tf.string else tf.math.is_finite(x)
         rows = tf.where(present)
         indices = tf.concat([rows, tf.zeros_like(rows)], axis=1)
-        return tf.SparseTensor(indices, tf.boolean_mask(x, present), tf.stack([tf.shape(x, tf.int64)[0], 1]))
+        return tf.SparseTensor(indices, tf.boolean_mask(values, present), tf.stack([tf.shape(x, tf.int64)[0], 1]))
 
 
 def save_raw_features_model(module: RawFeaturesModel, path: str) -> None:

@@ -33,8 +33,8 @@ STEPS_PER_BLOCK = 8  # Parquet: per-replica batches the reader makes at once
 
 
 def tf_dtype(dtype: str) -> tf.DType:
-    """The TF dtype of a contract dtype ("float", "int", "string")."""
-    return {"float": tf.float32, "int": tf.int64, "string": tf.string}[dtype]
+    """The TF dtype of a contract dtype ("float", "int", "string", "timestamp": float64 epoch seconds)."""
+    return {"float": tf.float32, "int": tf.int64, "string": tf.string, "timestamp": tf.float64}[dtype]
 
 
 class ShardReader(abc.ABC):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from tfbridge.contracts.columns import VOCABULARY_EMPTY, VOCABULARY_ESCAPES
+from tfbridge.contracts.columns import SECONDS_PER_DAY, VOCABULARY_EMPTY, VOCABULARY_ESCAPES
 from tft_features.analyzer_impls import MostFrequent, PowerLambda
 
 QUANTILE_EPSILON = 1e-3
@@ -132,11 +132,22 @@ def impute(x, name: str, strategy: str, value=None):
 
     mean / median are over the present values (median from quantiles, within
     QUANTILE_EPSILON in rank); most_frequent breaks ties by the smallest value;
-    constant uses `value`.
+    constant uses `value`. A timestamp (int64 whole seconds, the only int64 a
+    plan imputes) keeps whole seconds: its mean is taken in float64 and floored;
+    its median is the median day at 00:00 UTC (quantiles run in float32, exact
+    for whole days, not for seconds since 1970).
     """
     present = x.values
-    if strategy == "mean":
+    timestamps = present.dtype == tf.int64
+    if strategy == "mean" and timestamps:
+        mean = tft.mean(tf.cast(present, tf.float64), name=f"{name}_impute_mean")
+        fill = tf.cast(tf.floor(mean), tf.int64)
+    elif strategy == "mean":
         fill = tft.mean(present, name=f"{name}_impute_mean")
+    elif strategy == "median" and timestamps:
+        days = tf.cast(present // SECONDS_PER_DAY, tf.float32)
+        median = tf.reshape(tft.quantiles(days, 2, QUANTILE_EPSILON, name=f"{name}_impute_median"), [])
+        fill = tf.cast(tf.round(median), tf.int64) * SECONDS_PER_DAY
     elif strategy == "median":
         fill = tf.reshape(tft.quantiles(present, 2, QUANTILE_EPSILON, name=f"{name}_impute_median"), [])
     elif strategy == "most_frequent":

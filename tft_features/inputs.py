@@ -35,21 +35,24 @@ import pyarrow.parquet as pq
 from tensorflow_metadata.proto.v0 import schema_pb2
 from tfx_bsl.tfxio import tensor_adapter, tensor_representation_util
 
-from tfbridge.contracts import CSV_NULL_VALUES, DataError, DataSource, RawColumn, model_numbers
+from tfbridge.contracts import CSV_NULL_VALUES, DataError, DataSource, RawColumn, model_numbers, model_timestamps
 from tfbridge.contracts.columns import model_text
 from tfbridge.storage import Location, StorageError
 
 if TYPE_CHECKING:
     from tft_features.steps import RawDomain
 
-_ARROW_TYPES = {"float": pa.float32(), "int": pa.int64(), "string": pa.large_binary()}
-_TFMD_TYPES = {"float": schema_pb2.FLOAT, "int": schema_pb2.INT, "string": schema_pb2.BYTES}
+# A timestamp reaches TFT as int64 whole seconds (FeatureKind.TIMESTAMP); the signatures take float64 (RawColumn).
+_ARROW_TYPES = {"float": pa.float32(), "int": pa.int64(), "string": pa.large_binary(), "timestamp": pa.int64()}
+_TFMD_TYPES = {"float": schema_pb2.FLOAT, "int": schema_pb2.INT, "string": schema_pb2.BYTES,
+               "timestamp": schema_pb2.INT}
 _SPLIT_BUCKETS = 10_000
 # Rows per element the read hands on. A Parquet row group (pyarrow writes up to 1M rows in one) or a CSV file is read
 # whole, but a distributed runner serializes each element between its workers: on Flink, 250K-row elements of a
 # wide table (30 MB each) ran its TaskManager out of heap. 16K rows keep an element at a few MB.
 _BATCH_ROWS = 16_384
-_CONVERT_HINT = "; convert dates and times to numbers first (e.g. a year, or days since a start date)"
+_DATE_HINT = "; a date or time column is read by calendar, cyclical or since (see README, \"Dates and times\")"
+_READS = {"float": "numbers", "string": "strings, integers or booleans", "timestamp": "dates, times or text"}
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +84,8 @@ class RawData:
 
 
 def kind_of(arrow_type: pa.DataType) -> str | None:
+    if pa.types.is_date(arrow_type) or pa.types.is_timestamp(arrow_type):
+        return "timestamp"
     if pa.types.is_floating(arrow_type) or pa.types.is_decimal(arrow_type):
         return "float"
     if pa.types.is_integer(arrow_type) or pa.types.is_boolean(arrow_type):
@@ -120,13 +125,16 @@ def file_schema(source: DataSource, path: str) -> pa.Schema:
 
 
 def resolve_columns(source: DataSource, wanted: dict[str, tuple[str, bool]], label: str,
-                    why: dict[str, str]) -> tuple[tuple[str, ...], tuple[RawColumn, ...]]:
+                    why: dict[str, str], datetime_formats: Mapping[str, str | None] | None = None,
+                    ) -> tuple[tuple[str, ...], tuple[RawColumn, ...]]:
     """Matches the plan's columns against every file's schema.
 
-    `wanted` maps column -> (read_as, nullable) with read_as "float" or
-    "string"; `why` says which step needs each column, for the messages. The
-    label keeps its own type ("float", "int" or "string").
+    `wanted` maps column -> (read_as, nullable) with read_as "float", "string" or
+    "timestamp"; `why` says which step needs each column, for the messages;
+    `datetime_formats` how a timestamp column's text reads (config.datetime_formats).
+    The label keeps its own type ("float", "int" or "string").
     """
+    datetime_formats = datetime_formats or {}
     files = tuple(source.files())
     if not files:
         raise DataError(f"no {source.format} files match data.path '{source.path}'")
@@ -139,27 +147,37 @@ def resolve_columns(source: DataSource, wanted: dict[str, tuple[str, bool]], lab
                                 f"it has {schema.names}")
             arrow_type = schema.field(name).type
             found = kind_of(arrow_type)
-            if found is None:
+            if found is None or found == "timestamp" and name == label:
                 what = "the label" if name == label else why[name]
                 raise DataError(f"column '{name}' in {path} has type {arrow_type}; expected numbers, booleans or "
-                                f"strings ({what}){_CONVERT_HINT if pa.types.is_temporal(arrow_type) else ''}")
+                                f"strings ({what})")
             if name == label:
                 columns.setdefault(name, RawColumn(name, found, False))
                 continue
             read_as, nullable = wanted[name]
             if read_as == "float" and found == "string" and source.format == "csv":
                 read_csv(path, (RawColumn(name, "float", True),))  # raises, naming the row and the value
-            if read_as == "float" and found != "float" and found != "int":
-                raise DataError(f"column '{name}' in {path} has type {arrow_type}; expected numbers ({why[name]})")
             if read_as == "string" and found == "float" and source.format == "parquet":
                 # "3.0" or "3"? Spark and Arrow print floats differently: no category may depend on it.
                 raise DataError(f"column '{name}' in {path} has type {arrow_type}; categories and text are read "
                                 f"from strings, integers or booleans ({why[name]}): cast the column first")
-            columns[name] = RawColumn(name, read_as, nullable)
+            if not _reads(read_as, found, source.format == "csv"):
+                raise DataError(f"column '{name}' in {path} has type {arrow_type}; expected {_READS[read_as]} "
+                                f"({why[name]}){_DATE_HINT if found == 'timestamp' else ''}")
+            columns[name] = RawColumn(name, read_as, nullable, datetime_format=datetime_formats.get(name))
     return files, tuple(columns[n] for n in [*wanted, label])
 
 
+def _reads(read_as: str, found: str, csv: bool) -> bool:
+    """Whether a column of `found` kind (kind_of) reads as `read_as`: numbers from numbers; text from anything but
+    Parquet dates (a Parquet float is refused before); dates and times from dates, times or text (model_timestamps
+    parses it). A CSV field reads as text or as a date whatever it looks like (20240131 with format %Y%m%d)."""
+    return {"float": found in ("float", "int"), "string": csv or found != "timestamp",
+            "timestamp": csv or found in ("timestamp", "string")}[read_as]
+
+
 def _csv_types(columns: tuple[RawColumn, ...]) -> dict[str, pa.DataType]:
+    """Numbers as float64 or int64; text and timestamps as text (model_timestamps parses it, as every scorer does)."""
     return {c.name: (pa.float64() if c.dtype == "float" else pa.int64() if c.dtype == "int" else pa.string())
             for c in columns}
 
@@ -185,7 +203,7 @@ def read_csv(path: str, columns: tuple[RawColumn, ...]) -> pa.Table:
 
 
 def _numeric_names(columns) -> set[str]:
-    return {c.name for c in columns if c.dtype != "string"}
+    return {c.name for c in columns if c.dtype in ("float", "int")}
 
 
 def _missing_mask(array: pa.ChunkedArray | pa.Array) -> pa.Array:
@@ -219,6 +237,8 @@ def check_data(source: DataSource, files: tuple[str, ...], columns: tuple[RawCol
                     count = int(np.isnan(numbers).sum())
                     if col.name in domains:
                         _check_domain(numbers, values, col.name, domains[col.name], path)
+                elif col.dtype == "timestamp":
+                    count = int(np.isnan(model_timestamps(values, col.name, f"in {path}", col.datetime_format)).sum())
                 else:
                     count = values.null_count
                 if count and col.name in checked:
@@ -264,10 +284,11 @@ def _tables(source: DataSource, path: str, columns: tuple[RawColumn, ...]):
 
 
 def inspect(source: DataSource, wanted: dict[str, tuple[str, bool]], label: str,
-            domains: Mapping[str, RawDomain], why: dict[str, str]) -> RawData:
+            domains: Mapping[str, RawDomain], why: dict[str, str],
+            datetime_formats: Mapping[str, str | None] | None = None) -> RawData:
     """Schema match and data check; returns what the Beam job will read. A column's domain goes into its
     RawColumn (`above`), and so into the manifests, for the scorers to check their input the same way."""
-    files, columns = resolve_columns(source, wanted, label, why)
+    files, columns = resolve_columns(source, wanted, label, why, datetime_formats)
     columns = tuple(dataclasses.replace(c, above=domains[c.name].above) if c.name in domains else c for c in columns)
     rows = check_data(source, files, columns, domains, why)
     return RawData(source, files, columns, rows)
@@ -287,6 +308,8 @@ def to_list_batch(table: pa.Table, columns: tuple[RawColumn, ...], schema: pa.Sc
             # Through float64, as Spark converts them (Arrow's direct cast to float32 gives -3.5000002 for the
             # decimal -3.5, and refuses integers above 2**24), then as every engine reads them: ±inf missing.
             values = pa.array(model_numbers(_as_float64(values), col.name, "in the data"))
+        elif col.dtype == "timestamp":  # whole epoch seconds (NaN: missing), to int64 below
+            values = pa.array(model_timestamps(values, col.name, "in the data", col.datetime_format))
         if col.nullable:
             present = pc.invert(pc.equal(values, "") if col.dtype == "string" else _missing_mask(values))
             offsets = np.zeros(n + 1, np.int64)

@@ -9,11 +9,13 @@ fixed parameters they applied. Ops are chosen with an ONNX counterpart in mind
 from __future__ import annotations
 
 import itertools
+import math
 
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from tfbridge.contracts.columns import DELETED_CHARACTERS, PUNCTUATION_AND_WHITESPACE, SIGMA_FOLD
+from tfbridge.contracts.columns import (DELETED_CHARACTERS, PUNCTUATION_AND_WHITESPACE, SECONDS_PER_DAY, SIGMA_FOLD,
+                                        model_timestamps)
 
 # NLTK's English stop-word list (179 words), lower case, without punctuation:
 # normalisation strips apostrophes before stop words are removed.
@@ -147,3 +149,91 @@ def one_hot(ids: tf.Tensor, name: str, depth: int):
     """Indicator vector of width `depth` for integer ids; an id outside [0, depth) gives all zeros."""
     del name
     return tf.one_hot(ids, depth, dtype=tf.float32), {}
+
+
+# Dates and times. A timestamp inside the transform is int64 whole seconds since 1970-01-01 00:00 UTC
+# (FeatureKind.TIMESTAMP; `tfbridge.contracts.model_timestamps` reads the raw column, naive times as UTC), and
+# every part is computed in UTC. ONNX has no date ops, so the calendar is integer arithmetic that tf2onnx
+# converts: FloorDiv and FloorMod, which onnx_export.lowerings lowers exactly for negative values (days before
+# 1970), and Where.
+CALENDAR_PARTS = ("year", "month", "day", "weekday", "hour", "day_of_year")
+# part -> (first value, values per cycle); day_of_year's cycle is its year's length (365 or 366), None here.
+CYCLES = {"month": (1, 12), "day_of_year": (1, None), "weekday": (0, 7), "hour": (0, 24)}
+SINCE_UNITS = {"seconds": 1, "minutes": 60, "hours": 3_600, "days": SECONDS_PER_DAY, "weeks": 7 * SECONDS_PER_DAY}
+_DAYS_PER_ERA = 146_097  # 400 Gregorian years
+_EPOCH_SHIFT = 719_468  # days from 0000-03-01 to 1970-01-01
+
+
+def calendar_fields(seconds: tf.Tensor) -> dict[str, tf.Tensor]:
+    """The UTC calendar of int64 epoch seconds, as int64 tensors: year, month (1-12), day (1-31), weekday (Monday
+    0 to Sunday 6, as pandas' `.dt.weekday`), hour (0-23), day_of_year (1-366) and leap (1 in a leap year).
+
+    Howard Hinnant's civil_from_days ("chrono-Compatible Low-Level Date Algorithms"): days are counted from
+    0000-03-01 in eras of 400 years (146,097 days), so February, with the leap day, ends each computed year;
+    the day of the era gives the year of the era, the day of that March-based year, the month and the day.
+    Days and eras are floor divisions, so a time before 1970 (negative seconds) falls on the right day:
+    1969-12-31 23:59:59 is -1 s, day -1, hour 23.
+    """
+    days = seconds // SECONDS_PER_DAY
+    second_of_day = seconds - days * SECONDS_PER_DAY
+    shifted = days + _EPOCH_SHIFT
+    era = shifted // _DAYS_PER_ERA
+    day_of_era = shifted - era * _DAYS_PER_ERA  # [0, 146096]
+    year_of_era = (day_of_era - day_of_era // 1460 + day_of_era // 36524 - day_of_era // 146096) // 365  # [0, 399]
+    day_from_march = day_of_era - (365 * year_of_era + year_of_era // 4 - year_of_era // 100)  # [0, 365]
+    month_from_march = (5 * day_from_march + 2) // 153  # [0, 11]: March is 0
+    day = day_from_march - (153 * month_from_march + 2) // 5 + 1
+    month = tf.where(month_from_march < 10, month_from_march + 3, month_from_march - 9)
+    year = year_of_era + era * 400 + tf.cast(month <= 2, tf.int64)
+    leap = tf.cast(tf.logical_or(tf.logical_and(tf.equal(year % 4, 0), tf.not_equal(year % 100, 0)),
+                                 tf.equal(year % 400, 0)), tf.int64)
+    # 1 March is day 60 (61 in a leap year); January and February end the March-based year at 306..365.
+    day_of_year = tf.where(month >= 3, day_from_march + 60 + leap, day_from_march - 305)
+    return {"year": year, "month": month, "day": day, "weekday": (days + 3) % 7,  # 1970-01-01 was a Thursday
+            "hour": second_of_day // 3_600, "day_of_year": day_of_year, "leap": leap}
+
+
+def calendar(x: tf.Tensor, name: str, parts):
+    """Calendar parts of a timestamp in UTC (see calendar_fields), as float32: a number for one part, else a
+    vector in the order given."""
+    del name
+    fields = calendar_fields(x)
+    values = [tf.cast(fields[part], tf.float32) for part in parts]
+    if len(values) == 1:
+        return values[0], {}
+    return tf.stack(values, axis=1), {"terms": list(parts)}
+
+
+def cyclical(x: tf.Tensor, name: str, parts):
+    """Each part as a point on the unit circle, [sin, cos] of 2 pi (part - first) / cycle, as a float32 vector of
+    2 per part in the order given: month (1-12 over 12), day_of_year (1 to 365 or 366 over its year's length, so
+    31 December and 1 January are neighbours in every year), weekday (over 7), hour (over 24). Computed in
+    float64 and rounded once to float32 (see in_float64)."""
+    del name
+    fields = calendar_fields(x)
+    columns, terms = [], []
+    for part in parts:
+        first, cycle = CYCLES[part]
+        length = 365 + fields["leap"] if cycle is None else cycle
+        angle = 2 * math.pi * tf.cast(fields[part] - first, tf.float64) / tf.cast(length, tf.float64)
+        columns += [tf.sin(angle), tf.cos(angle)]
+        terms += [f"sin {part}", f"cos {part}"]
+    return tf.cast(tf.stack(columns, axis=1), tf.float32), {"terms": terms}
+
+
+def since(x: tf.Tensor, name: str, reference: str = "1970-01-01", unit: str = "days"):
+    """Time elapsed from `reference` (ISO 8601, read as the data are: UTC unless it has a zone) in `unit`
+    (SINCE_UNITS), negative before it: whole seconds subtracted exactly in int64, divided in float64 and rounded
+    once to float32, which keeps about 7 significant digits (10,000 days to a minute or two)."""
+    del name
+    start = reference_seconds(reference)
+    elapsed = tf.cast(x - start, tf.float64) / float(SINCE_UNITS[unit])
+    return tf.cast(elapsed, tf.float32), {"reference_seconds": tf.constant(start, tf.int64)}
+
+
+def reference_seconds(reference: str) -> int:
+    """A config's date or time (ISO 8601 text) as epoch seconds, read as the data's text is read (model_timestamps);
+    DataError when it does not read."""
+    import pyarrow as pa
+
+    return int(model_timestamps(pa.array([reference], pa.string()), "reference", "in the config")[0])

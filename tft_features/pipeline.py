@@ -145,7 +145,7 @@ def _user_columns(config: PipelineConfig) -> tuple[dict[str, tuple[str, bool]], 
     wanted = {}
     for field in inputs.file_schema(config.data, files[0]):
         kind = inputs.kind_of(field.type)
-        if field.name != config.label and kind is not None:
+        if field.name != config.label and kind in ("float", "int", "string"):
             wanted[field.name] = ("string" if kind == "string" else "float", False)
     return wanted, {name: f"read for preprocessing_fn {config.preprocessing_fn}" for name in wanted}
 
@@ -159,7 +159,7 @@ def split_rows(config: PipelineConfig, split: str, limit: int) -> pa.Table:
     else:
         prep = _preprocessing(config)
         wanted, why = prep.wanted, prep.why
-    files, columns = inputs.resolve_columns(config.data, wanted, config.label, why)
+    files, columns = inputs.resolve_columns(config.data, wanted, config.label, why, config.datetime_formats)
     kept, count = [], 0
     for table in inputs.read_tables(config.data, files, columns):
         in_eval = inputs.eval_rows(table, config.split.eval_fraction)
@@ -174,7 +174,7 @@ def run_features(config: PipelineConfig, beam_args: list[str] | None = None) -> 
     """Runs the feature stage end to end; raises ConfigError/DataError before writing anything."""
     start = time.monotonic()
     prep = _preprocessing(config)
-    raw = inputs.inspect(config.data, prep.wanted, config.label, prep.domains, prep.why)
+    raw = inputs.inspect(config.data, prep.wanted, config.label, prep.domains, prep.why, config.datetime_formats)
     inputs.READ_PROGRESS.start(2 * raw.rows)  # read twice: see _run_beam
     log.info("features: %d rows in %d file(s), %d columns checked", raw.rows, len(raw.files), len(raw.columns))
 

@@ -32,7 +32,7 @@ class ColumnPlan:
     """One configured column: how it is read and the checked chain of steps."""
 
     column: str
-    read_as: str  # "float" or "string"
+    read_as: str  # "float", "string" or "timestamp"
     nullable: bool  # first step is impute: missing values are kept for it to fill
     steps: tuple[TransformStep, ...]
     kinds: tuple[StepKind, ...]  # the kind after each step
@@ -44,7 +44,7 @@ class ColumnPlan:
 
     @property
     def raw_kind(self) -> StepKind:
-        """What its first step is given: the raw column, as text or as a number."""
+        """What its first step is given: the raw column, as text, a number or a timestamp."""
         return _raw_kind(self.read_as)
 
     def partners(self) -> dict[str, str]:
@@ -97,6 +97,11 @@ def plan_features(config: PipelineConfig) -> FeaturePlan:
     plans = [_plan_column(column, steps, config) for column, steps in config.features.items()]
     plan = FeaturePlan(tuple(plans), config.label)
     by_name = {c.column: c for c in plans}
+    for column in config.datetime_formats:
+        if by_name[column].read_as != "timestamp":
+            raise ConfigError(f"{config.source}: features.{column}: 'datetime' says how text reads as dates and "
+                              f"times, for a column whose first step is calendar, cyclical or since (after impute); "
+                              f"its steps read {by_name[column].read_as}")
     for c in plans:
         for other, step in c.partners().items():
             partner = by_name.get(other)
@@ -107,8 +112,11 @@ def plan_features(config: PipelineConfig) -> FeaturePlan:
     return plan
 
 
+_RAW_KINDS = {"string": FeatureKind.TEXT, "timestamp": FeatureKind.TIMESTAMP}
+
+
 def _raw_kind(read_as: str) -> StepKind:
-    return StepKind(FeatureKind.TEXT if read_as == "string" else FeatureKind.NUMBER)
+    return StepKind(_RAW_KINDS.get(read_as, FeatureKind.NUMBER))
 
 
 def _plan_column(column: str, steps: tuple[TransformStep, ...], config: PipelineConfig) -> ColumnPlan:

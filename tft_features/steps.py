@@ -11,6 +11,7 @@ Kinds, as in `tfbridge.contracts.FeatureKind`:
   number    float32 [batch]            text       string [batch]
   tokens    ragged string [batch, *]   ids        int64 [batch]
   token_ids ragged int64 [batch, *]    vector     float32 [batch, k]
+  timestamp int64 [batch]: whole seconds since 1970-01-01 00:00 UTC (a raw date or time)
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ from typing import Any, Callable, Mapping
 
 import tensorflow as tf
 
-from tfbridge.contracts import FeatureKind, graph_input_name
+from tfbridge.contracts import DataError, FeatureKind, graph_input_name
 from tft_features import analyzers, mappers
 
 NUMBER, TEXT, TOKENS = FeatureKind.NUMBER, FeatureKind.TEXT, FeatureKind.TOKENS
 IDS, TOKEN_IDS, VECTOR = FeatureKind.IDS, FeatureKind.TOKEN_IDS, FeatureKind.VECTOR
+TIMESTAMP = FeatureKind.TIMESTAMP
 _NUMERIC = (int, float)
 
 
@@ -116,6 +118,10 @@ def _reads_string(params: Params) -> str:
     return "string"
 
 
+def _reads_timestamp(params: Params) -> str:
+    return "timestamp"
+
+
 def _mapper(fn) -> Callable[[Any, StepInput], tuple[Any, dict]]:
     """A step whose function takes (x, scope, **params): every mapper and analyzer but the two below."""
     return lambda x, step: fn(x, step.scope, **step.params)
@@ -195,7 +201,55 @@ def _impute_problem(p: Params, incoming: StepKind) -> str | None:
         return f"strategy must be mean, median, most_frequent or constant, got {p.get('strategy')!r}"
     if p["strategy"] == "constant" and "value" not in p:
         return "constant needs a 'value'"
+    if p["strategy"] in ("mean", "median") and incoming.kind == TEXT:
+        return f"{p['strategy']} needs numbers or dates; for text use most_frequent or constant"
+    if p["strategy"] == "constant" and incoming.kind == TIMESTAMP:
+        return _date_problem(p["value"], "value")
     return None
+
+
+# --- dates and times --------------------------------------------------------------------------------
+
+def _parts_problem(known: tuple[str, ...]) -> Callable[[Params, StepKind], str | None]:
+    def problem(p: Params, incoming: StepKind) -> str | None:
+        parts = p.get("parts")
+        if not (isinstance(parts, list) and parts and all(part in known for part in parts)
+                and len(set(parts)) == len(parts)):
+            return f"parts must be a non-empty list of {', '.join(known)} (each once), got {parts!r}"
+        return None
+    return problem
+
+
+def _date_problem(value: Any, key: str) -> str | None:
+    """What is wrong with a date or time the config gives (ISO 8601 text), if anything."""
+    if not isinstance(value, str):
+        return (f"{key} must be a date or time as text, e.g. \"2000-01-01\" or \"2000-01-01 12:00:00\", got {value!r} "
+                f"(quote it: YAML reads an unquoted 2000-01-01 as a date of its own)")
+    try:
+        mappers.reference_seconds(value)
+    except (DataError, ValueError):  # ValueError: a missing-value word ("NA"), which reads as NaN
+        return (f"{key} must be an ISO 8601 date or time (UTC unless it has a zone), e.g. \"2000-01-01\" or "
+                f"\"2000-01-01T12:00:00+01:00\", got {value!r}")
+    return None
+
+
+def _since_problem(p: Params, incoming: StepKind) -> str | None:
+    if p.get("unit", "days") not in mappers.SINCE_UNITS:
+        return f"unit must be one of {', '.join(mappers.SINCE_UNITS)}, got {p.get('unit')!r}"
+    return _date_problem(p.get("reference", "1970-01-01"), "reference")
+
+
+def _calendar_result(incoming: StepKind, params: Params) -> StepKind:
+    """One part is a number (bucketize, piecewise_linear and z_score take it), several a vector."""
+    return StepKind(NUMBER) if len(params["parts"]) == 1 else StepKind(VECTOR)
+
+
+def _build_impute(x, step: StepInput):
+    """A constant date is given as text: the timestamp inside the transform is its epoch seconds."""
+    params = dict(step.params)
+    if step.incoming.kind == TIMESTAMP and params["strategy"] == "constant":
+        params["value"] = mappers.reference_seconds(params["value"])
+    return analyzers.impute(x, step.scope, **params)
 
 
 # --- steps whose result or build depends on their parameters or their chain ----------------------
@@ -229,8 +283,8 @@ def _build_one_hot(x, step: StepInput):
 
 
 def _impute_reads(params: Params) -> str | None:
-    """A mean or median is of numbers; a most frequent or constant value takes the next step's type."""
-    return "float" if params.get("strategy") in ("mean", "median") else None
+    """The next step's type (a mean or median of text is its problem), or a number when it is the only step."""
+    return None
 
 
 # --- what a step's input must be for its output to stay above a bound (StepDef.input_above) --------
@@ -276,6 +330,12 @@ STEPS: dict[str, StepDef] = {s.name: s for s in [
     StepDef("polynomial", (NUMBER,), ("degree", "with"), _to(VECTOR), _build_polynomial, _never, _polynomial_problem,
             partners=lambda params: tuple(params.get("with", []))),
     StepDef("one_hot", (IDS,), ("depth",), _to(VECTOR), _build_one_hot, _never, _one_hot_problem),
+    StepDef("calendar", (TIMESTAMP,), ("parts",), _calendar_result, _mapper(mappers.calendar), _never,
+            _parts_problem(mappers.CALENDAR_PARTS), reads=_reads_timestamp, short="parts"),
+    StepDef("cyclical", (TIMESTAMP,), ("parts",), _to(VECTOR), _mapper(mappers.cyclical), _never,
+            _parts_problem(tuple(mappers.CYCLES)), reads=_reads_timestamp, short="parts"),
+    StepDef("since", (TIMESTAMP,), ("reference", "unit"), _to(NUMBER), _mapper(mappers.since), _never,
+            _since_problem, reads=_reads_timestamp),
     # Full-pass analyzers (bucketize with fixed boundaries is per row, impute with a constant too).
     StepDef("z_score", (NUMBER, VECTOR), (), _same_kind, _mapper(analyzers.z_score), _always),
     StepDef("min_max", (NUMBER, VECTOR), ("output_min", "output_max"), _same_kind, _mapper(analyzers.min_max),
@@ -290,7 +350,7 @@ STEPS: dict[str, StepDef] = {s.name: s for s in [
             _always, _piecewise_linear_problem, short="num_buckets"),
     StepDef("vocabulary", (TEXT, TOKENS), ("top_k", "frequency_threshold", "num_oov_buckets"), _vocabulary_result,
             _mapper(analyzers.vocabulary), _always, _vocabulary_problem, reads=_reads_string),
-    StepDef("impute", (NUMBER, TEXT), ("strategy", "value"), _same_kind, _mapper(analyzers.impute),
+    StepDef("impute", (NUMBER, TEXT, TIMESTAMP), ("strategy", "value"), _same_kind, _build_impute,
             lambda params: params.get("strategy") != "constant", _impute_problem, reads=_impute_reads,
             short="strategy", fills_missing=True, input_above=_impute_input_above),
 ]}

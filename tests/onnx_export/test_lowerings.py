@@ -144,3 +144,34 @@ def test_ragged_to_sparse_matches_tf_with_empty_rows_and_empty_batches(texts):
     np.testing.assert_array_equal(got[0], want[0])
     assert [v.decode() if isinstance(v, bytes) else v for v in got[1]] == [v.decode() for v in want[1]]
     np.testing.assert_array_equal(got[2], want[2])
+
+
+@pytest.mark.parametrize("dtype", [tf.int64, tf.int32])
+def test_integer_floor_div_and_mod_round_toward_minus_infinity_as_tf_does(dtype):
+    """tf2onnx lowers integer FloorDiv to Div, which truncates toward 0: -1 s would fall on day 0 (1970-01-01)."""
+    rng = np.random.default_rng(3)
+    numbers = np.concatenate([rng.integers(-10**9, 10**9, 500), [-86401, -86400, -86399, -1, 0, 1, 86399, 86400]])
+    divisors = np.concatenate([rng.choice([-7, -3, 3, 7, 86400, 146097], 500), np.full(8, 86400)])
+    numbers, divisors = numbers.astype(dtype.as_numpy_dtype), divisors.astype(dtype.as_numpy_dtype)
+
+    def floor_both(a, b):
+        return a // b, a % b
+
+    session, ops = convert(floor_both, tf.TensorSpec([None], dtype), tf.TensorSpec([None], dtype))
+    assert "Mod" in ops and "Floor" not in ops  # one Mod: tf2onnx merges the two identical ones
+    got = run(session, numbers, divisors)
+    for g, want, ref in zip(got, floor_both(tf.constant(numbers), tf.constant(divisors)), (np.floor_divide, np.mod)):
+        np.testing.assert_array_equal(g, want.numpy())
+        np.testing.assert_array_equal(g, ref(numbers, divisors))  # Python's (and numpy's) floor semantics
+
+
+def test_float_floor_div_and_mod_keep_tf2onnx_lowering():
+    x = np.array([-7.5, -1.0, -0.5, 0.0, 0.5, 7.5, 1e9], np.float32)
+
+    def floor_both(a):
+        return a // 2.0, a % 2.0
+
+    session, ops = convert(floor_both, tf.TensorSpec([None], tf.float32))
+    assert "Floor" in ops and "Mod" not in ops
+    for got, want in zip(run(session, x), floor_both(tf.constant(x))):
+        np.testing.assert_allclose(got, want.numpy(), rtol=1e-6)

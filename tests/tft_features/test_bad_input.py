@@ -50,7 +50,7 @@ def run_cli(config_path, capsys) -> tuple[int, str]:
     ({"x": ["z_score", {"impute": "mean"}]}, {}, ["impute must be the first step"]),
     ({"x": [{"bucketize": {"num_buckets": 4, "boundaries": [1.0]}}]}, {}, ["either num_buckets", "boundaries (fixed)"]),
     ({"t": ["z_score"]}, {"t": pa.array(np.arange(200), pa.timestamp("s"))},
-     ["column 't'", "has type timestamp[", "convert dates and times to numbers"]),
+     ["column 't'", "has type timestamp[", "a date or time column is read by calendar, cyclical or since"]),
     ({"t": ["vocabulary"]}, {"t": pa.array([[1, 2]] * 200)}, ["column 't'", "has type list<"]),
     ({"x": ["vocabulary"]}, {}, ["column 'x'", "has type double", "categories and text are read from strings, "
                                 "integers or booleans", "cast the column first"]),

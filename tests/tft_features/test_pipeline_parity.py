@@ -16,7 +16,7 @@ import pytest
 from scipy import stats as scipy_stats
 from sklearn.preprocessing import PolynomialFeatures
 
-from tests.helpers import committed, decode_split
+from tests.helpers import committed, decode_split, run_features_on
 from tfbridge.contracts import FeaturesManifest, PipelineConfig
 from tft_features.analyzers import QUANTILE_EPSILON
 from tft_features.mappers import ENGLISH_STOP_WORDS
@@ -99,11 +99,7 @@ def run(tmp_path_factory):
     """One feature-stage run shared by every test of this module."""
     root = tmp_path_factory.mktemp("parity")
     table = make_table(seed=7)
-    pq.write_table(table, root / "raw.parquet", row_group_size=700)
-    config = PipelineConfig.from_dict({
-        "data": {"path": str(root / "raw.parquet")}, "label": "target", "task": "regression",
-        "features": FEATURES, "split": {"eval_fraction": 0.25}, "output": str(root / "out")})
-    result = run_features(config)
+    config, result = run_features_on(root, table, FEATURES, row_group_size=700)
     features_dir = root / "out" / "features"
     train = decode_split(features_dir, "train")
     evaluation = decode_split(features_dir, "eval")

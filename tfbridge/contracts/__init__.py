@@ -14,7 +14,8 @@ Every stage reads these and nothing else of another stage. The package imports n
 
 from tfbridge.contracts import fingerprints
 from tfbridge.contracts.columns import (CSV_NULL_VALUES, PUNCTUATION_AND_WHITESPACE, RAW_DTYPES, RawColumn,
-                                        graph_input_name, graph_input_names, model_numbers)
+                                        graph_input_name, graph_input_names, model_numbers,
+                                        model_timestamps)
 from tfbridge.contracts.config import (DATA_FORMATS, LABEL_TRANSFORMS, OUTPUT_FORMATS, TASKS, DataSource,
                                        PipelineConfig, SplitConfig, TrainConfig, TransformStep)
 from tfbridge.contracts.errors import BrokenRuntimeError, ConfigError, DataError, StageError, TrainingError
@@ -32,5 +33,5 @@ __all__ = [
     "RawColumn", "SCORE_RECORD", "STAT_OUTPUT_PREFIX", "ShardFile", "SplitConfig", "StageError", "TASKS", "TrainConfig",
     "TrainingError", "TransformStep",
     "file_sha256", "fingerprints", "graph_input_name", "graph_input_names", "materialized_feature_spec",
-    "model_numbers", "named_attempts", "output_lock", "staged", "write_json_atomic",
+    "model_numbers", "model_timestamps", "named_attempts", "output_lock", "staged", "write_json_atomic",
 ]

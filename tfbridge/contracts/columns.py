@@ -7,6 +7,7 @@ The stages agree on these rules so that training and scoring read a table alike:
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import re
 import unicodedata
 
@@ -94,7 +95,7 @@ def vocabulary_value(line: str) -> str:
         return ""
     return re.sub(r"\\(\\r|[rn])", lambda m: _VOCABULARY_UNESCAPES[m.group(1)], line)
 
-RAW_DTYPES = ("float", "int", "string")
+RAW_DTYPES = ("float", "int", "string", "timestamp")
 
 # Every hard and soft keyword of Python 3.10 to 3.13, written out: a graph input name must not depend on the
 # Python that computes it (`keyword.issoftkeyword("type")` is False on 3.11 and True on 3.12), or a model made
@@ -111,17 +112,22 @@ PYTHON_KEYWORDS = frozenset({
 class RawColumn:
     """A column of the user's table as the transform reads it and the exported models take it.
 
-    dtype: "float" (float32 in the graphs, read by `model_numbers`), "int" (int64) or "string", one value
-    per row. A nullable column keeps its missing values for the transform to impute: a model takes NaN
-    (numbers) or "" (strings) for one. Elsewhere a missing number is an error and a missing string is "".
+    dtype: "float" (float32 in the graphs, read by `model_numbers`), "int" (int64), "string", or
+    "timestamp" (a date or time: float64 seconds since 1970-01-01 00:00 UTC in the graphs, read by
+    `model_timestamps`), one value per row. A nullable column keeps its missing values for the transform to
+    impute: a model takes NaN (numbers, timestamps) or "" (strings) for one. Elsewhere a missing number or
+    timestamp is an error and a missing string is "".
     `above`: its feature steps take only values above it (box_cox: 0, log1p: -1), compared after
     `model_numbers`; a scorer stops on any other value, as the feature stage did.
+    `datetime_format`: a timestamp column given as text is read with this strptime format (the config's
+    `datetime: {format: ...}`); None: ISO 8601.
     """
 
     name: str  # as the data names it
     dtype: str  # one of RAW_DTYPES
     nullable: bool
     above: float | None = None
+    datetime_format: str | None = None
 
     @property
     def graph_name(self) -> str:
@@ -151,6 +157,99 @@ def model_numbers(values: np.ndarray, column: str, where: str) -> np.ndarray:
                         f"range (±{FLOAT32_MAX:.8g}) in which the models compute: scale the column first (e.g. "
                         f"to thousands, or its logarithm)")
     return np.where(finite, np.where(magnitude < FLOAT32_TINY, 0.0, values), np.nan).astype(np.float32)
+
+
+SECONDS_PER_DAY = 86_400
+# The dates a timestamp column may hold, as Python's datetime and Spark hold them: 0001-01-01T00:00:00Z to
+# 9999-12-31T23:59:59Z, in seconds since 1970-01-01T00:00:00Z.
+TIMESTAMP_RANGE = (-62_135_596_800, 253_402_300_799)
+# An ISO 8601 time of day with a zone (`Z`, `+01:00`, `-0500`): such text is read as that instant.
+_ISO_ZONE = r"[T ]\d\d(:\d\d){0,2}(\.\d+)?(Z|[+-]\d\d(:?\d\d)?)$"
+_UNITS_PER_SECOND = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
+
+
+def model_timestamps(values, column: str, where: str, datetime_format: str | None = None) -> np.ndarray:
+    """Dates and times (an Arrow array) as every engine feeds them to the graphs: float64 whole seconds since
+    1970-01-01 00:00:00 UTC, NaN where missing.
+
+    One rule for the feature stage and every scorer (README, "Dates and times"): a date (date32, date64) is
+    its midnight UTC; a zone-aware timestamp is its instant (Arrow holds it in UTC); a naive timestamp is
+    read as UTC, whatever the host's zone; fractions of a second are dropped toward the past (floor, so
+    1969-12-31 23:59:59.5 is -1, not 0). Text is read with `datetime_format` (strptime: `%Y-%m-%d %H:%M:%S`;
+    `%z` reads a zone), or without one as ISO 8601 (`2024-01-31`, `2024-01-31 13:45:00`, `...T13:45:00Z`,
+    `...+01:00`); empty text and CSV_NULL_VALUES are missing. Text that does not read, or a date outside
+    TIMESTAMP_RANGE (years 1 to 9999), is a DataError naming the column, `where` and the value.
+
+    float64, not int64: a missing value travels as NaN, as it does for numbers, and float64 holds every whole
+    second of those years exactly (|t| < 2**53).
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if pa.types.is_dictionary(values.type):
+        values = values.dictionary_decode()
+    if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
+        values = _parsed_text(values, column, where, datetime_format)
+    if pa.types.is_date32(values.type):
+        counts, per_second = pc.cast(values, pa.int32()), 1 / SECONDS_PER_DAY
+    elif pa.types.is_date64(values.type) or pa.types.is_timestamp(values.type):
+        counts = values.view(pa.int64())
+        per_second = 1_000 if pa.types.is_date64(values.type) else _UNITS_PER_SECOND[values.type.unit]
+    else:
+        raise DataError(f"column '{column}' {where} has type {values.type}; expected dates, times or text")
+    missing = pc.is_null(values).to_numpy(zero_copy_only=False)
+    counts = pc.fill_null(pc.cast(counts, pa.int64()), 0).to_numpy(zero_copy_only=False)
+    seconds = counts * SECONDS_PER_DAY if per_second < 1 else np.floor_divide(counts, per_second)
+    outside = ~missing & ((seconds < TIMESTAMP_RANGE[0]) | (seconds > TIMESTAMP_RANGE[1]))
+    if outside.any():
+        year = 1970 + seconds[int(np.argmax(outside))] / 31_556_952  # seconds in a mean Gregorian year
+        raise DataError(f"column '{column}' {where} has a value in the year {year:.0f}, outside the years 1 to 9999 "
+                        f"that dates and times may hold")
+    return np.where(missing, np.nan, seconds.astype(np.float64))
+
+
+def _parsed_text(values, column: str, where: str, datetime_format: str | None):
+    """Text as timestamps (see model_timestamps): null where it is empty or a CSV missing-value word."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    text = pc.if_else(pc.is_in(values, pa.array(CSV_NULL_VALUES, values.type)), pa.scalar(None, values.type),
+                      values)
+    if datetime_format is not None:
+        parsed = pc.strptime(text, format=datetime_format, unit="us", error_is_null=True)
+        failed = pc.and_(pc.is_valid(text), pc.is_null(parsed))
+        # Arrow rolls an impossible date over (31/02/2020 -> 2 March): a value that does not print back as written
+        # (also 1/2/2020, unpadded) is checked by Python's strptime, which refuses those.
+        printed = pc.strftime(parsed, format=datetime_format)
+        suspects = text.filter(pc.and_(pc.is_valid(parsed), pc.not_equal(printed, text))).unique().to_pylist()
+        bad = [value for value in suspects if not _strptime_reads(value, datetime_format)]
+        if pc.any(failed).as_py() or bad:
+            value = text.filter(failed)[0].as_py() if pc.any(failed).as_py() else bad[0]
+            raise DataError(f"column '{column}' {where} has the value {value!r}, which does not read as its datetime "
+                            f"format {datetime_format!r}")
+        return parsed
+    zoned = pc.fill_null(pc.match_substring_regex(text, _ISO_ZONE), False)
+    null = pa.scalar(None, text.type)
+    try:
+        naive = pc.cast(pc.if_else(zoned, null, text), pa.timestamp("us")).view(pa.int64())
+        aware = pc.cast(pc.if_else(zoned, text, null), pa.timestamp("us", "UTC")).view(pa.int64())
+    except pa.ArrowInvalid as e:
+        found = re.search(r"Failed to parse string: '(.*?)' as a scalar", str(e))
+        raise DataError(f"column '{column}' {where} has the value {found.group(1) if found else '?'!r}, which is "
+                        f"not an ISO 8601 date or time (2024-01-31, 2024-01-31 13:45:00, 2024-01-31T13:45:00+01:00): "
+                        f"give the column's format, features: {{{column}: {{datetime: {{format: \"%d/%m/%Y\"}}, "
+                        f"steps: [...]}}}}") from None
+    return pc.if_else(zoned, aware, naive).view(pa.timestamp("us"))
+
+
+def _strptime_reads(text: str, datetime_format: str) -> bool:
+    try:
+        datetime.datetime.strptime(text, datetime_format)
+    except ValueError:
+        return False
+    return True
 
 
 def model_text(values):

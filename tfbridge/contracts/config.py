@@ -91,6 +91,30 @@ class TransformStep:
         return {self.name: dict(self.params)}
 
 
+def _column_options(raw: dict, where: str, column: str, datetime_formats: dict[str, str | None]) -> Any:
+    """A column written with options, `{datetime: {format: "%Y-%m-%d %H:%M:%S"}, steps: [...]}`: records its
+    datetime format (None: ISO 8601) and returns its steps. The format is how the column's text reads as dates
+    and times (CSV, or a string column); which steps read dates is the feature stage's to check."""
+    unknown = sorted(set(raw) - {"steps", "datetime"})
+    if unknown or "steps" not in raw:
+        raise ConfigError(f"{where}: a column with options is {{datetime: {{format: \"%Y-%m-%d\"}}, steps: [...]}}; "
+                          f"got the keys {sorted(raw)}")
+    options = raw.get("datetime")
+    if options is None:
+        options = {}
+    if not isinstance(options, dict) or set(options) - {"format"}:
+        raise ConfigError(f"{where}.datetime: takes only 'format' (a strptime format like \"%Y-%m-%d %H:%M:%S\"), "
+                          f"got {options!r}")
+    datetime_format = options.get("format")
+    if datetime_format is not None and not (isinstance(datetime_format, str) and "%" in datetime_format):
+        raise ConfigError(f"{where}.datetime.format: expected a strptime format like \"%Y-%m-%d %H:%M:%S\" "
+                          f"(%Y year, %m month, %d day, %H hour, %M minute, %S second, %z zone), got "
+                          f"{datetime_format!r}")
+    if "datetime" in raw:
+        datetime_formats[column] = datetime_format
+    return raw["steps"]
+
+
 @dataclasses.dataclass(frozen=True)
 class DataSource:
     """Where raw rows come from: a Parquet file, directory or glob, or CSV files."""
@@ -222,6 +246,8 @@ class PipelineConfig:
     features: Mapping[str, tuple[TransformStep, ...]]
     preprocessing_fn: str | None = None
     output_format: str = "parquet"  # the transformed rows' files: OUTPUT_FORMATS
+    # Columns declared `{datetime: {format: F}, steps: [...]}`: their text is read with F (None: ISO 8601).
+    datetime_formats: Mapping[str, str | None] = dataclasses.field(default_factory=dict)
     split: SplitConfig = SplitConfig()
     train: TrainConfig = TrainConfig()
     source: str = "<config>"
@@ -295,6 +321,7 @@ class PipelineConfig:
             raise ConfigError(f"{source}: 'preprocessing_fn' must read 'package.module:function', got {preprocessing_fn!r}")
 
         features: dict[str, tuple[TransformStep, ...]] = {}
+        datetime_formats: dict[str, str | None] = {}
         if features_raw:
             if not isinstance(features_raw, dict):
                 raise ConfigError(f"{source}: 'features' must map column names to lists of steps")
@@ -303,6 +330,8 @@ class PipelineConfig:
                 _text(column, f"features.{column}", source)
                 if column == label:
                     raise ConfigError(f"{where}: the label '{label}' cannot also be a feature")
+                if isinstance(steps, dict) and ("steps" in steps or "datetime" in steps):
+                    steps = _column_options(steps, where, column, datetime_formats)
                 if isinstance(steps, (str, dict)):
                     steps = [steps]
                 if not isinstance(steps, list) or not steps:
@@ -331,6 +360,7 @@ class PipelineConfig:
             features=features,
             preprocessing_fn=preprocessing_fn,
             output_format=output_format,
+            datetime_formats=datetime_formats,
             split=SplitConfig(eval_fraction=float(eval_fraction)),
             train=train,
             source=source,
@@ -349,6 +379,9 @@ class PipelineConfig:
         }
         if self.features:
             out["features"] = {c: [s.to_yaml() for s in steps] for c, steps in self.features.items()}
+            for column, datetime_format in self.datetime_formats.items():
+                out["features"][column] = {"datetime": {"format": datetime_format} if datetime_format else {},
+                                           "steps": out["features"][column]}
         if self.preprocessing_fn:
             out["preprocessing_fn"] = self.preprocessing_fn
         return out

@@ -36,7 +36,9 @@ class FeatureKind(enum.StrEnum):
 
     number: float32 [batch]; vector: float32 [batch, width]; ids: int64 [batch] in [0, width);
     token_ids: int64 [batch, *] (a list per row) in [0, width); text: string [batch]; tokens: string
-    [batch, *]. Text and tokens are no model input until a vocabulary step turns them into ids.
+    [batch, *]; timestamp: int64 [batch], whole seconds since 1970-01-01 00:00 UTC (a raw date or time
+    inside the transform). Text and tokens are no model input until a vocabulary step turns them into ids,
+    a timestamp until a date step (calendar, cyclical, since) turns it into numbers.
     """
 
     NUMBER = "number"
@@ -45,10 +47,11 @@ class FeatureKind(enum.StrEnum):
     TOKEN_IDS = "token_ids"
     TEXT = "text"
     TOKENS = "tokens"
+    TIMESTAMP = "timestamp"
 
     @property
     def is_model_input(self) -> bool:
-        return self not in (FeatureKind.TEXT, FeatureKind.TOKENS)
+        return self not in (FeatureKind.TEXT, FeatureKind.TOKENS, FeatureKind.TIMESTAMP)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -5,7 +5,8 @@ Imports neither Spark nor TensorFlow. Inputs follow the model manifest: each raw
 name) feeds the graph input the manifest maps it to; numbers as float32 (`model_numbers`, the feature
 stage's rule: null, NaN and ±inf -> NaN; beyond float32's range a DataError), strings as Python str
 (`model_text`, the feature stage's rule: null -> "", the same value; Unicode NFC); onnxruntime would
-mangle `bytes`. A missing number reaches the model only
+mangle `bytes`; dates and times as float64 epoch seconds (`model_timestamps`: dates at midnight UTC, naive times
+as UTC, text by the column's datetime format). A missing number or timestamp reaches the model only
 in columns whose feature steps impute it; anywhere else a batch with one stops with MissingValues naming
 the column. A number outside what the column's steps take (RawColumn.above: box_cox > 0, log1p > -1)
 stops with a DataError naming the column, as it stopped the feature stage.
@@ -23,13 +24,14 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tfbridge.contracts import DataError, ModelManifest, RawColumn, model_numbers
+from tfbridge.contracts import DataError, ModelManifest, RawColumn, model_numbers, model_timestamps
 from tfbridge.contracts.columns import model_text
 from tfbridge.contracts.layout import MANIFEST
 from tfbridge.storage import Location
 
 _INTEGERS = ("tinyint", "smallint", "int", "bigint")
 _NUMERIC = (*_INTEGERS, "float", "double", "boolean")
+_TEMPORAL = ("date", "timestamp", "timestamp_ntz", "string")  # Spark's types a timestamp input takes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +87,8 @@ class ScoringModel:
         """Every input column present with a type that converts without loss of meaning.
 
         A string input (a category or text) also takes integers and booleans, read as the feature stage
-        read them ("3", "true"); a number input takes any number or boolean.
+        read them ("3", "true"); a number input takes any number or boolean; a timestamp input dates,
+        timestamps (with or without a zone) and text.
         """
         found = {f.name: f.dataType.simpleString() for f in schema.fields}
         for name, column in self.manifest.inputs.items():
@@ -93,6 +96,8 @@ class ScoringModel:
                 raise DataError(f"{where}: column '{name}' is missing; the model takes {self.input_names}")
             if column.dtype == "string":
                 ok, expected = found[name] in ("string", "boolean", *_INTEGERS), "strings, integers or booleans"
+            elif column.dtype == "timestamp":
+                ok, expected = found[name] in _TEMPORAL, "dates, timestamps or text"
             else:
                 ok, expected = found[name] in _NUMERIC or found[name].startswith("decimal"), "a number"
             if not ok:
@@ -170,13 +175,15 @@ def feeds(batch: pd.DataFrame, inputs: dict[str, RawColumn]) -> dict[str, np.nda
     """A pandas batch keyed by graph input name as the graph's feeds (see module doc).
 
     Strings as `_text_feed` reads them (a null string is "", as in the feature stage); numbers as
-    `_number_feed` reads them.
+    `_number_feed` reads them; dates, times or text as `_timestamp_feed` reads them.
     """
     out = {}
     for name, raw in inputs.items():
         column = batch[name]
         if raw.dtype == "string":
             values = _text_feed(pa.array(column, type=pa.string(), from_pandas=True))
+        elif raw.dtype == "timestamp":
+            values = _timestamp_feed(pa.array(column, from_pandas=True), raw)
         else:
             values = _number_feed(pd.to_numeric(column).to_numpy(dtype=np.float64, na_value=np.nan), raw)
         out[name] = values
@@ -192,15 +199,26 @@ def _number_feed(values: np.ndarray, raw: RawColumn) -> np.ndarray:
     """A number column (float64, NaN where null) as the graph's float32 feed, by the feature stage's rules:
     `model_numbers` (±inf is missing, beyond float32's range a DataError), MissingValues where the column's
     steps do not impute, and a DataError for a value its steps cannot take (RawColumn.above)."""
-    fed = model_numbers(values, raw.name, "in one batch")
-    missing = np.isnan(fed)
-    if not raw.nullable and missing.any():
-        raise MissingValues(raw.name, int(missing.sum()), len(fed))
+    fed = _imputable(model_numbers(values, raw.name, "in one batch"), raw)
     if raw.above is not None and (fed <= raw.above).any():  # NaN compares False
         i = int(np.nanargmin(fed))
         raise DataError(f"column '{raw.name}' has the value {float(values[i])!r} in one batch; its feature steps "
                         f"take only values > {raw.above:g} (as float32), as the feature stage required of the "
                         f"training data: fix or drop those rows")
+    return fed
+
+
+def _timestamp_feed(values, raw: RawColumn) -> np.ndarray:
+    """Dates, times or text (Arrow) as the graph's float64 epoch seconds, by the feature stage's rule
+    (`model_timestamps`), MissingValues where the column's steps do not impute."""
+    return _imputable(model_timestamps(values, raw.name, "in one batch", raw.datetime_format), raw)
+
+
+def _imputable(fed: np.ndarray, raw: RawColumn) -> np.ndarray:
+    """`fed`, unless it has a missing value (NaN) where the column's steps do not impute: MissingValues."""
+    missing = np.isnan(fed)
+    if not raw.nullable and missing.any():
+        raise MissingValues(raw.name, int(missing.sum()), len(fed))
     return fed
 
 
@@ -210,10 +228,15 @@ def arrow_feeds(arrays, inputs: dict[str, RawColumn]) -> dict[str, np.ndarray]:
     Numbers (any width, decimals, booleans) go through float64 (Arrow's direct decimal cast rounds -3.5 to
     -3.5000002; integers above 2**53 round, as the feature stage rounds them) to `_number_feed`. Strings
     take integers and booleans as Spark prints them ("3", "true"), then `_text_feed` (a null string is "").
+    Spark's dates and timestamps arrive as Arrow date32 and timestamp[us, tz] (timestamp[us] without a zone):
+    `_timestamp_feed` reads them, and text, as epoch seconds.
     """
     out = {}
     for name, raw in inputs.items():
         array = arrays[name]
+        if raw.dtype == "timestamp":
+            out[name] = _timestamp_feed(array, raw)
+            continue
         if raw.dtype == "string":
             if not pa.types.is_string(array.type) and not pa.types.is_large_string(array.type):
                 array = pc.cast(array, pa.string())
