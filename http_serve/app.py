@@ -36,7 +36,7 @@ from starlette.routing import Route
 
 from http_serve import metrics, openapi
 from http_serve.batching import Batcher
-from http_serve.model import ServedModel
+from http_serve.model import ServedModel, settle_heap
 from http_serve.protocol import (RequestError, Rows, column_kind, decode_infer, decode_instances, encode_infer, encode_predictions,
                                  parse_json)
 from http_serve.reload import ModelSlot
@@ -149,6 +149,7 @@ def create_app(slot: ModelSlot, limits: Limits, watch_seconds: float | None = No
         slot.start(watch_seconds)
         model = slot.model
         metrics.model_loaded(model.name, model.version, model.sha256)
+        settle_heap()
         ready["ready"] = True
         try:
             yield

@@ -19,7 +19,7 @@ import signal
 import anyio.to_thread
 
 from http_serve import metrics
-from http_serve.model import ServedModel
+from http_serve.model import ServedModel, settle_heap
 from tfbridge.contracts import DataError, ModelManifest
 from tfbridge.contracts.layout import MANIFEST
 from tfbridge.storage import Location
@@ -83,7 +83,10 @@ class ModelSlot:
             self.model = new
             metrics.model_replaced(old.name, old.version, old.sha256, new.version, new.sha256)
             log.info("%s: now serving version %s of %s (was %s)", why, new.version, self.model_dir, old.version)
-            return Reload(new.version, old.version)
+            outcome = Reload(new.version, old.version)
+            del old  # what only the requests in flight still hold is collected when they are answered
+            settle_heap()
+            return outcome
 
     async def _watch(self, seconds: float) -> None:
         """Reloads when the manifest names a graph other than the one served, unless it is the graph last refused

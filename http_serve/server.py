@@ -9,10 +9,8 @@ on one socket, each loading its own session (`--threads` intra-op threads each);
 meet in a temporary PROMETHEUS_MULTIPROC_DIR. SIGTERM (as Kubernetes stops a pod) is uvicorn's graceful
 shutdown: no new connections, the requests in flight answered, then exit 0.
 
-A new model version (`http_serve.reload`): SIGHUP to a single-process server reloads it in place. With
-`--workers N` the parent takes SIGHUP as uvicorn's rolling restart: one worker at a time, a new one loads and
-warms the model before the old one is stopped gracefully, and a new one that fails to load is killed, the old
-ones serving on. The load endpoint reloads the worker that answers it; `--watch-seconds` reloads every worker.
+A new model version (`http_serve.reload`): SIGHUP reloads it in place, in every worker (the parent of `--workers
+N` passes it on); the load endpoint reloads the worker that answers it; `--watch-seconds` reloads every worker.
 """
 
 from __future__ import annotations
@@ -80,8 +78,8 @@ def serve(args) -> None:
     log.info("serving %s (version %s, %s) as '%s' on http://%s:%d with %d worker(s) of %d onnxruntime thread(s)",
              args.model, model.version, model.scoring.manifest.onnx.path, model.name, args.host, args.port,
              args.workers, options["threads"])
-    # A worker replaced on SIGHUP must be ready (its model loaded and warmed up) within the health check's time,
-    # or uvicorn gives up the restart: uvicorn's 5 s are too few for a process's imports and a model's load.
+    # A worker started in place of one that died must answer uvicorn's health check (its model loaded and warmed
+    # up) within this time: uvicorn's 5 s are too few for a process's imports and a model's load.
     common = {"host": args.host, "port": args.port, "access_log": False, "log_level": "info",
               "timeout_graceful_shutdown": None, "timeout_worker_healthcheck": WORKER_START_TIMEOUT_S}
     # uvicorn raises the SIGTERM it handled again once it has shut down gracefully; a handler of our own takes it,
@@ -93,7 +91,27 @@ def serve(args) -> None:
     del model  # each worker loads its own
     with _multiprocess_metrics():
         os.environ[ENVIRONMENT] = json.dumps(options)
-        uvicorn.run("http_serve.server:worker_app", factory=True, workers=args.workers, **common)
+        _supervise(uvicorn.Config("http_serve.server:worker_app", factory=True, workers=args.workers, **common))
+
+
+def _supervise(config) -> None:
+    """uvicorn's supervisor of N workers on one socket (what `uvicorn.run` does with workers > 1), with SIGHUP passed
+    on to every worker, each of which reloads its model in place (http_serve.reload), rather than taken as uvicorn's
+    rolling restart: a worker stopped by that restart closes its clients' idle keep-alive connections, and a request
+    sent on one at that moment fails (1 of 932 under load, tests/http_serve/test_reload.py); in place, none does."""
+    from uvicorn.supervisors import Multiprocess
+
+    supervisor = Multiprocess(config, sockets=[config.bind_socket()])
+
+    def forward(signum, frame):
+        log.info("SIGHUP: every worker reloads the model in place")
+        for process in supervisor.processes:
+            if process.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(process.pid, signal.SIGHUP)
+
+    signal.signal(signal.SIGHUP, forward)
+    supervisor.run()
 
 
 def worker_app():

@@ -114,19 +114,24 @@ class Load:
                 start = (k * 50 + j * 3) % (len(self.rows) - 3)
                 rows = self.rows.iloc[start:start + 1 + j % 3]
                 sent = time.monotonic()
-                if j % 2:
-                    response = client.post(f"/v2/models/{NAME}/infer", json=v2_inputs(rows, self.columns))
-                    body = response.json()
-                    values = body["outputs"][0]["data"] if response.status_code == 200 else None
-                    version = body.get("model_version")
-                else:
-                    response = client.post(f"/v1/models/{NAME}:predict", json={"instances": instances(rows,
-                                                                                                   self.columns)})
-                    values = ([p["prediction"] for p in response.json()["predictions"]]
-                              if response.status_code == 200 else None)
-                    version = None
-                self.answers.append({"sent": sent, "rows": slice(start, start + len(rows)), "version": version,
-                                     "status": response.status_code, "values": values, "text": response.text[:300]})
+                try:
+                    self.answers.append({"sent": sent, "rows": slice(start, start + len(rows)),
+                                         **self._ask(client, rows, j)})
+                except httpx.TransportError as e:  # a connection the server closed, or refused: a failed request
+                    self.answers.append({"sent": sent, "rows": slice(start, start + len(rows)), "version": None,
+                                         "status": type(e).__name__, "values": None, "text": str(e)[:300]})
+
+    def _ask(self, client, rows, j: int) -> dict:
+        """One request of `rows`, in the v2 form when `j` is odd, else as instances."""
+        if j % 2:
+            response = client.post(f"/v2/models/{NAME}/infer", json=v2_inputs(rows, self.columns))
+            values = response.json()["outputs"][0]["data"] if response.status_code == 200 else None
+            version = response.json().get("model_version")
+        else:
+            response = client.post(f"/v1/models/{NAME}:predict", json={"instances": instances(rows, self.columns)})
+            values = [p["prediction"] for p in response.json()["predictions"]] if response.status_code == 200 else None
+            version = None
+        return {"version": version, "status": response.status_code, "values": values, "text": response.text[:300]}
 
 
 def versions_answered(model, versions, answers: list[dict]) -> list[str]:
@@ -213,29 +218,42 @@ def both_on(client, version: str, other_than=()) -> dict[str, str] | None:
     return workers if ready else None
 
 
-def test_two_workers_take_a_new_version_by_their_watch_and_by_a_rolling_restart_on_sighup(model, versions, tmp_path):
-    """`--watch-seconds`: each worker reloads in place. SIGHUP to the parent: uvicorn replaces the workers one by
-    one, each new one ready (verified, warmed up) before the old one stops; a new one that fails is dropped and the
-    old ones serve on."""
+def test_two_workers_take_a_new_version_under_load_by_their_watch_and_on_sighup(model, versions, tmp_path):
+    """`--watch-seconds`: each worker reloads in place. SIGHUP to the parent: passed on to every worker, each of
+    which reloads in place too (a damaged version refused, the old one serving on). Under load, both times: every
+    answer 200 and from exactly one version, and only the new one's once both workers serve it."""
     a, b = _version(versions["a"]), _version(versions["b"])
     live, log = tmp_path / "live" / "model", tmp_path / "serve.log"
     live.parent.mkdir()
     install(versions["a"], live)
+
+    def replaced_under_load(client, version: str, replace) -> None:
+        with Load(client.base_url, versions["rows"], model["columns"], clients=8) as load:
+            time.sleep(1)
+            replace()
+            wait_for(lambda: workers_on(client) == {pid: version for pid in first}, f"both workers on {version}")
+            on_new = time.monotonic()
+            time.sleep(1)
+        found = versions_answered(model, versions, load.answers)  # every answer 200, from exactly one version
+        after = [v for answer, v in zip(load.answers, found) if answer["sent"] > on_new]
+        assert len(set(found)) == 2 and after and set(after) == {version}, (len(found), len(after))
+
     with running(live, log, "--name", NAME, "--workers", "2", "--watch-seconds", "0.5") as (process, client):
         first = wait_for(lambda: both_on(client, a), "two workers on A")
-        install(versions["b"], live)
-        wait_for(lambda: workers_on(client) == {pid: b for pid in first}, "both workers on B by their watch")
+        replaced_under_load(client, b, lambda: install(versions["b"], live))
+        assert metric(client, "tfbridge_serve_requests_total", {"status": "500"}) == 0
+    assert process.returncode == 0
 
+    log = tmp_path / "sighup.log"  # no watch: only SIGHUP reloads
+    with running(live, log, "--name", NAME, "--workers", "2") as (process, client):
+        first = wait_for(lambda: both_on(client, b), "two workers on B")
         install(versions["damaged"], live)
         process.send_signal(signal.SIGHUP)
-        wait_for(lambda: "keeping worker" in log.read_text(), "the failed replacement dropped")
+        wait_for(lambda: log.read_text().count("SIGHUP: refused the model") == 2, "refused by both workers")
         assert workers_on(client) == {pid: b for pid in first}
-        for _ in range(6):  # new connections, whichever worker takes them
-            with httpx.Client(base_url=client.base_url, timeout=60) as own:
-                assert served(own, versions)[0] == b
 
         install(versions["a"], live)
-        process.send_signal(signal.SIGHUP)
-        wait_for(lambda: both_on(client, a, other_than=first), "two new workers on A")
+        replaced_under_load(client, a, lambda: process.send_signal(signal.SIGHUP))
+        assert log.read_text().count(f"SIGHUP: now serving version {a}") == 2
         assert metric(client, "tfbridge_serve_requests_total", {"status": "500"}) == 0
     assert process.returncode == 0
