@@ -8,8 +8,8 @@ handler has its own test running the ONNX result against TF on fresh inputs.
   UpperBound (tft.apply_buckets)      GreaterOrEqual + ReduceSum: a value on a boundary goes up
   Log1p, Expm1 (log1p, Box-Cox, YJ)   Kahan's forms log(u) * x / (u - 1), (u - 1) * x / log(u):
                                       full float32 accuracy near 0, where log(1 + x) would lose it
-  StringToHashBucketFast (OOV ids)    one OOV bucket: every unseen value hashes to bucket 0;
-                                      more buckets need FarmHash, which ONNX has not: refused
+  StringToHashBucketFast (OOV ids,    one bucket: every string hashes to bucket 0; more buckets need
+  hash, cross)                        FarmHash's Fingerprint64, which no ONNX op computes: refused
   StringLower, StringUpper            StringNormalizer in a named locale, never the host's default:
   (normalize_text's lower-casing)     "C" for TF's ASCII-only default, C.UTF-8 for encoding="utf-8"
   StringSplitV2 (text to tokens)      ONNX StringSplit (opset 20) back to TF's sparse triple; tabs and
@@ -105,11 +105,17 @@ def expm1(ctx, node, name, args):
 
 
 def string_to_hash_bucket_fast(ctx, node, name, args):
-    """With one bucket every string hashes to 0; with more, FarmHash64 would be needed."""
+    """With one bucket every string hashes to 0; with more, FarmHash's Fingerprint64 of the bytes would be needed.
+
+    Standard ONNX cannot read a string's bytes, and onnxruntime-extensions' op of the same name is not TF's:
+    it hashes with std::hash (0.15.2; tests/onnx_export/test_hash_lowering.py shows it differ on every kind
+    of string), so tf2onnx's own handler, which maps to it, would change every id without a word."""
     buckets = node.get_attr_int("num_buckets")
     if buckets != 1:
-        raise UnsupportedOp(f"StringToHashBucketFast with {buckets} buckets in node {node.name} (FarmHash64 "
-                            f"has no ONNX op): use num_oov_buckets of 0 or 1 for an ONNX export")
+        raise UnsupportedOp(f"StringToHashBucketFast with {buckets} buckets in node {node.name} (FarmHash's "
+                            f"Fingerprint64: no ONNX op computes it; onnxruntime-extensions' op of that name hashes "
+                            f"otherwise): the hash and cross steps and a vocabulary with num_oov_buckets above 1 do "
+                            f"not export; score with the SavedModel, or use num_oov_buckets of 0 or 1")
     shape = _node(ctx, "Shape", [node.input[0]])
     _take_over(ctx, node, "ConstantOfShape", [shape], value=numpy_helper.from_array(np.zeros([1], np.int64)))
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 import tensorflow_transform as tft
+from tensorflow_transform import analyzers as tft_analyzers
+from tensorflow_transform import tf_utils
 
 from tfbridge.contracts.columns import SECONDS_PER_DAY, VOCABULARY_EMPTY, VOCABULARY_ESCAPES
 from tft_features.analyzer_impls import MostFrequent, PowerLambda
@@ -44,6 +46,101 @@ def min_max(x: tf.Tensor, name: str, output_min: float = 0.0, output_max: float 
     span = hi - lo
     unit = tf.where(span > 0, (x - lo) / tf.where(span > 0, span, 1.0), tf.fill(tf.shape(x), 0.5))
     return unit * (output_max - output_min) + output_min, {"min": lo, "max": hi}
+
+
+def robust(x: tf.Tensor, name: str):
+    """(x - median) / IQR: sklearn's RobustScaler with quantile_range (25, 75); an IQR of 0 scales by 1 (as sklearn).
+
+    The quartiles are `tft.quantiles` (4 buckets) at QUANTILE_EPSILON: each is a value of the column whose rank is
+    within QUANTILE_EPSILON * n of the exact one, where sklearn interpolates between the two values around it.
+    """
+    quartiles = tf.reshape(tft.quantiles(x, 4, QUANTILE_EPSILON, name=f"{name}_quantiles"), [-1])
+    median, iqr = quartiles[1], quartiles[2] - quartiles[0]
+    return (x - median) / tf.where(iqr > 0, iqr, 1.0), {"median": median, "iqr": iqr}
+
+
+def max_abs(x: tf.Tensor, name: str):
+    """x / max|x|: sklearn's MaxAbsScaler (a maximum of 0 scales by 1). The train split maps into [-1, 1], zero stays
+    zero (sparsity kept); a larger value later maps beyond. On a vector each element has its own maximum."""
+    per_row = x.shape.rank == 1
+    top = tft.max(tf.abs(x), reduce_instance_dims=per_row, name=f"{name}_max_abs")
+    return x / tf.where(top > 0, top, 1.0), {"max_abs": top}
+
+
+# Per-key statistics (`{z_score: {per: key_column}}`): TFT's `_per_key` analyzers, which reduce by the key's
+# string value and give the keys seen in the train split (a [keys] tensor, a constant once analysed) with one
+# statistic each. A row finds its key with one equality matrix against those keys (string equality, ArgMax:
+# ops ONNX has) rather than TFT's lookup, which wraps the same matrix in conditionals. A key the train split never
+# had is handled as TFT handles it (see each function); a missing key is "" and a key like any other.
+
+
+def _key_index(key: tf.Tensor, keys: tf.Tensor) -> tf.Tensor:
+    """Each row's position in `keys`, or len(keys) for a key not among them (the fallback row of `_per_row`)."""
+    shape = tf.stack([tf.size(key), tf.size(keys)])
+    # [batch, keys], both sides expanded: the ONNX graph's StringEqual (onnxruntime-extensions) does not broadcast
+    match = tf.equal(tf.broadcast_to(tf.expand_dims(key, 1), shape), tf.broadcast_to(tf.expand_dims(keys, 0), shape))
+    first = tf.argmax(tf.cast(match, tf.int32), axis=1)
+    return tf.where(tf.reduce_any(match, axis=1), first, tf.size(keys, out_type=tf.int64))
+
+
+def _per_row(values: tf.Tensor, index: tf.Tensor, fallback: float) -> tf.Tensor:
+    """One statistic per key gathered for each row by `_key_index`, `fallback` for an unseen key."""
+    return tf.gather(tf.concat([values, tf.fill([1], tf.cast(fallback, values.dtype))], 0), index)
+
+
+def z_score_per_key(x: tf.Tensor, name: str, key: tf.Tensor):
+    """(x - mean of its key) / std of its key, population moments (TFT's `scale_to_z_score_per_key`): a key with
+    one value, or all values equal, gives x - mean; an unseen key gives x unscaled (TFT's mean 0, variance 0)."""
+    del name  # TFT's per-key reductions take the step's name scope
+    keys, mean, var = tft_analyzers._mean_and_var_per_key(x, key)  # noqa: SLF001 - TFT's own per-key reduction
+    return apply_z_score_per_key(x, key, keys, mean, var), {"keys": tf.size(keys)}
+
+
+def apply_z_score_per_key(x: tf.Tensor, key: tf.Tensor, keys: tf.Tensor, mean: tf.Tensor, var: tf.Tensor):
+    """z_score_per_key's transform, given its analysis: `keys` [k] and each key's `mean` and `var` [k]."""
+    index = _key_index(key, keys)
+    return _standardised(x, _per_row(mean, index, 0.0), tf.sqrt(_per_row(var, index, 0.0)))
+
+
+def min_max_per_key(x: tf.Tensor, name: str, key: tf.Tensor, output_min: float = 0.0, output_max: float = 1.0):
+    """[min, max] of its key onto [output_min, output_max] (TFT's `scale_by_min_max_per_key`). Where TFT has no
+    range, a key with one distinct value or a key the train split never had, the unit value is sigmoid(x) as in
+    TFT (the global `min_max` gives the middle of the range to a constant column instead)."""
+    del name  # TFT's per-key reductions take the step's name scope
+    keys, lo, hi = tft_analyzers._min_and_max_per_key(x, key)  # noqa: SLF001
+    return apply_min_max_per_key(x, key, keys, lo, hi, output_min, output_max), {"keys": tf.size(keys)}
+
+
+def apply_min_max_per_key(x: tf.Tensor, key: tf.Tensor, keys: tf.Tensor, lo: tf.Tensor, hi: tf.Tensor,
+                          output_min: float = 0.0, output_max: float = 1.0):
+    """min_max_per_key's transform, given its analysis: `keys` [k] and each key's minimum `lo` and maximum `hi`."""
+    index = _key_index(key, keys)
+    lo, hi = _per_row(lo, index, 0.0), _per_row(hi, index, 0.0)
+    unit = tf.where(lo < hi, (x - lo) / tf.where(lo < hi, hi - lo, 1.0), tf.math.sigmoid(x))
+    return unit * (output_max - output_min) + output_min
+
+
+def quantile_buckets_per_key(x: tf.Tensor, name: str, key: tf.Tensor, num_buckets: int):
+    """Bucket ids 0..num_buckets-1 from the quantiles of its key's values (TFT's `bucketize_per_key`, at
+    QUANTILE_EPSILON), -1 for a key the train split never had (as TFT). TFT flattens every key's boundaries into
+    one increasing list: the key's boundaries are mapped by a scale and shift per key into a range of their own,
+    the value is mapped alike and bucketed against the whole list (UpperBound), and the key's offset taken off."""
+    keys, boundaries, scale, shift, _ = tft_analyzers._quantiles_per_key(  # noqa: SLF001
+        x, key, num_buckets, QUANTILE_EPSILON, name=f"{name}_quantiles")
+    return apply_buckets_per_key(x, key, keys, boundaries, scale, shift, num_buckets), {"keys": tf.size(keys)}
+
+
+def apply_buckets_per_key(x: tf.Tensor, key: tf.Tensor, keys: tf.Tensor, boundaries: tf.Tensor, scale: tf.Tensor,
+                          shift: tf.Tensor, num_buckets: int):
+    """quantile_buckets_per_key's transform, given its analysis: `keys` [k], TFT's flattened `boundaries`
+    [(num_buckets - 2) k + 1] and each key's `scale` and `shift` [k] (TFT's `_apply_buckets_with_keys`)."""
+    index = _key_index(key, keys)
+    seen = index < tf.size(keys, out_type=tf.int64)
+    known = tf.where(seen, index, 0)
+    moved = x * tf.gather(scale, known) + tf.gather(shift, known)
+    offset = tf_utils.assign_buckets(moved, boundaries, side=tf_utils.Side.RIGHT)
+    ids = tf.clip_by_value(offset - (num_buckets - 2) * known, 0, num_buckets - 1)
+    return tf.where(seen, ids, -1)
 
 
 def vocabulary(x, name: str, top_k: int | None = None, frequency_threshold: int | None = None,

@@ -151,6 +151,37 @@ def one_hot(ids: tf.Tensor, name: str, depth: int):
     return tf.one_hot(ids, depth, dtype=tf.float32), {}
 
 
+# Hashing. TF's StringToHashBucketFast, as TFT's hash_strings computes it: FarmHash's Fingerprint64 of the
+# string's UTF-8 bytes modulo the number of buckets, both unsigned. No ONNX op computes it (standard ONNX
+# cannot read bytes; onnxruntime-extensions' op of that name hashes otherwise), so onnx_export.lowerings
+# refuses it with more than one bucket: these steps score with the SavedModel.
+CROSS_SEPARATOR = "_X_"  # tf.sparse.cross's default
+
+
+def hash_strings(x, name: str, buckets: int):
+    """Ids in [0, buckets) of text or of tokens (a RaggedTensor, each token hashed): TFT's
+    `hash_strings(x, buckets)`, i.e. `fingerprint64(utf8 bytes) % buckets` with FarmHash's Fingerprint64.
+
+    No vocabulary and no analysis pass: an unseen value gets an id like any other, and two values share
+    one when their fingerprints do modulo `buckets`. The empty string (also a missing text value) has an
+    id of its own like any value. Text is NFC (tfbridge.contracts.columns.model_text), so a composed and a
+    decomposed é hash alike.
+    """
+    return tft.hash_strings(x, buckets, name=name), {}
+
+
+def cross(x: tf.Tensor, name: str, others: dict[str, tf.Tensor], hash_buckets: int):
+    """A hashed feature cross (the wide part of wide-and-deep): ids in [0, hash_buckets) of the value of x
+    and of each `with` column's raw value, in the config's order, joined by CROSS_SEPARATOR ("_X_", as
+    `tf.sparse.cross` joins them) and hashed as `hash_strings` hashes text. For one value per column this is
+    `tf.strings.to_hash_bucket_fast(tf.sparse.cross([x, b, c]).values, hash_buckets)`.
+
+    Values that contain the separator can meet: ("a_X_b", "c") and ("a", "b_X_c") are the same cross.
+    """
+    joined = tf.strings.join([x, *others.values()], separator=CROSS_SEPARATOR)
+    return tft.hash_strings(joined, hash_buckets, name=name), {}
+
+
 # Dates and times. A timestamp inside the transform is int64 whole seconds since 1970-01-01 00:00 UTC
 # (FeatureKind.TIMESTAMP; `tfbridge.contracts.model_timestamps` reads the raw column, naive times as UTC), and
 # every part is computed in UTC. ONNX has no date ops, so the calendar is integer arithmetic that tf2onnx

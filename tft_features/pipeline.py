@@ -114,8 +114,9 @@ def _preprocessing(config: PipelineConfig) -> _Preprocessing:
     plan = preprocessing.plan_features(config)
     wanted = plan.raw_columns()
     why = {c.column: f"used by {', '.join(s.name for s in c.steps)}" for c in plan.columns}
-    for name in wanted:
-        why.setdefault(name, "used by polynomial")
+    for c in plan.columns:
+        for other, step in c.partners().items():
+            why.setdefault(other, f"used by {step} of '{c.column}'")
     return _Preprocessing(preprocessing.make_preprocessing_fn(plan), wanted, plan.raw_domains(), why,
                           plan.analysis_phases(), plan)
 

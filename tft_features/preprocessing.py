@@ -48,7 +48,8 @@ class ColumnPlan:
         return _raw_kind(self.read_as)
 
     def partners(self) -> dict[str, str]:
-        """The other raw columns its steps read (polynomial's `with`), each with the step that reads it."""
+        """The other raw columns its steps read (polynomial's and cross's `with`), each with the step that reads
+        it (StepDef.partner_reads says how)."""
         return {other: step.name for step in self.steps for other in STEPS[step.name].partners(step.params)}
 
     def step_groups(self) -> list[tuple[int, tuple[TransformStep, ...]]]:
@@ -57,7 +58,9 @@ class ColumnPlan:
         groups, i = [], 0
         while i < len(self.steps):
             pair = self.steps[i:i + 2]
-            size = 2 if len(pair) == 2 and pair[1].name in STEPS[pair[0].name].fused else 1
+            fuses = len(pair) == 2 and pair[1].name in STEPS[pair[0].name].fused
+            # a next step keyed by another column (z_score's `per`) is built on its own
+            size = 2 if fuses and not STEPS[pair[1].name].partners(pair[1].params) else 1
             groups.append((i, self.steps[i:i + size]))
             i += size
         return groups
@@ -76,11 +79,12 @@ class FeaturePlan:
     label: str
 
     def raw_columns(self) -> dict[str, tuple[str, bool]]:
-        """Every column the transform reads: name -> (read_as, nullable). Partners (polynomial's `with`) included."""
+        """Every column the transform reads: name -> (read_as, nullable). Partners (polynomial's and cross's `with`)
+        included."""
         cols: dict[str, tuple[str, bool]] = {c.column: (c.read_as, c.nullable) for c in self.columns}
         for plan in self.columns:
-            for other in plan.partners():
-                cols.setdefault(other, ("float", False))
+            for other, step in plan.partners().items():
+                cols.setdefault(other, (STEPS[step].partner_reads, False))
         return cols
 
     def analysis_phases(self) -> int:
@@ -102,12 +106,14 @@ def plan_features(config: PipelineConfig) -> FeaturePlan:
             raise ConfigError(f"{config.source}: features.{column}: 'datetime' says how text reads as dates and "
                               f"times, for a column whose first step is calendar, cyclical or since (after impute); "
                               f"its steps read {by_name[column].read_as}")
+    read_as = plan.raw_columns()
     for c in plans:
         for other, step in c.partners().items():
-            partner = by_name.get(other)
-            if partner is not None and (partner.nullable or partner.read_as != "float"):
+            wanted = STEPS[step].partner_reads
+            if read_as[other] != (wanted, False):
+                must = "numeric with no missing values" if wanted == "float" else "text, not imputed"
                 raise ConfigError(f"{config.source}: features.{c.column}: {step} uses the raw column '{other}', "
-                                  f"which must be numeric with no missing values")
+                                  f"which must be {must}")
     graph_input_names([config.label, *plan.raw_columns()], f"{config.source}: features")
     return plan
 

@@ -47,7 +47,7 @@ class StepInput:
     params: Mapping[str, Any]
     column: str  # the user's name for the column
     incoming: StepKind  # what the step before it produced
-    raw: Mapping[str, Any]  # every raw input by graph input name, [batch, 1] (polynomial's partners)
+    raw: Mapping[str, Any]  # every raw input by graph input name, [batch, 1] (partners: polynomial's, cross's)
 
 
 Params = Mapping[str, Any]
@@ -94,6 +94,7 @@ class StepDef:
     # be above (-inf: any input will do), or None when it can give a value at or below `bound` whatever its input.
     input_above: Callable[[Params, float], float | None] = _any_value
     partners: Callable[[Params], tuple[str, ...]] = lambda params: ()  # other raw columns it reads
+    partner_reads: str = "float"  # how it reads them: "float" (numbers) or "string" (text), never imputed
     # A next step (by name) built together with this one, in this one's analysis pass: what the pair builds.
     fused: Mapping[str, Callable[[Any, StepInput], tuple[Any, dict]]] = dataclasses.field(default_factory=dict)
 
@@ -162,13 +163,39 @@ def _polynomial_problem(p: Params, incoming: StepKind) -> str | None:
     return None
 
 
+def _buckets_problem(key: str) -> Callable[[Params, StepKind], str | None]:
+    def problem(p: Params, incoming: StepKind) -> str | None:
+        n = p.get(key)
+        return None if isinstance(n, int) and not isinstance(n, bool) and n >= 2 else \
+            f"{key} must be an integer >= 2 (the ids' range), got {n!r}"
+    return problem
+
+
+def _cross_problem(p: Params, incoming: StepKind) -> str | None:
+    others = p.get("with")
+    if not (isinstance(others, list) and others and all(isinstance(o, str) for o in others)):
+        return f"'with' must be a non-empty list of the text columns to cross with, got {others!r}"
+    return _buckets_problem("hash_buckets")(p, incoming)
+
+
 def _one_hot_problem(p: Params, incoming: StepKind) -> str | None:
     if p.get("depth") or incoming.width:
         return None
     return "one_hot needs a fixed width: give vocabulary a top_k, or one_hot a depth"
 
 
+def _per_problem(p: Params, incoming: StepKind) -> str | None:
+    """`per`: the raw text column whose values key the statistics (z_score, min_max, bucketize by key)."""
+    if "per" not in p:
+        return None
+    if not (isinstance(p["per"], str) and p["per"]):
+        return f"per must be the name of the column that keys the statistics, got {p['per']!r}"
+    return None if incoming.kind == NUMBER else f"per needs a number, but the step before it gives {incoming.kind}"
+
+
 def _bucketize_problem(p: Params, incoming: StepKind) -> str | None:
+    if "per" in p and "num_buckets" not in p:
+        return "per needs num_buckets (quantiles of each key's values), not fixed boundaries"
     if ("num_buckets" in p) == ("boundaries" in p):
         return "give either num_buckets (quantiles) or boundaries (fixed), not both"
     if "num_buckets" in p and not (isinstance(p["num_buckets"], int) and p["num_buckets"] >= 2):
@@ -270,12 +297,48 @@ def _build_bucketize(x, step: StepInput):
     """Fixed boundaries are a per-row mapper; quantile buckets need the boundaries from a full pass."""
     if "boundaries" in step.params:
         return mappers.fixed_buckets(x, step.scope, step.params["boundaries"])
-    return analyzers.quantile_buckets(x, step.scope, step.params["num_buckets"])
+    return _keyed(analyzers.quantile_buckets, analyzers.quantile_buckets_per_key)(x, step)
+
+
+def _per_column(params: Params) -> tuple[str, ...]:
+    return (params["per"],) if "per" in params else ()
+
+
+def _keyed(whole, per_key) -> Callable[[Any, StepInput], tuple[Any, dict]]:
+    """A full-pass step over the whole column, or with `per` over each key's rows: the raw `per` column's text keys
+    the statistics (StepDef.partners)."""
+    def build(x, step: StepInput):
+        params = dict(step.params)
+        per = params.pop("per", None)
+        if per is None:
+            return whole(x, step.scope, **params)
+        return per_key(x, step.scope, tf.squeeze(step.raw[graph_input_name(per)], 1), **params)
+    return build
+
+
+def _with_columns(params: Params) -> tuple[str, ...]:
+    return tuple(params.get("with", []))
+
+
+def _partner_values(step: StepInput) -> dict[str, tf.Tensor]:
+    """The raw values of the step's `with` columns (StepDef.partners), [batch], by the user's names."""
+    return {o: tf.squeeze(step.raw[graph_input_name(o)], 1) for o in _with_columns(step.params)}
 
 
 def _build_polynomial(x, step: StepInput):
-    others = {o: tf.squeeze(step.raw[graph_input_name(o)], 1) for o in step.params.get("with", [])}
-    return mappers.polynomial(x, step.column, step.params.get("degree", 2), others)
+    return mappers.polynomial(x, step.column, step.params.get("degree", 2), _partner_values(step))
+
+
+def _hash_result(incoming: StepKind, params: Params) -> StepKind:
+    return StepKind(TOKEN_IDS if incoming.kind == TOKENS else IDS, params["buckets"])
+
+
+def _cross_result(incoming: StepKind, params: Params) -> StepKind:
+    return StepKind(IDS, params["hash_buckets"])
+
+
+def _build_cross(x, step: StepInput):
+    return mappers.cross(x, step.scope, _partner_values(step), step.params["hash_buckets"])
 
 
 def _build_one_hot(x, step: StepInput):
@@ -328,8 +391,12 @@ STEPS: dict[str, StepDef] = {s.name: s for s in [
     StepDef("clip", (NUMBER,), ("min", "max"), _to(NUMBER), _mapper(mappers.clip), _never, _clip_problem,
             input_above=_clip_input_above),
     StepDef("polynomial", (NUMBER,), ("degree", "with"), _to(VECTOR), _build_polynomial, _never, _polynomial_problem,
-            partners=lambda params: tuple(params.get("with", []))),
+            partners=_with_columns),
     StepDef("one_hot", (IDS,), ("depth",), _to(VECTOR), _build_one_hot, _never, _one_hot_problem),
+    StepDef("hash", (TEXT, TOKENS), ("buckets",), _hash_result, _mapper(mappers.hash_strings), _never,
+            _buckets_problem("buckets"), reads=_reads_string, short="buckets"),
+    StepDef("cross", (TEXT,), ("with", "hash_buckets"), _cross_result, _build_cross, _never, _cross_problem,
+            reads=_reads_string, partners=_with_columns, partner_reads="string"),
     StepDef("calendar", (TIMESTAMP,), ("parts",), _calendar_result, _mapper(mappers.calendar), _never,
             _parts_problem(mappers.CALENDAR_PARTS), reads=_reads_timestamp, short="parts"),
     StepDef("cyclical", (TIMESTAMP,), ("parts",), _to(VECTOR), _mapper(mappers.cyclical), _never,
@@ -337,15 +404,22 @@ STEPS: dict[str, StepDef] = {s.name: s for s in [
     StepDef("since", (TIMESTAMP,), ("reference", "unit"), _to(NUMBER), _mapper(mappers.since), _never,
             _since_problem, reads=_reads_timestamp),
     # Full-pass analyzers (bucketize with fixed boundaries is per row, impute with a constant too).
-    StepDef("z_score", (NUMBER, VECTOR), (), _same_kind, _mapper(analyzers.z_score), _always),
-    StepDef("min_max", (NUMBER, VECTOR), ("output_min", "output_max"), _same_kind, _mapper(analyzers.min_max),
-            _always, _min_max_problem),
+    StepDef("z_score", (NUMBER, VECTOR), ("per",), _same_kind, _keyed(analyzers.z_score, analyzers.z_score_per_key),
+            _always, _per_problem, partners=_per_column, partner_reads="string"),
+    StepDef("min_max", (NUMBER, VECTOR), ("output_min", "output_max", "per"), _same_kind,
+            _keyed(analyzers.min_max, analyzers.min_max_per_key), _always,
+            lambda p, incoming: _min_max_problem(p, incoming) or _per_problem(p, incoming),
+            partners=_per_column, partner_reads="string"),
+    StepDef("robust", (NUMBER,), (), _same_kind, _mapper(analyzers.robust), _always),
+    StepDef("max_abs", (NUMBER, VECTOR), (), _same_kind, _mapper(analyzers.max_abs), _always),
     StepDef("box_cox", (NUMBER,), (), _to(NUMBER), _power(analyzers.box_cox), _always, domain=_POSITIVE,
             fused={"z_score": _power(analyzers.box_cox_z_score)}),
     StepDef("yeo_johnson", (NUMBER,), (), _to(NUMBER), _power(analyzers.yeo_johnson), _always,
             fused={"z_score": _power(analyzers.yeo_johnson_z_score)}),
-    StepDef("bucketize", (NUMBER,), ("num_buckets", "boundaries"), _bucketize_result, _build_bucketize,
-            lambda params: "num_buckets" in params, _bucketize_problem),
+    StepDef("bucketize", (NUMBER,), ("num_buckets", "boundaries", "per"), _bucketize_result, _build_bucketize,
+            lambda params: "num_buckets" in params,
+            lambda p, incoming: _bucketize_problem(p, incoming) or _per_problem(p, incoming),
+            partners=_per_column, partner_reads="string"),
     StepDef("piecewise_linear", (NUMBER,), ("num_buckets",), _to(VECTOR), _mapper(analyzers.piecewise_linear),
             _always, _piecewise_linear_problem, short="num_buckets"),
     StepDef("vocabulary", (TEXT, TOKENS), ("top_k", "frequency_threshold", "num_oov_buckets"), _vocabulary_result,

@@ -66,14 +66,14 @@ def v2_inputs(frame: pd.DataFrame, columns) -> dict:
                         "data": [row[name] for row in rows]} for name, column in columns.items()]}
 
 
-def predict(client, frame, columns) -> np.ndarray:
-    response = client.post("/v1/models/out:predict", json={"instances": instances(frame, columns)})
+def predict(client, frame, columns, name: str = "out") -> np.ndarray:
+    response = client.post(f"/v1/models/{name}:predict", json={"instances": instances(frame, columns)})
     assert response.status_code == 200, response.text
     return np.array([row["prediction"] for row in response.json()["predictions"]])
 
 
-def infer(client, frame, columns) -> np.ndarray:
-    response = client.post("/v2/models/out/infer", json=v2_inputs(frame, columns))
+def infer(client, frame, columns, name: str = "out") -> np.ndarray:
+    response = client.post(f"/v2/models/{name}/infer", json=v2_inputs(frame, columns))
     assert response.status_code == 200, response.text
     (output,) = response.json()["outputs"]
     assert output["name"] == "prediction" and output["datatype"] == "FP64" and output["shape"] == [len(frame)]

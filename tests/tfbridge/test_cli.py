@@ -10,11 +10,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
 from tests.helpers import assert_report_renders, committed, decode_split, onnx_session, serving_inputs, tf_inputs
+from tests.http_serve.serving import infer, predict, running
 from tfbridge.cli import main
 from tfbridge.contracts import ArtifactLayout, ModelManifest
 from tfbridge.datasets import DIAMONDS_ROWS
@@ -113,6 +115,17 @@ def test_demo_runs_every_stage_on_diamonds_quietly(tmp_path, python_env):
     scores = pq.read_table(tmp_path / "runs" / "demo" / "scores").to_pandas()
     assert len(scores) == DIAMONDS_ROWS and set(raw.column_names) < set(scores.columns)
     assert_joined_by_row(raw.to_pandas().assign(onnx=got), scores, raw.column_names)
+
+    # The command the summary prints serves the same model: 2,000 rows in 500-row v2 requests and 50 single rows as
+    # instances, each answer the prediction Spark wrote for its row (joined by all its columns).
+    rows = raw.to_pandas().sample(2_050, random_state=3)
+    columns = ModelManifest.read(model / "manifest.json").inputs
+    with running(model, tmp_path / "serve.log") as (_, client):
+        served = [infer(client, rows.iloc[i:i + 500], columns, "demo") for i in range(0, 2_000, 500)]
+        served += [predict(client, rows.iloc[i:i + 1], columns, "demo") for i in range(2_000, 2_050)]
+    by_row = scores.astype({k: str for k in raw.column_names}).groupby(raw.column_names)["prediction"].first()
+    keys = pd.MultiIndex.from_frame(rows[raw.column_names].astype(str))
+    np.testing.assert_allclose(np.concatenate(served), by_row.loc[keys].to_numpy(), rtol=1e-6, atol=0)
 
 
 def assert_joined_by_row(raw, scores, keys: list[str]) -> None:
