@@ -37,8 +37,8 @@ from starlette.routing import Route
 from http_serve import metrics, openapi
 from http_serve.batching import Batcher
 from http_serve.model import ServedModel, settle_heap
-from http_serve.protocol import (RequestError, Rows, column_kind, decode_infer, decode_instances, encode_infer, encode_predictions,
-                                 parse_json)
+from http_serve.protocol import (RequestError, Rows, column_kind, decode_infer, decode_instances, encode_infer,
+                                 encode_predictions, parse_json)
 from http_serve.reload import ModelSlot
 from tfbridge.contracts import DataError
 

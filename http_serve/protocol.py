@@ -191,10 +191,10 @@ def _v2_values(name: str, datatype, values: list, column: RawColumn, max_string_
     accepted = _DATATYPES[datatype]
     if accepted == (int,):
         values = _integers(values)
-    _check_values(values, accepted, f"input '{name}' ({datatype}) takes {_python_names(accepted)}", "row")
+    kinds = _check_values(values, accepted, f"input '{name}' ({datatype}) takes {_python_names(accepted)}", "row")
     if accepted == (int,):
         _within_int64(values, f"input '{name}' ({datatype})")
-    return _batch_form(values, kind, f"input '{name}'", "row", max_string_bytes)
+    return _batch_form(values, kinds, kind, f"input '{name}'", "row", max_string_bytes)
 
 
 def _instances_values(name: str, values: list, column: RawColumn, max_string_bytes: int) -> list:
@@ -204,22 +204,22 @@ def _instances_values(name: str, values: list, column: RawColumn, max_string_byt
     if kind == "string":
         values = _integers(values)
     accepted = {"string": (str, int, bool), "timestamp": (str,), "float": (int, float, bool)}[kind]
-    _check_values(values, accepted, f"column '{name}' takes {_EXPECTED[kind]}", "instance")
-    return _batch_form(values, kind, f"column '{name}'", "instance", max_string_bytes)
+    kinds = _check_values(values, accepted, f"column '{name}' takes {_EXPECTED[kind]}", "instance")
+    return _batch_form(values, kinds, kind, f"column '{name}'", "instance", max_string_bytes)
 
 
-def _batch_form(values: list, kind: str, where: str, row_word: str, max_string_bytes: int) -> list:
-    """Checked values in the form the batch converts: text as strings (within the size limit, valid Unicode),
-    numbers with every integer beyond 2**53 as the double it rounds to (as Arrow casts an int64)."""
-    kinds = set(map(type, values))
+def _batch_form(values: list, kinds: set[type], kind: str, where: str, row_word: str, max_string_bytes: int) -> list:
+    """Checked values (of the types `kinds`, null aside) in the form the batch converts: text as strings (within
+    the size limit, valid Unicode), numbers with every integer beyond 2**53 as the double it rounds to (as Arrow
+    casts an int64)."""
     if kind in ("string", "timestamp"):
-        if not kinds <= {str, type(None)}:
+        if not kinds <= {str}:
             values = [_text(v) for v in values]
         _check_strings(values, max_string_bytes, where, row_word)
         return values
     if int not in kinds:
         return values
-    integers = values if kinds == {int} else [v for v in values if type(v) is int]
+    integers = values if kinds == {int} and None not in values else [v for v in values if type(v) is int]
     if -_EXACT <= min(integers) and max(integers) <= _EXACT:
         return values
     return [_double(v, where, row_word, i) if type(v) is int and not -_EXACT <= v <= _EXACT else v
@@ -273,11 +273,11 @@ def _integers(values: list) -> list:
     return [int(v) if type(v) is float and v.is_integer() and -2**63 <= v < 2**63 else v for v in values]
 
 
-def _check_values(values: list, accepted: tuple[type, ...], expected: str, row_word: str) -> None:
-    """Every value of one of the `accepted` types or null; the first other one named."""
+def _check_values(values: list, accepted: tuple[type, ...], expected: str, row_word: str) -> set[type]:
+    """Every value of one of the `accepted` types or null, the first other one named; the types found (null aside)."""
     kinds = set(map(type, values)) - {type(None)}
     if kinds.issubset(accepted):
-        return
+        return kinds
     i, value = next((i, v) for i, v in enumerate(values) if v is not None and type(v) not in accepted)
     raise RequestError(f"{expected}; {row_word} {i} holds {_shown(value)} ({_json_type(value)})")
 
