@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/model_quality.py [--tables diamonds,biopsy] [--train epochs=20 ...]
 
-Tables: diamonds (the demo's config) and the six R tables of the test zoo
+Tables: diamonds (the demo's config) and the eight R tables of the test zoo
 (tests/tfbridge/test_real_tables.py: their feature configs but for QUALITY_FEATURES,
 all rows instead of the tests' sample; rows whose label is missing dropped). Each table goes
 through `tfbridge features` and `tfbridge train` with the `train:` defaults
@@ -35,6 +35,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 METRIC = {"regression": "r2", "binary": "auc", "multiclass": "accuracy"}
+MAX_TREE_CATEGORIES = 255  # HistGradientBoosting's most categories in a column
 
 
 def tables() -> dict[str, dict]:
@@ -96,14 +97,16 @@ def train_ours(name: str, spec: dict, data: Path, root: Path, overrides: dict, w
 
 def raw_frames(config, spec: dict):
     """(X_train, y_train, X_eval, y_eval) of the raw columns the trees take: categories (a vocabulary
-    step) as pandas categories, numbers as floats, text (normalize_text) left out."""
+    step) as pandas categories, numbers as floats, dates (a date step) as days since 1970, text
+    (normalize_text) left out."""
     import pandas as pd
 
     from tft_features.pipeline import split_rows
 
     def first_step(steps) -> str:
         names = [s if isinstance(s, str) else next(iter(s)) for s in steps]
-        return "text" if "normalize_text" in names else "category" if "vocabulary" in names else "number"
+        return ("text" if "normalize_text" in names else "category" if "vocabulary" in names
+                else "date" if {"calendar", "cyclical", "since"} & set(names) else "number")
 
     kinds = {column: first_step(steps) for column, steps in spec["features"].items()}
     frames = []
@@ -115,12 +118,16 @@ def raw_frames(config, spec: dict):
                 x[column] = frame[column].astype(str).astype("category")
             elif kind == "number":
                 x[column] = frame[column].astype(np.float64)
+            elif kind == "date":
+                x[column] = (pd.to_datetime(frame[column], utc=True) - pd.Timestamp(0, tz="UTC")).dt.days
         frames += [x, frame[spec["label"]]]
     categories = {c: pd.api.types.union_categoricals([frames[0][c], frames[2][c]]).categories
                   for c, k in kinds.items() if k == "category"}
     for x in (frames[0], frames[2]):
         for column, values in categories.items():
             x[column] = pd.Categorical(x[column].astype(str), categories=values)
+            if len(values) > MAX_TREE_CATEGORIES:  # HistGradientBoosting refuses more: their codes, as numbers
+                x[column] = x[column].cat.codes.astype(np.float64)
     return frames
 
 

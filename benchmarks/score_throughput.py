@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/score_throughput.py --rows 1000000 --repeats 3
 
 A model is trained on 100,000 synthetic rows (tfbridge.datasets.write_synthetic: numbers,
-Zipf categories, short text) and exported; then `--rows` FRESH raw rows (another seed) are
+Zipf categories, short text as words and word pairs, a time's cyclical calendar) and exported; then `--rows` FRESH raw rows (another seed) are
 scored, each `--repeats` times, by:
   (a) onnxruntime    the ONNX graph in one process on the rows already in memory as model
                      inputs, one `run` per Arrow batch: 1 thread; all cores as intra-op threads;
@@ -51,8 +51,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from train_throughput import FEATURES as TRAIN_BENCHMARK_FEATURES  # noqa: E402 (this script's directory)
 
-# The training benchmark's features plus a min-max column: every kind of transform inside the graph.
-FEATURES = {**TRAIN_BENCHMARK_FEATURES, "visits": ["min_max"]}
+# The training benchmark's features plus a min-max column, the comment's word pairs and a time's calendar:
+# every kind of transform inside the graph.
+FEATURES = {**TRAIN_BENCHMARK_FEATURES, "visits": ["min_max"],
+            "comment": ["normalize_text", {"ngrams": [1, 2]}, {"vocabulary": {"top_k": 5000}}],
+            "when": [{"cyclical": ["day_of_year", "weekday", "hour"]}]}
 TRAIN = {"batch_size": 1024, "epochs": 2, "hidden_units": [64, 32], "workers": 1}
 TRAIN_ROWS = 100_000
 
@@ -121,10 +124,16 @@ def predict_batch_column(model_dir: Path, batch: int):
 
         signature = tf.saved_model.load(path).signatures["serving_default"]
 
+        def value(a: np.ndarray, dtype: str):
+            if dtype == "string":
+                return a.astype(str)
+            if dtype == "timestamp":  # the graph's float64 epoch seconds
+                return pd.to_datetime(a, utc=True).asi8 / 1e9
+            return a.astype(np.float32)
+
         def predict(*arrays):
-            tensors = {model.manifest.input_names[name]: tf.constant(
-                a.astype(str) if inputs[name].dtype == "string" else a.astype(np.float32))
-                for name, a in zip(names, arrays)}
+            tensors = {model.manifest.input_names[name]: tf.constant(value(a, inputs[name].dtype))
+                       for name, a in zip(names, arrays)}
             return signature(**tensors)["prediction"].numpy().astype(np.float64)
 
         # predict_batch_udf passes one array per column and counts the function's parameters.
@@ -293,8 +302,8 @@ def main() -> None:
     hand_off = statistics.median(runs["(f) Spark alone: mapInArrow returning zeros"].rates)
     bound = 1 / (1 / base + 1 / hand_off)
     stock = statistics.median(runs["(d) predict_batch_udf (TF)"].rates)
-    print(f"\n{args.rows:,} fresh raw rows (8 columns, text and categories in the graph), local[{args.cores}], "
-          f"Arrow batch {args.batch:,}, median of {args.repeats}\n")
+    print(f"\n{args.rows:,} fresh raw rows (9 columns, text n-grams, a calendar and categories in the graph), "
+          f"local[{args.cores}], Arrow batch {args.batch:,}, median of {args.repeats}\n")
     ort_1 = statistics.median(floors_measured["(a) onnxruntime, 1 thread"])
     print(f"score(): {ours:,.0f} rows/s = {ours / stock:.2f}x predict_batch_udf with TF, {ours / bound:.0%} of the "
           f"bound {bound:,.0f} rows/s (1 / (1/floor {base:,.0f} + 1/hand-off {hand_off:,.0f}))")

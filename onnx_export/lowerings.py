@@ -8,8 +8,8 @@ handler has its own test running the ONNX result against TF on fresh inputs.
   UpperBound (tft.apply_buckets)      GreaterOrEqual + ReduceSum: a value on a boundary goes up
   Log1p, Expm1 (log1p, Box-Cox, YJ)   Kahan's forms log(u) * x / (u - 1), (u - 1) * x / log(u):
                                       full float32 accuracy near 0, where log(1 + x) would lose it
-  StringToHashBucketFast (OOV ids,    one bucket: every string hashes to bucket 0; more buckets need
-  hash, cross)                        FarmHash's Fingerprint64, which no ONNX op computes: refused
+  StringToHashBucketFast (OOV ids,    one bucket: every string hashes to bucket 0; more: FarmHash's
+  hash, cross)                        Fingerprint64 by onnxruntime-extensions 0.14.0's op of that name
   StringLower, StringUpper            StringNormalizer in a named locale, never the host's default:
   (normalize_text's lower-casing)     "C" for TF's ASCII-only default, C.UTF-8 for encoding="utf-8"
   StringSplitV2 (text to tokens)      ONNX StringSplit (opset 20) back to TF's sparse triple; tabs and
@@ -18,11 +18,21 @@ handler has its own test running the ONNX result against TF on fresh inputs.
   (ragged row lengths of tokens)      ids outside [0, n) dropped (TF drops negative segment ids
                                       and bincount values >= size, refuses the rest). tf2onnx's own
                                       lowering sorts (TopK + Unique): a quarter of the graph's time
+  UnsortedSegmentMin (bag_of_words)   ScatterND with reduction "min" into the dtype's largest value (TF's
+                                      for an empty segment); tf2onnx's lowering fails on integers
+  StringNGrams (ngrams, bag_of_words) each width's joined tokens (StringConcat, opset 20) where they stay
+                                      within the row, ordered by an int64 permutation; no padding
   RaggedTensorToSparse (token ids     row of each value by CumSum of scattered row starts; tf2onnx's
   to the model's sparse input)        divided by the longest row: 0 in a batch of empty texts
   FloorDiv, FloorMod on integers      Mod with fmod=0 (the divisor's sign, as Python's %), and
   (the calendar of dates and times)   (a - mod) / b: tf2onnx's Div truncates toward 0, which puts
                                       1969-12-31 23:59:59 (-1 s) on day 0, 1970-01-01
+  Select, SelectV2 (tf.where: TFT's   Where: tf2onnx's c * a + !c * b is NaN wherever the side not
+  guarded divisions, e.g. per key,    taken is inf or NaN (0 * inf): an unseen key's zero variance,
+  apply_buckets_with_interpolation)   a bucket of zero width, a value beyond the last boundary
+  If, StatelessIf (tf.cond: TFT's     tf2onnx's If with each branch node's op domain kept: tf2onnx
+  *_per_key compare keys in one)      re-creates branch nodes in the default domain, and onnxruntime
+                                      refuses a StringEqual or StringToHashBucketFast there
 
 Vocabulary lookups (CategoryMapper), regex replacement (onnxruntime-extensions'
 StringRegexReplace: standard ONNX has no regex replace) and string equality (its
@@ -54,13 +64,14 @@ def _node(ctx, op: str, inputs: list[str], **attr) -> str:
     return ctx.make_node(op, inputs, attr=attr or None).output[0]
 
 
-def _take_over(ctx, node, op: str, inputs: list[str], **attr) -> None:
-    """Replaces `node` by one `op` node that keeps its name, output names, shapes and dtypes."""
+def _take_over(ctx, node, op: str, inputs: list[str], domain: str | None = None, **attr) -> None:
+    """Replaces `node` by one `op` node (of `domain`) that keeps its name, output names, shapes and dtypes."""
     name, outputs = node.name, list(node.output)
     shapes = [ctx.get_shape(o) for o in outputs]
     dtypes = [ctx.get_dtype(o) for o in outputs]
     ctx.remove_node(name)
-    ctx.make_node(op, inputs, attr=attr or None, outputs=outputs, name=name, shapes=shapes, dtypes=dtypes)
+    ctx.make_node(op, inputs, attr=attr or None, outputs=outputs, name=name, shapes=shapes, dtypes=dtypes,
+                  domain=domain)
 
 
 def upper_bound(ctx, node, name, args):
@@ -105,19 +116,20 @@ def expm1(ctx, node, name, args):
 
 
 def string_to_hash_bucket_fast(ctx, node, name, args):
-    """With one bucket every string hashes to 0; with more, FarmHash's Fingerprint64 of the bytes would be needed.
+    """FarmHash's Fingerprint64 of the string's bytes modulo the buckets: onnxruntime-extensions' op of the
+    same name, which in the pinned 0.14.0 is TF's kernel (standard ONNX cannot read a string's bytes).
 
-    Standard ONNX cannot read a string's bytes, and onnxruntime-extensions' op of the same name is not TF's:
-    it hashes with std::hash (0.15.2; tests/onnx_export/test_hash_lowering.py shows it differ on every kind
-    of string), so tf2onnx's own handler, which maps to it, would change every id without a word."""
+    tf2onnx's own handler maps to the same op; this one also keeps the graph free of the library where
+    there is one bucket (every string hashes to 0, as with a vocabulary's single OOV bucket). The op reads
+    a string up to its first NUL byte, TF the whole string: the scorer refuses NUL in the string columns
+    of a graph that hashes (tfbridge.scoring.model). 0.15 hashes with std::hash instead, which the text-op
+    probes (tfbridge.scoring.session.check_text_ops) would catch before any row is scored."""
     buckets = node.get_attr_int("num_buckets")
-    if buckets != 1:
-        raise UnsupportedOp(f"StringToHashBucketFast with {buckets} buckets in node {node.name} (FarmHash's "
-                            f"Fingerprint64: no ONNX op computes it; onnxruntime-extensions' op of that name hashes "
-                            f"otherwise): the hash and cross steps and a vocabulary with num_oov_buckets above 1 do "
-                            f"not export; score with the SavedModel, or use num_oov_buckets of 0 or 1")
-    shape = _node(ctx, "Shape", [node.input[0]])
-    _take_over(ctx, node, "ConstantOfShape", [shape], value=numpy_helper.from_array(np.zeros([1], np.int64)))
+    if buckets == 1:
+        shape = _node(ctx, "Shape", [node.input[0]])
+        _take_over(ctx, node, "ConstantOfShape", [shape], value=numpy_helper.from_array(np.zeros([1], np.int64)))
+        return
+    _take_over(ctx, node, "StringToHashBucketFast", [node.input[0], _const(ctx, [buckets])], EXTENSIONS_DOMAIN)
 
 
 def string_case(ctx, node, name, args):
@@ -203,6 +215,19 @@ def _filled(ctx, shape: str, value, dtype) -> str:
 
 def unsorted_segment_sum(ctx, node, name, args):
     """Sums of data rows per segment id, for rank-1 ids (TF's RaggedReduceSum); other ranks: tf2onnx's lowering."""
+    _unsorted_segment_reduce(ctx, node, "add", lambda dtype: 0)
+
+
+def unsorted_segment_min(ctx, node, name, args):
+    """Minimum of data rows per segment id, for rank-1 ids (bag_of_words' first occurrences), the dtype's largest
+    value for an empty segment as in TF; other ranks: tf2onnx's lowering, which fails on integer data."""
+    _unsorted_segment_reduce(ctx, node, "min", lambda dtype: np.iinfo(dtype).max if np.issubdtype(dtype, np.integer)
+                             else np.finfo(dtype).max)
+
+
+def _unsorted_segment_reduce(ctx, node, reduction: str, initial) -> None:
+    """ScatterND with `reduction` into rows filled with `initial(dtype)`, ids outside [0, n) dropped (TF drops
+    negative ids); tf2onnx's own lowering builds a one-hot matrix of values x segments."""
     from tf2onnx.onnx_opset.reduction import SegmentSum
 
     data, segment_ids, num_segments = node.input
@@ -212,10 +237,11 @@ def unsorted_segment_sum(ctx, node, name, args):
     rows = _node(ctx, "Concat", [_node(ctx, "Add", [n, _const(ctx, [1])]),
                                  _node(ctx, "Slice", [_node(ctx, "Shape", [data]), _const(ctx, [1]),
                                                       _const(ctx, [np.iinfo(np.int64).max])])], axis=0)
-    zeros = _filled(ctx, rows, 0, utils.map_onnx_to_numpy_type(ctx.get_dtype(data)))
-    summed = _node(ctx, "ScatterND", [zeros, _node(ctx, "Unsqueeze", [ids, _const(ctx, [1])]), data],
-                   reduction="add")
-    _without_spill_row(ctx, node, summed, n)
+    dtype = utils.map_onnx_to_numpy_type(ctx.get_dtype(data))
+    filled = _filled(ctx, rows, initial(dtype), dtype)
+    reduced = _node(ctx, "ScatterND", [filled, _node(ctx, "Unsqueeze", [ids, _const(ctx, [1])]), data],
+                    reduction=reduction)
+    _without_spill_row(ctx, node, reduced, n)
 
 
 def dense_bincount(ctx, node, name, args):
@@ -235,6 +261,81 @@ def dense_bincount(ctx, node, name, args):
     _without_spill_row(ctx, node, counts, n)
 
 
+def _value_rows(ctx, row_splits: str, values: str) -> tuple[str, str, str, str]:
+    """(rows, positions, starts, lengths) of a ragged tensor's flat `values` from its `row_splits`, in
+    O(rows + values): each value's row is a running count of the row starts at or before it (a scatter-add
+    of the interior splits, then CumSum); positions are 0..values-1; starts and lengths are per row."""
+    splits = _node(ctx, "Cast", [row_splits], to=TensorProto.INT64)
+    end = _const(ctx, [np.iinfo(np.int64).max])
+    starts = _node(ctx, "Slice", [splits, _const(ctx, [0]), _const(ctx, [-1]), _const(ctx, [0])])
+    lengths = _node(ctx, "Sub", [_node(ctx, "Slice", [splits, _const(ctx, [1]), end, _const(ctx, [0])]), starts])
+    count = _node(ctx, "Shape", [values])  # [1]
+    interior = _node(ctx, "Slice", [splits, _const(ctx, [1]), _const(ctx, [-1]), _const(ctx, [0])])
+    n, ids = _spill_row(ctx, interior, _node(ctx, "Squeeze", [count]))  # trailing empty rows start at the end
+    ones = _filled(ctx, _node(ctx, "Shape", [ids]), 1, np.int64)
+    zeros = _filled(ctx, _node(ctx, "Add", [n, _const(ctx, [1])]), 0, np.int64)
+    marks = _node(ctx, "ScatterElements", [zeros, ids, ones], axis=0, reduction="add")
+    marks = _node(ctx, "Slice", [marks, _const(ctx, [0]), n, _const(ctx, [0])])
+    rows = _node(ctx, "CumSum", [marks, _const(ctx, 0)])
+    positions = _node(ctx, "Range", [_const(ctx, 0), _node(ctx, "Squeeze", [count]), _const(ctx, 1)])
+    return rows, positions, starts, lengths
+
+
+def string_ngrams(ctx, node, name, args):
+    """TF's StringNGrams (tf.strings.ngrams, the ngrams step) without padding: each row's n-grams of every
+    width in order, width by width, each the row's consecutive tokens joined by the separator (ONNX
+    StringConcat, opset 20); rows shorter than a width have none of it.
+
+    Every token position t is a candidate start for each width w, kept where t + w reaches no further than its
+    row's end; a kept n-gram goes to position out_start[row] + (n-grams of the smaller widths in its row) +
+    (t - row start). The strings are gathered into that order through an int64 permutation (ScatterND), so no
+    string is scattered or sorted."""
+    if node.get_attr_int("pad_width") != 0 or node.get_attr_value("preserve_short_sequences", False):
+        raise UnsupportedOp(f"StringNGrams with padding or preserve_short_sequences in node {node.name}: only "
+                            f"unpadded n-grams (tf.strings.ngrams' defaults) export")
+    data, splits = node.input
+    separator = node.get_attr_value("separator")
+    separator = separator.decode() if isinstance(separator, bytes) else separator
+    widths = list(node.get_attr_value("ngram_widths"))
+    rows, positions, starts, lengths = _value_rows(ctx, splits, data)
+    ends = _node(ctx, "Add", [starts, lengths])
+    token_ends = _node(ctx, "Gather", [ends, rows])
+    within = _node(ctx, "Sub", [positions, _node(ctx, "Gather", [starts, rows])])
+    last = _node(ctx, "Sub", [_node(ctx, "Shape", [data]), _const(ctx, [1])])
+    sep = ctx.make_const(utils.make_name("separator"), np.array(separator, object)).output[0]
+    counts = [_node(ctx, "Max", [_node(ctx, "Sub", [lengths, _const(ctx, w - 1)]), _const(ctx, 0)]) for w in widths]
+    out_lengths = counts[0]
+    for c in counts[1:]:
+        out_lengths = _node(ctx, "Add", [out_lengths, c])
+    out_splits = _node(ctx, "Concat", [_const(ctx, [0]), _node(ctx, "CumSum", [out_lengths, _const(ctx, 0)])],
+                       axis=0)
+    before = _node(ctx, "Slice", [out_splits, _const(ctx, [0]), _const(ctx, [-1]), _const(ctx, [0])])
+    texts, places, keeps = [], [], []
+    for w, count in zip(widths, counts):
+        gram = data
+        for k in range(1, w):
+            later = _node(ctx, "Gather", [data, _node(ctx, "Min", [_node(ctx, "Add", [positions, _const(ctx, k)]),
+                                                                    last])])
+            gram = _node(ctx, "StringConcat", [_node(ctx, "StringConcat", [gram, sep]), later])
+        texts.append(gram)
+        keeps.append(_node(ctx, "LessOrEqual", [_node(ctx, "Add", [positions, _const(ctx, w)]), token_ends]))
+        places.append(_node(ctx, "Add", [_node(ctx, "Gather", [before, rows]), within]))
+        before = _node(ctx, "Add", [before, count])
+    keep = _node(ctx, "Concat", keeps, axis=0)
+    grams = _node(ctx, "Compress", [_node(ctx, "Concat", texts, axis=0), keep], axis=0)
+    place = _node(ctx, "Compress", [_node(ctx, "Concat", places, axis=0), keep], axis=0)
+    order = _node(ctx, "ScatterND", [_filled(ctx, _node(ctx, "Shape", [place]), 0, np.int64),
+                                     _node(ctx, "Unsqueeze", [place, _const(ctx, [1])]),
+                                     _node(ctx, "Range", [_const(ctx, 0), _node(ctx, "Squeeze", [
+                                         _node(ctx, "Shape", [place])]), _const(ctx, 1)])])
+    grams_out, splits_out = node.output
+    dtypes = [ctx.get_dtype(o) for o in node.output]
+    ctx.remove_node(node.name)
+    ctx.make_node("Gather", [grams, order], outputs=[grams_out], dtypes=[dtypes[0]], shapes=[[-1]])
+    ctx.make_node("Cast", [out_splits], attr={"to": dtypes[1]}, outputs=[splits_out], dtypes=[dtypes[1]],
+                  shapes=[[-1]])
+
+
 def ragged_tensor_to_sparse(ctx, node, name, args):
     """The sparse triple of a ragged [rows, (tokens)] tensor from its row splits, in O(rows + values).
 
@@ -250,20 +351,8 @@ def ragged_tensor_to_sparse(ctx, node, name, args):
 
     if len(node.input) != 2:
         return RaggedTensorToSparse.version_11(ctx, node)
-    splits = _node(ctx, "Cast", [node.input[0]], to=TensorProto.INT64)
     values = node.input[1]
-    end = _const(ctx, [np.iinfo(np.int64).max])
-    starts = _node(ctx, "Slice", [splits, _const(ctx, [0]), _const(ctx, [-1]), _const(ctx, [0])])
-    lengths = _node(ctx, "Sub", [_node(ctx, "Slice", [splits, _const(ctx, [1]), end, _const(ctx, [0])]), starts])
-    count = _node(ctx, "Shape", [values])  # [1]
-    interior = _node(ctx, "Slice", [splits, _const(ctx, [1]), _const(ctx, [-1]), _const(ctx, [0])])
-    n, ids = _spill_row(ctx, interior, _node(ctx, "Squeeze", [count]))  # trailing empty rows start at the end
-    ones = _filled(ctx, _node(ctx, "Shape", [ids]), 1, np.int64)
-    zeros = _filled(ctx, _node(ctx, "Add", [n, _const(ctx, [1])]), 0, np.int64)
-    marks = _node(ctx, "ScatterElements", [zeros, ids, ones], axis=0, reduction="add")
-    marks = _node(ctx, "Slice", [marks, _const(ctx, [0]), n, _const(ctx, [0])])
-    rows = _node(ctx, "CumSum", [marks, _const(ctx, 0)])
-    positions = _node(ctx, "Range", [_const(ctx, 0), _node(ctx, "Squeeze", [count]), _const(ctx, 1)])
+    rows, positions, starts, lengths = _value_rows(ctx, node.input[0], values)
     columns = _node(ctx, "Sub", [positions, _node(ctx, "Gather", [starts, rows])])
     longest = _node(ctx, "ReduceMax", [lengths], keepdims=1)  # [0] for no rows: TF gives 0 too
     longest = _node(ctx, "Max", [longest, _const(ctx, [0])])
@@ -302,17 +391,63 @@ def floor_div(ctx, node, name, args):
     _take_over(ctx, node, "Div", [_node(ctx, "Sub", [a, _node(ctx, "Mod", [a, b], fmod=0)]), b])
 
 
+def select(ctx, node, name, args):
+    """tf.where(c, a, b) (Select, SelectV2) as ONNX Where, which takes each element from one side only.
+
+    tf2onnx lowers a numeric select to c * a + !c * b (faster in old onnxruntime) unless it sees the condition
+    test for NaN; that is NaN wherever the side not taken is inf or NaN (0 * inf), and TFT guards its divisions
+    with tf.where: an unseen key's zero variance in `scale_to_z_score_per_key`, a bucket of zero width or a
+    value beyond the last boundary in `apply_buckets_with_interpolation`. tf2onnx's `handles_nan` attribute (not an
+    ONNX attribute of Where, so never written) sends it down tf2onnx's own Where path, Select's reshape included."""
+    from tf2onnx.onnx_opset.controlflow import Select
+
+    node.set_attr("handles_nan", True)
+    Select.version_9(ctx, node)
+
+
+def if_keeping_branch_domains(ctx, node, name, args):
+    """tf.cond (If, StatelessIf) as tf2onnx lowers a StatelessIf, to ONNX If with the two branch functions as
+    subgraphs, with the op domain of every branch node kept.
+
+    tf2onnx's prefix_graph re-creates each branch node as `<branch function>_<node>` in the default domain, so an
+    op of another domain in a branch (onnxruntime-extensions' StringEqual or StringToHashBucketFast, ai.onnx.ml's
+    CategoryMapper) made a graph onnxruntime refuses ("No Op registered for StringEqual"): TFT's `*_per_key`
+    functions compare the keys inside a tf.cond. Nested conds are lowered inside their branch function first, so
+    one level is enough. TF's stateful If goes the same way: tf2onnx's own lowering of it skips one whose
+    branches take no inputs, leaving TF's attributes in an invalid graph."""
+    from tf2onnx.onnx_opset.controlflow import StatelessIfOp
+    from tf2onnx.tf_loader import find_function
+
+    domains = {}
+    for branch in ("then_branch", "else_branch"):
+        function = node.get_attr_str(branch)
+        domains.update({f"{function}_{n.name}": n.domain for n in find_function(function).get_nodes() if n.domain})
+    StatelessIfOp.version_1(ctx, node)
+    for branch in ctx.get_node_by_name(name).get_body_graphs().values():
+        for branch_node in branch.get_nodes():
+            branch_node.domain = domains.pop(branch_node.name, branch_node.domain)
+    if domains:
+        raise UnsupportedOp(f"{node.type} {name}: tf2onnx renamed its branch nodes {sorted(domains)} otherwise than "
+                            f"`<branch function>_<node>`, so their op domains cannot be restored")
+
+
 HANDLERS = {
     "UpperBound": (upper_bound, []),
     "Log1p": (log1p, []),
     "Expm1": (expm1, []),
     "StringToHashBucketFast": (string_to_hash_bucket_fast, []),
+    "StringNGrams": (string_ngrams, []),
     "StringLower": (string_case, []),
     "StringUpper": (string_case, []),
     "StringSplitV2": (string_split_v2, []),
     "UnsortedSegmentSum": (unsorted_segment_sum, []),
+    "UnsortedSegmentMin": (unsorted_segment_min, []),
     "DenseBincount": (dense_bincount, []),
     "RaggedTensorToSparse": (ragged_tensor_to_sparse, []),
     "FloorDiv": (floor_div, []),
     "FloorMod": (floor_mod, []),
+    "Select": (select, []),
+    "SelectV2": (select, []),
+    "If": (if_keeping_branch_domains, []),
+    "StatelessIf": (if_keeping_branch_domains, []),
 }

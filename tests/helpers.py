@@ -74,9 +74,11 @@ def decode_split(features_dir, split: str) -> dict[str, np.ndarray]:
     return decode_rows(manifest.shard_paths(features_dir, split), manifest.format, spec)
 
 
-def run_features_on(root: Path, table, features: dict, row_group_size: int):
+def run_features_on(root: Path, table, features: dict | None, row_group_size: int,
+                    preprocessing_fn: str | None = None):
     """The feature stage on `table` written to `root`/raw.parquet (label `target`, a quarter of the rows for eval,
-    output under `root`/out): (its config, its result)."""
+    output under `root`/out), by the config's `features:` or else a user's `preprocessing_fn` (`module:function`):
+    (its config, its result)."""
     import pyarrow.parquet as pq
 
     from tfbridge.contracts import PipelineConfig
@@ -85,8 +87,21 @@ def run_features_on(root: Path, table, features: dict, row_group_size: int):
     pq.write_table(table, root / "raw.parquet", row_group_size=row_group_size)
     config = PipelineConfig.from_dict({
         "data": {"path": str(root / "raw.parquet")}, "label": "target", "task": "regression",
-        "features": features, "split": {"eval_fraction": 0.25}, "output": str(root / "out")})
+        **({"preprocessing_fn": preprocessing_fn} if preprocessing_fn else {"features": features}),
+        "split": {"eval_fraction": 0.25}, "output": str(root / "out")})
     return config, run_features(config)
+
+
+def decoded_features_run(root: Path, table, features: dict, row_group_size: int) -> dict:
+    """`run_features_on`, both splits decoded: its config, the raw table, the splits' features, each split's row ids
+    (the label `target` holds 0..n-1, so it joins a row back to the raw table) and stats.json's features."""
+    import json
+
+    config, _ = run_features_on(root, table, features, row_group_size)
+    splits = {split: decode_split(config.layout.features_dir, split) for split in ("train", "eval")}
+    return {"config": config, "raw": table, "splits": splits,
+            "ids": {split: splits[split]["target"].astype(np.int64) for split in splits},
+            "stats": json.loads(committed(config.layout).stats_path.read_text())["features"]}
 
 
 def all_features() -> dict:

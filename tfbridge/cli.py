@@ -33,7 +33,7 @@ from pathlib import Path
 import yaml
 
 from tfbridge.console import Console
-from tfbridge.contracts import ConfigError, ModelManifest, PipelineConfig, output_lock
+from tfbridge.contracts import ModelManifest, PipelineConfig, output_lock
 from tfbridge.contracts.layout import METRICS
 from tfbridge.jobs import run_job
 from tfbridge.storage import Location
@@ -116,11 +116,6 @@ def run_stages(args: argparse.Namespace, beam_args: list[str], console: Console)
         console.line(f"scores: {result.output}")
         return
     config = _command_config(args)
-    if "export" in COMMAND_STAGES[args.command] and config.steps_without_onnx():
-        raise ConfigError(f"{config.source}: the step '{config.steps_without_onnx()[0]}' does not export to ONNX yet "
-                          f"(FarmHash, which the hash and cross steps and a vocabulary's OOV buckets beyond one use, "
-                          f"has no ONNX op): `tfbridge features` and `tfbridge train` run it, and the SavedModel "
-                          f"scores it; or use a vocabulary with num_oov_buckets 0 or 1")
     if args.command != "report":
         console.line(f"tfbridge {args.command}: {config.source} → {config.output} (logs: {config.layout.logs})")
     resumable = args.command in ("run", "demo")

@@ -67,7 +67,7 @@ def materialize_diamonds(path: str | os.PathLike) -> Path:
 
 
 def synthetic_table(rows: int, seed: int, categories: int = 5000) -> pa.Table:
-    """`rows` synthetic rows with a regression target that depends on every column."""
+    """`rows` synthetic rows with a regression target that depends on every column but `when` (a time)."""
     rng = np.random.default_rng(seed)
     amount = rng.lognormal(mean=3.0, sigma=1.0, size=rows)
     duration = rng.gamma(shape=2.0, scale=30.0, size=rows)
@@ -85,9 +85,12 @@ def synthetic_table(rows: int, seed: int, categories: int = 5000) -> pa.Table:
     positive = np.isin(picks[:, 0], [0, 2, 4, 7, 10, 11])
     target = (np.log(amount) * 3.0 + np.sqrt(duration) * 0.5 + score + 4.0 * ratio + 0.3 * visits
               + np.log(cat_rank) * 0.8 - 0.05 * region_rank + 2.0 * positive + rng.normal(0, 0.5, rows))
+    # drawn last, so every other column is what it was before it existed; no effect on the target
+    seconds = rng.integers(1_420_070_400, 1_767_225_600, size=rows)  # 2015-01-01 .. 2026-01-01 UTC
+    when = pa.array(seconds * 1_000_000, pa.timestamp("us", "UTC"))
     return pa.table({
         "amount": amount, "duration": duration, "score": score, "ratio": ratio, "visits": visits,
-        "category": category, "region": region, "comment": comment, "target": target,
+        "category": category, "region": region, "comment": comment, "when": when, "target": target,
     })
 
 

@@ -67,6 +67,35 @@ def max_abs(x: tf.Tensor, name: str):
     return x / tf.where(top > 0, top, 1.0), {"max_abs": top}
 
 
+def tfidf(ids, name: str, width: int, smooth: bool = True):
+    """Each row's tf-idf weight of every id in [0, width) as a [batch, width] vector: TFT's `tft.tfidf`, dense.
+
+    tf = the id's count in the row / the row's ids in range; idf = 1 + log((documents + 1) / (documents
+    with the id + 1)) (smooth, TFT's default and sklearn's `smooth_idf`) or 1 + log(documents / documents
+    with the id) (an id the train split never had weighs 0 then, where TFT would divide by 0), the
+    documents being the train split's rows. That is sklearn's `TfidfVectorizer(norm=None)` divided by the
+    row's length. Ids outside [0, width) (a vocabulary's -1 without OOV buckets) count nowhere. TFT gives
+    the row's distinct ids and their weights as two sparse tensors; here every id has its place, so the
+    model takes the bag as a vector of numbers.
+    """
+    rows = ids.nrows()
+    flat = tf.cast(ids.flat_values, tf.int64)
+    inside = (flat >= 0) & (flat < width)
+    # negative: dropped by the segment sum; the reshape states the rank, which tf2onnx loses through the where
+    cells = tf.reshape(tf.where(inside, ids.value_rowids() * width + flat, -1), [-1])
+    counts = tf.reshape(tf.math.unsorted_segment_sum(tf.ones_like(flat, tf.float32), cells, rows * width),
+                        tf.stack([rows, width]))
+    lengths = tf.reduce_sum(counts, axis=1, keepdims=True)
+    frequency = counts / tf.where(lengths > 0, lengths, 1.0)
+    documents = tft.sum(tf.ones(tf.reshape(rows, [1]), tf.float32), name=f"{name}_documents")
+    with_id = tft.sum(tf.cast(counts > 0, tf.float32), reduce_instance_dims=False, name=f"{name}_document_frequency")
+    if smooth:
+        idf = 1.0 + tf.math.log((documents + 1.0) / (with_id + 1.0))
+    else:
+        idf = tf.where(with_id > 0, 1.0 + tf.math.log(documents / tf.where(with_id > 0, with_id, 1.0)), 0.0)
+    return frequency * idf, {"documents": documents, "document_frequency": with_id}
+
+
 # Per-key statistics (`{z_score: {per: key_column}}`): TFT's `_per_key` analyzers, which reduce by the key's
 # string value and give the keys seen in the train split (a [keys] tensor, a constant once analysed) with one
 # statistic each. A row finds its key with one equality matrix against those keys (string equality, ArgMax:

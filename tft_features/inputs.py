@@ -36,7 +36,7 @@ from tensorflow_metadata.proto.v0 import schema_pb2
 from tfx_bsl.tfxio import tensor_adapter, tensor_representation_util
 
 from tfbridge.contracts import CSV_NULL_VALUES, DataError, DataSource, RawColumn, model_numbers, model_timestamps
-from tfbridge.contracts.columns import model_text
+from tfbridge.contracts.columns import model_text, refuse_nul
 from tfbridge.storage import Location, StorageError
 
 if TYPE_CHECKING:
@@ -240,6 +240,8 @@ def check_data(source: DataSource, files: tuple[str, ...], columns: tuple[RawCol
                 elif col.dtype == "timestamp":
                     count = int(np.isnan(model_timestamps(values, col.name, f"in {path}", col.datetime_format)).sum())
                 else:
+                    if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
+                        refuse_nul(values, col.name, f"in {path}")
                     count = values.null_count
                 if count and col.name in checked:
                     missing[col.name] += count
@@ -303,7 +305,7 @@ def to_list_batch(table: pa.Table, columns: tuple[RawColumn, ...], schema: pa.Sc
         if pa.types.is_dictionary(values.type):
             values = values.dictionary_decode()
         if col.dtype == "string":
-            values = as_text(values)
+            values = as_text(values, col.name)
         elif col.dtype == "float":
             # Through float64, as Spark converts them (Arrow's direct cast to float32 gives -3.5000002 for the
             # decimal -3.5, and refuses integers above 2**24), then as every engine reads them: ±inf missing.
@@ -322,7 +324,7 @@ def to_list_batch(table: pa.Table, columns: tuple[RawColumn, ...], schema: pa.Sc
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
-def as_text(values: pa.Array) -> pa.Array:
+def as_text(values: pa.Array, column: str) -> pa.Array:
     """A column read as text: integers and booleans printed as Spark prints them ("3", "true"), null as "",
     in Unicode NFC (`model_text`, as every scorer reads it).
 
@@ -332,7 +334,7 @@ def as_text(values: pa.Array) -> pa.Array:
     """
     if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
         values = pc.cast(values, pa.string())
-    return model_text(values)
+    return model_text(values, column, "in the data")
 
 
 class ReadProgress:

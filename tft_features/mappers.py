@@ -170,6 +170,39 @@ def hash_strings(x, name: str, buckets: int):
     return tft.hash_strings(x, buckets, name=name), {}
 
 
+def ngram_widths(n) -> list[int]:
+    """The widths of an `n` parameter: one width (2) or an inclusive range ([1, 3] -> 1, 2, 3), as TFT's
+    `ngram_range`."""
+    low, high = (n, n) if isinstance(n, int) else n
+    return list(range(low, high + 1))
+
+
+def ngrams(tokens, name: str, n, separator: str = " "):
+    """Each row's n-grams (a RaggedTensor of strings): every run of `w` consecutive tokens joined by
+    `separator`, for each width of `n` (`ngram_widths`); a row shorter than a width has none of that width.
+
+    The n-grams of TFT's `tft.ngrams(tokens, ngram_range, separator)`, in `tf.strings.ngrams`' order
+    (width by width, then by position) where TFT's goes position by position: the same bag, which is
+    all a vocabulary, a hash or the model's mean over a row's ids sees."""
+    with tf.name_scope(name):
+        return tf.strings.ngrams(tokens, ngram_widths(n), separator=separator), {}
+
+
+def bag_of_words(tokens, name: str, n, separator: str = " "):
+    """`ngrams`, each distinct n-gram of a row once, in the order of its first occurrence: TFT's
+    `tft.bag_of_words` (presence, not counts)."""
+    grams, _ = ngrams(tokens, name, n, separator)
+    with tf.name_scope(name):
+        rows = grams.value_rowids()
+        _, gram_ids = tf.unique(grams.flat_values)
+        # one key per (row, n-gram): the first position of each key is where the n-gram first occurs in its row
+        keys, key_ids = tf.unique(rows * tf.cast(tf.size(grams.flat_values) + 1, tf.int64)
+                                  + tf.cast(gram_ids, tf.int64))
+        first = tf.math.unsorted_segment_min(tf.range(tf.size(key_ids)), key_ids, tf.size(keys))
+        return tf.RaggedTensor.from_value_rowids(tf.gather(grams.flat_values, first), tf.gather(rows, first),
+                                                 nrows=grams.nrows()), {}
+
+
 def cross(x: tf.Tensor, name: str, others: dict[str, tf.Tensor], hash_buckets: int):
     """A hashed feature cross (the wide part of wide-and-deep): ids in [0, hash_buckets) of the value of x
     and of each `with` column's raw value, in the config's order, joined by CROSS_SEPARATOR ("_X_", as

@@ -29,6 +29,8 @@ NUMBER, TEXT, TOKENS = FeatureKind.NUMBER, FeatureKind.TEXT, FeatureKind.TOKENS
 IDS, TOKEN_IDS, VECTOR = FeatureKind.IDS, FeatureKind.TOKEN_IDS, FeatureKind.VECTOR
 TIMESTAMP = FeatureKind.TIMESTAMP
 _NUMERIC = (int, float)
+MAX_NGRAM = 8  # the widest n-gram: each width adds a string join of the row's tokens to the graph
+MAX_TFIDF_WIDTH = 20_000  # tfidf's dense vector: a batch of 1,024 rows holds 80 MB of weights at this width
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,6 +171,32 @@ def _buckets_problem(key: str) -> Callable[[Params, StepKind], str | None]:
         return None if isinstance(n, int) and not isinstance(n, bool) and n >= 2 else \
             f"{key} must be an integer >= 2 (the ids' range), got {n!r}"
     return problem
+
+
+def _ngrams_problem(p: Params, incoming: StepKind) -> str | None:
+    n = p.get("n")
+    whole = isinstance(n, int) and not isinstance(n, bool)
+    pair = isinstance(n, list) and len(n) == 2 and all(isinstance(w, int) and not isinstance(w, bool) for w in n)
+    if not (whole and 1 <= n <= MAX_NGRAM or pair and 1 <= n[0] <= n[1] <= MAX_NGRAM):
+        return f"n must be a width or an inclusive range of widths between 1 and {MAX_NGRAM} (2 or [1, 2]), got {n!r}"
+    if not isinstance(p.get("separator", " "), str):
+        return f"separator must be a string, got {p.get('separator')!r}"
+    return None
+
+
+def _tfidf_problem(p: Params, incoming: StepKind) -> str | None:
+    if incoming.width is None:
+        return ("needs the ids' range: give the vocabulary before it a top_k (or hash the tokens), e.g. "
+                "[normalize_text, {vocabulary: {top_k: 5000}}, tfidf]")
+    if incoming.width > MAX_TFIDF_WIDTH:
+        return f"makes a vector of {incoming.width:,} weights per row; at most {MAX_TFIDF_WIDTH:,}: lower top_k"
+    if not isinstance(p.get("smooth", True), bool):
+        return f"smooth must be true or false, got {p.get('smooth')!r}"
+    return None
+
+
+def _build_tfidf(x, step: StepInput):
+    return analyzers.tfidf(x, step.scope, step.incoming.width, **step.params)
 
 
 def _cross_problem(p: Params, incoming: StepKind) -> str | None:
@@ -393,6 +421,11 @@ STEPS: dict[str, StepDef] = {s.name: s for s in [
     StepDef("polynomial", (NUMBER,), ("degree", "with"), _to(VECTOR), _build_polynomial, _never, _polynomial_problem,
             partners=_with_columns),
     StepDef("one_hot", (IDS,), ("depth",), _to(VECTOR), _build_one_hot, _never, _one_hot_problem),
+    StepDef("ngrams", (TOKENS,), ("n", "separator"), _to(TOKENS), _mapper(mappers.ngrams), _never, _ngrams_problem,
+            short="n"),
+    StepDef("bag_of_words", (TOKENS,), ("n", "separator"), _to(TOKENS), _mapper(mappers.bag_of_words), _never,
+            _ngrams_problem, short="n"),
+    StepDef("tfidf", (TOKEN_IDS,), ("smooth",), _to(VECTOR), _build_tfidf, _always, _tfidf_problem),
     StepDef("hash", (TEXT, TOKENS), ("buckets",), _hash_result, _mapper(mappers.hash_strings), _never,
             _buckets_problem("buckets"), reads=_reads_string, short="buckets"),
     StepDef("cross", (TEXT,), ("with", "hash_buckets"), _cross_result, _build_cross, _never, _cross_problem,

@@ -1,30 +1,26 @@
-"""Why StringToHashBucketFast with more than one bucket does not export, and that it says so.
+"""StringToHashBucketFast in ONNX equals TF's on every kind of string.
 
 TF's op (TFT's `hash_strings`, the vocabulary's OOV buckets, our `hash` and `cross` steps) is FarmHash's
 Fingerprint64 of the string's bytes modulo N; pyfarmhash computes the same function and agrees with TF here.
-Standard ONNX cannot read a string's bytes, and onnxruntime-extensions 0.15.2's op of the same name is not
-FarmHash (it uses std::hash), nor is its StringToHashBucket TF's legacy Hash64 (it multiplies once more for
-byte lengths that are multiples of 8, the empty string included). tf2onnx's own handler maps to the first one,
-which would change every id without a word; our handler refuses, naming the op, the bucket count and the way
-out. Should a later onnxruntime-extensions compute FarmHash, the test of its op below fails and says so.
+Standard ONNX cannot read a string's bytes: the lowering maps to onnxruntime-extensions' op of the same name,
+which is FarmHash in the pinned 0.14.0 (0.15 hashes with std::hash, which the probe of every session that loads
+the library would refuse). One bucket needs no library: every string is 0.
 """
 
 from __future__ import annotations
 
 import farmhash
 import numpy as np
-import onnxruntime_extensions
 import pytest
 import tensorflow as tf
-from onnx import TensorProto, helper
 
-from onnx_export.lowerings import EXTENSIONS_DOMAIN, UnsupportedOp
-from tests.helpers import onnx_session
-from tests.onnx_export.test_lowerings import convert
+from tests.onnx_export.test_lowerings import convert, run
+from tfbridge.scoring.session import HASH_PROBE, HASH_PROBE_BUCKETS
 from tft_features import mappers
 
 EDGE_STRINGS = ["", " ", "a", "ünï", "Größe CAFÉ — “quoted” l’été", "日本語のテキスト", "emoji 😀👍🏽", "e\u0301",
-                "tab\there\nnew line", "x" * 8, "x" * 17, "y" * 33, "z" * 65, "long text " * 5_000]
+                "tab\there\nnew line", "x" * 8, "x" * 16, "x" * 17, "y" * 32, "y" * 33, "z" * 64, "z" * 65,
+                "w" * 129, "long text " * 5_000, "\u0301", "\U0010ffff", "a_X_b"]
 BUCKETS = [2, 7, 1_000, 2**31 - 1, 2**63 - 1]
 
 
@@ -39,38 +35,39 @@ def test_tf_hash_buckets_are_farmhash_fingerprint64(buckets):
     np.testing.assert_array_equal(got, fingerprint_buckets(EDGE_STRINGS, buckets))
 
 
-def extension_op(op: str, buckets: int):
-    node = helper.make_node(op, ["text", "buckets"], ["ids"], domain=EXTENSIONS_DOMAIN)
-    graph = helper.make_graph([node], op, [helper.make_tensor_value_info("text", TensorProto.STRING, [None])],
-                              [helper.make_tensor_value_info("ids", TensorProto.INT64, [None])],
-                              [helper.make_tensor("buckets", TensorProto.INT64, [1], [buckets])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20),
-                                                    helper.make_opsetid(EXTENSIONS_DOMAIN, 1)])
-    return onnx_session(model.SerializeToString())
+def test_the_session_probes_hash_values_are_tfs():
+    got = tf.strings.to_hash_bucket_fast(tf.constant(list(HASH_PROBE)), HASH_PROBE_BUCKETS).numpy()
+    np.testing.assert_array_equal(got, list(HASH_PROBE.values()))
 
 
-def test_the_extension_ops_are_not_tfs_hashes():
-    """Why no lowering maps to onnxruntime-extensions (0.15.2): its StringToHashBucketFast differs from TF's on
-    most strings; its StringToHashBucket equals TF's legacy op except where the byte length is a multiple of 8."""
+@pytest.mark.parametrize("buckets", BUCKETS)
+def test_hashed_text_equals_tf_on_edge_strings(buckets):
+    def hashed(x):
+        return mappers.hash_strings(x, "h", buckets)[0]
+
+    session, ops = convert(hashed, tf.TensorSpec([None], tf.string))
+    assert ops["StringToHashBucketFast"] == 1
     text = np.array(EDGE_STRINGS, object)
-    fast = extension_op("StringToHashBucketFast", 2**63 - 1).run(None, {"text": text})[0]
-    assert onnxruntime_extensions.__version__ == "0.15.2"
-    assert (fast != fingerprint_buckets(EDGE_STRINGS, 2**63 - 1)).sum() >= len(EDGE_STRINGS) - 1, (
-        "onnxruntime-extensions' StringToHashBucketFast now looks like FarmHash: lower StringToHashBucketFast to it")
-    legacy = extension_op("StringToHashBucket", 2**63 - 1).run(None, {"text": text})[0]
-    want = tf.strings.to_hash_bucket(tf.constant(EDGE_STRINGS), 2**63 - 1).numpy()
-    eighths = np.array([len(s.encode()) % 8 == 0 for s in EDGE_STRINGS])
-    np.testing.assert_array_equal(legacy[~eighths], want[~eighths])
-    assert (legacy[eighths] != want[eighths]).all()
+    got = run(session, text)[0]
+    np.testing.assert_array_equal(got, hashed(tf.constant(EDGE_STRINGS)).numpy())
+    np.testing.assert_array_equal(got, fingerprint_buckets(EDGE_STRINGS, buckets))
 
 
 @pytest.mark.parametrize("build", [
-    lambda a, b: mappers.hash_strings(a, "h", 97)[0],
-    lambda a, b: mappers.hash_strings(mappers.normalize_text(a, "t", stopwords="none")[0], "h", 64)[0].flat_values,
-    lambda a, b: mappers.cross(a, "x", {"b": b}, 1_009)[0],
-    lambda a, b: tf.strings.to_hash_bucket_fast(a, 3),  # a vocabulary's 3 OOV buckets
+    pytest.param(lambda a, b: mappers.hash_strings(
+        mappers.normalize_text(a, "t", stopwords="none")[0], "h", 64)[0].flat_values, id="tokens"),
+    pytest.param(lambda a, b: mappers.cross(a, "x", {"b": b}, 1_009)[0], id="cross"),
+    pytest.param(lambda a, b: tf.strings.to_hash_bucket_fast(a, 3), id="three OOV buckets"),
 ])
-def test_more_than_one_bucket_is_refused_with_the_way_out(build):
-    with pytest.raises(UnsupportedOp, match=r"StringToHashBucketFast with \d+ buckets .* hash and cross steps .* "
-                                            r"do not export; score with the SavedModel"):
-        convert(build, tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.string))
+def test_tokens_crosses_and_oov_buckets_equal_tf(build):
+    session, ops = convert(build, tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.string))
+    assert ops["StringToHashBucketFast"] >= 1
+    a = np.array(EDGE_STRINGS, object)
+    b = np.array(EDGE_STRINGS[::-1], object)
+    np.testing.assert_array_equal(run(session, a, b)[0], build(tf.constant(a.tolist()), tf.constant(b.tolist())).numpy())
+
+
+def test_one_bucket_needs_no_text_op_library():
+    session, ops = convert(lambda x: tf.strings.to_hash_bucket_fast(x, 1), tf.TensorSpec([None], tf.string))
+    assert "StringToHashBucketFast" not in ops and ops["ConstantOfShape"] == 1
+    np.testing.assert_array_equal(run(session, np.array(EDGE_STRINGS, object))[0], np.zeros(len(EDGE_STRINGS)))

@@ -10,8 +10,7 @@ import tensorflow as tf
 import tf2onnx
 
 from tests.helpers import onnx_session
-from onnx_export.convert import convert_graph
-from onnx_export.lowerings import UnsupportedOp
+from onnx_export.convert import ExportError, convert_graph
 
 
 def convert(fn, *specs):
@@ -57,14 +56,6 @@ def test_log1p_and_expm1_keep_float32_accuracy_near_zero_and_at_extremes():
         finite = np.isfinite(exact) & (np.abs(exact) < 3e38)
         np.testing.assert_allclose(got[finite], want[finite], rtol=2e-6, atol=0)
         assert np.array_equal(np.isinf(got), np.isinf(want))
-
-
-def test_one_oov_bucket_hashes_everything_to_zero_and_more_buckets_are_refused():
-    session, _ = convert(lambda s: tf.strings.to_hash_bucket_fast(s, 1), tf.TensorSpec([None], tf.string))
-    words = np.array(["", "a", "zzz", "ünï"], object)
-    np.testing.assert_array_equal(run(session, words)[0], [0, 0, 0, 0])
-    with pytest.raises(UnsupportedOp, match="StringToHashBucketFast with 7 buckets"):
-        convert(lambda s: tf.strings.to_hash_bucket_fast(s, 7), tf.TensorSpec([None], tf.string))
 
 
 def test_string_split_matches_tf_whitespace_split():
@@ -175,3 +166,65 @@ def test_float_floor_div_and_mod_keep_tf2onnx_lowering():
     assert "Floor" in ops and "Mod" not in ops
     for got, want in zip(run(session, x), floor_both(tf.constant(x))):
         np.testing.assert_allclose(got, want.numpy(), rtol=1e-6)
+
+
+def test_select_takes_each_value_from_one_side_only_where_the_other_is_inf_or_nan():
+    """tf2onnx's c * a + !c * b made NaN of the side not taken (0 * inf): TFT guards its divisions so."""
+    x = np.array([0.0, -0.0, 1.0, -2.0, 1e-30, 3e38, -3e38, np.inf, -np.inf, np.nan, 5.0], np.float32)
+    d = np.array([0.0, 0.0, 2.0, 0.0, 1e-30, 1e-30, 0.5, 1.0, 0.0, 1.0, -0.0], np.float32)
+
+    def guarded(x, d):
+        half_where_zero = tf.where(tf.equal(d, 0.0), tf.ones_like(x) / 2, x / d)  # SelectV2
+        # Select (tf.compat.v1.where): a condition per row of a [rows, 2] input
+        per_row = tf.compat.v1.where(tf.greater(d, 0.0), tf.stack([x, x / d], 1), tf.zeros([tf.size(x), 2]))
+        return half_where_zero, per_row
+
+    session, ops = convert(guarded, tf.TensorSpec([None], tf.float32), tf.TensorSpec([None], tf.float32))
+    assert ops["Where"] == 2
+    for got, want in zip(run(session, x, d), guarded(tf.constant(x), tf.constant(d))):
+        np.testing.assert_array_equal(got, want.numpy())  # NaN only where TF has it: x itself is NaN
+
+
+@pytest.mark.parametrize("stateful", [False, True], ids=["StatelessIf", "If"])
+def test_cond_branches_keep_the_domains_of_their_ops(stateful):
+    """String comparisons and hashes (onnxruntime-extensions' StringEqual and StringToHashBucketFast) in the
+    branches of nested tf.conds, as in TFT's per-key functions; a stateful op in a branch (CheckNumerics) makes
+    TF's If, none its StatelessIf. tf2onnx put these ops in the default domain: onnxruntime refused the graph."""
+    def per_key(keys, known):
+        def compare():
+            ids = tf.strings.to_hash_bucket_fast(keys, 7)
+            if stateful:
+                ids = tf.cast(tf.debugging.check_numerics(tf.cast(ids, tf.float32), "ids"), tf.int64)
+            second = tf.cond(tf.size(known) > 1, lambda: tf.cast(tf.equal(keys, known[1]), tf.int64),
+                             lambda: tf.zeros_like(ids))
+            return tf.where(tf.equal(keys, known[0]), ids, -1) + 10 * second
+
+        return tf.cond(tf.size(known) > 0, compare, lambda: tf.zeros_like(keys, tf.int64))
+
+    session, ops = convert(per_key, tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.string))
+    assert ops["If"] == 1
+    keys = np.array(["a", "", "Straße", "日本語", "STRASSE", "a ", "😀"], object)
+    for known in ([], ["a"], ["Straße", ""], ["日本語", "😀", "x"]):
+        known = np.array(known, object)
+        want = per_key(tf.constant(keys.astype(str)), tf.constant(known.astype(str), tf.string)).numpy()
+        np.testing.assert_array_equal(run(session, keys, known)[0], want)
+
+
+def test_a_stateful_cond_whose_branches_take_no_inputs_converts():
+    """tf2onnx's lowering of TF's If skipped one with no inputs but the condition, leaving an invalid graph."""
+    def stateful_constants(x):
+        return tf.cond(tf.size(x) > 0, lambda: tf.debugging.check_numerics(tf.constant(1.0), "one"),
+                       lambda: tf.constant(0.0))
+
+    session, ops = convert(stateful_constants, tf.TensorSpec([None], tf.float32))
+    assert ops["If"] == 1
+    for x in (np.ones(3, np.float32), np.ones(0, np.float32)):
+        np.testing.assert_array_equal(run(session, x)[0], stateful_constants(tf.constant(x)).numpy())
+
+
+def test_an_op_with_no_lowering_in_a_cond_branch_keeps_the_export_error():
+    def lengths(s):
+        return tf.cond(tf.size(s) > 0, lambda: tf.strings.length(s), lambda: tf.zeros_like(s, tf.int32))
+
+    with pytest.raises(ExportError, match=r"no lowering for op StringLength \(node cond/StringLength\)"):
+        convert(lengths, tf.TensorSpec([None], tf.string))

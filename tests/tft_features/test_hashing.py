@@ -9,7 +9,6 @@ string is ""), values with the cross's separator in them, and values seen once (
 
 from __future__ import annotations
 
-import json
 import unicodedata
 
 import farmhash
@@ -18,7 +17,7 @@ import pyarrow as pa
 import pytest
 import tensorflow as tf
 
-from tests.helpers import committed, decode_split, run_features_on
+from tests.helpers import decoded_features_run
 from tfbridge.contracts import ConfigError, FeaturesManifest, PipelineConfig
 from tfbridge.contracts.columns import VOCABULARY_EMPTY
 from tft_features.mappers import cross
@@ -65,13 +64,7 @@ def fingerprint_buckets(strings, buckets: int) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    raw = table(seed=5)
-    config, _ = run_features_on(tmp_path_factory.mktemp("hashing"), raw, FEATURES, row_group_size=200)
-    features_dir = config.layout.features_dir
-    splits = {split: decode_split(features_dir, split) for split in ("train", "eval")}
-    return {"config": config, "raw": raw, "splits": splits,
-            "ids": {split: splits[split]["target"].astype(np.int64) for split in splits},
-            "stats": json.loads(committed(config.layout).stats_path.read_text())["features"]}
+    return decoded_features_run(tmp_path_factory.mktemp("hashing"), table(seed=5), FEATURES, row_group_size=200)
 
 
 def raw_rows(run: dict, column: str, split: str) -> list[str]:

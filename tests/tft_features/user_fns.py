@@ -23,3 +23,19 @@ def awkward_names(inputs):
     team = tf.squeeze(inputs["Home Team"], 1)
     return {"Home Team ids": tft.compute_and_apply_vocabulary(team, num_oov_buckets=1),
             "price (z)": tft.scale_to_z_score(tf.squeeze(inputs["price ($)"], 1))}
+
+
+def tft_common_functions(inputs):
+    """TFT's common functions on a category key, two numbers and a text category (tests/onnx_export/
+    test_tft_functions.py): per-key z-score and buckets, hashing, a vocabulary with 3 OOV buckets, interpolated
+    quantile buckets and a PCA projection; `row_id` passes through to join the outputs by."""
+    key, x, y, colour = (tf.squeeze(inputs[name], 1) for name in ("key", "x", "y", "colour"))
+    xy = tf.concat([inputs["x"], inputs["y"]], 1)
+    projected = tf.matmul(xy, tft.pca(xy, output_dim=2, dtype=tf.float32))
+    return {"row_id": tf.squeeze(inputs["row_id"], 1),
+            "x_z_per_key": tft.scale_to_z_score_per_key(x, key),
+            "x_buckets_per_key": tft.bucketize_per_key(x, key, num_buckets=4),
+            "colour_hash": tft.hash_strings(colour, hash_buckets=100),
+            "colour_id": tft.compute_and_apply_vocabulary(colour, num_oov_buckets=3),
+            "y_interpolated": tft.apply_buckets_with_interpolation(y, tft.quantiles(y, num_buckets=5, epsilon=0.01)),
+            "pc_0": projected[:, 0], "pc_1": projected[:, 1]}

@@ -252,9 +252,9 @@ def _strptime_reads(text: str, datetime_format: str) -> bool:
     return True
 
 
-def model_text(values):
+def model_text(values, column: str, where: str):
     """Raw strings (an Arrow string array) as every engine feeds them to the graphs: null is "", and text is
-    in Unicode NFC.
+    in Unicode NFC; a NUL character is a DataError naming the column and `where` (`refuse_nul`).
 
     One rule for the feature stage and every scorer: a composed `é` (U+00E9) and a decomposed one (e +
     U+0301) are one category and one token. Neither TF nor ONNX can normalise inside a graph, so the
@@ -267,6 +267,7 @@ def model_text(values):
     import pyarrow.compute as pc
 
     values = pc.fill_null(values, "")
+    refuse_nul(values, column, where)
     other = pc.invert(pc.string_is_ascii(values))
     if not pc.any(other).as_py():
         return values
@@ -275,6 +276,20 @@ def model_text(values):
     if composed == texts:
         return values
     return pc.replace_with_mask(values, other, pa.array(composed, values.type))
+
+
+def refuse_nul(values, column: str, where: str) -> None:
+    """A DataError where a string (Arrow) holds the NUL character U+0000: onnxruntime-extensions' text ops (the
+    regex passes of normalize_text, the hash of hash, cross and OOV buckets) read a string up to its first NUL
+    and TensorFlow reads all of it, so the two graphs would give the same row different features."""
+    import pyarrow.compute as pc
+
+    has_nul = pc.match_substring(values, "\x00")
+    if pc.any(has_nul).as_py():
+        value = values[pc.index(has_nul, True).as_py()].as_py()
+        raise DataError(f"column '{column}' has a NUL character (U+0000) {where}, e.g. {value[:40]!r}: the "
+                        f"exported graph reads text only up to a NUL, TensorFlow all of it; remove NUL characters "
+                        f"from the data")
 
 
 def graph_input_name(column: str) -> str:

@@ -256,16 +256,6 @@ class PipelineConfig:
     def layout(self) -> ArtifactLayout:
         return ArtifactLayout(Location.of(self.output))
 
-    def steps_without_onnx(self) -> list[str]:
-        """The steps (`column: step`) that the ONNX export cannot lower yet: they hash with FarmHash's
-        Fingerprint64, which no ONNX op computes (onnx_export.lowerings, StringToHashBucketFast). A command that
-        exports refuses them before its first stage rather than after training."""
-        def hashes(step: TransformStep) -> bool:
-            oov = step.params.get("num_oov_buckets", 1)
-            return step.name in ("hash", "cross") or step.name == "vocabulary" and isinstance(oov, int) and oov > 1
-
-        return [f"{column}: {step.name}" for column, steps in self.features.items() for step in steps if hashes(step)]
-
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> "PipelineConfig":
         path = str(path)

@@ -4,8 +4,8 @@
 Imports neither Spark nor TensorFlow. Inputs follow the model manifest: each raw column (the user's
 name) feeds the graph input the manifest maps it to; numbers as float32 (`model_numbers`, the feature
 stage's rule: null, NaN and ±inf -> NaN; beyond float32's range a DataError), strings as Python str
-(`model_text`, the feature stage's rule: null -> "", the same value; Unicode NFC); onnxruntime would
-mangle `bytes`; dates and times as float64 epoch seconds (`model_timestamps`: dates at midnight UTC, naive times
+(`model_text`, the feature stage's rule: null -> "", the same value; Unicode NFC; NUL a DataError);
+onnxruntime would mangle `bytes`; dates and times as float64 epoch seconds (`model_timestamps`: dates at midnight UTC, naive times
 as UTC, text by the column's datetime format). A missing number or timestamp reaches the model only
 in columns whose feature steps impute it; anywhere else a batch with one stops with MissingValues naming
 the column. A number outside what the column's steps take (RawColumn.above: box_cox > 0, log1p > -1)
@@ -181,7 +181,7 @@ def feeds(batch: pd.DataFrame, inputs: dict[str, RawColumn]) -> dict[str, np.nda
     for name, raw in inputs.items():
         column = batch[name]
         if raw.dtype == "string":
-            values = _text_feed(pa.array(column, type=pa.string(), from_pandas=True))
+            values = _text_feed(pa.array(column, type=pa.string(), from_pandas=True), raw)
         elif raw.dtype == "timestamp":
             values = _timestamp_feed(pa.array(column, from_pandas=True), raw)
         else:
@@ -190,9 +190,10 @@ def feeds(batch: pd.DataFrame, inputs: dict[str, RawColumn]) -> dict[str, np.nda
     return out
 
 
-def _text_feed(values) -> np.ndarray:
-    """A string column (Arrow) as the graph's feed: `model_text` (null is "", Unicode NFC), as Python str."""
-    return model_text(values).to_numpy(zero_copy_only=False)
+def _text_feed(values, raw: RawColumn) -> np.ndarray:
+    """A string column (Arrow) as the graph's feed: `model_text` (null is "", Unicode NFC, NUL a DataError), as
+    Python str."""
+    return model_text(values, raw.name, "in one batch").to_numpy(zero_copy_only=False)
 
 
 def _number_feed(values: np.ndarray, raw: RawColumn) -> np.ndarray:
@@ -240,7 +241,7 @@ def arrow_feeds(arrays, inputs: dict[str, RawColumn]) -> dict[str, np.ndarray]:
         if raw.dtype == "string":
             if not pa.types.is_string(array.type) and not pa.types.is_large_string(array.type):
                 array = pc.cast(array, pa.string())
-            out[name] = _text_feed(array)
+            out[name] = _text_feed(array, raw)
             continue
         out[name] = _number_feed(pc.cast(array, pa.float64(), safe=False).to_numpy(zero_copy_only=False), raw)
     return out
