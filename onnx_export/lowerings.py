@@ -22,6 +22,12 @@ handler has its own test running the ONNX result against TF on fresh inputs.
                                       for an empty segment); tf2onnx's lowering fails on integers
   StringNGrams (ngrams, bag_of_words) each width's joined tokens (StringConcat, opset 20) where they stay
                                       within the row, ordered by an int64 permutation; no padding
+  StringJoin (tf.strings.join: TFT's   StringConcat (opset 20) input by input, the separator between;
+  ngrams joins shifted tokens)        tf2onnx's onnxruntime-extensions StringJoin crashes on no tokens
+  SegmentSum (TFT's segment_indices   ScatterND with reduction "add" into max id + 1 rows; tf2onnx's
+  in ngrams and tfidf)                sorts, fails on an empty batch and on ids of unknown rank
+  SparseReduceSum, SparseReduceSum-   ScatterND "add" at the kept index columns (dense); Unique over the
+  Sparse (TFT's tfidf counts)         index rows, sorted as TF's, then ScatterElements "add" (sparse)
   RaggedTensorToSparse (token ids     row of each value by CumSum of scattered row starts; tf2onnx's
   to the model's sparse input)        divided by the longest row: 0 in a batch of empty texts
   FloorDiv, FloorMod on integers      Mod with fmod=0 (the divisor's sign, as Python's %), and
@@ -225,6 +231,19 @@ def unsorted_segment_min(ctx, node, name, args):
                              else np.finfo(dtype).max)
 
 
+def segment_sum(ctx, node, name, args):
+    """Sums of data rows per sorted segment id (TFT's segment_indices, the position of each n-gram or tf-idf term in
+    its row in ngrams and tfidf), max id + 1 segments (0 for no ids), as UnsortedSegmentSum's scatter. tf2onnx's own
+    lowering sorts (TopK + Unique), fails in onnxruntime on no ids (a batch without a token: a segment count from
+    the max of nothing), and refuses ids of unknown rank, as tfidf's are behind SparseReduceSumSparse: TF's ids are
+    always a vector."""
+    data, segment_ids = node.input
+    ids = _node(ctx, "Cast", [segment_ids], to=TensorProto.INT64)
+    count = _node(ctx, "Add", [_node(ctx, "ReduceMax", [_node(ctx, "Concat", [ids, _const(ctx, [-1])], axis=0)],
+                                     keepdims=0), _const(ctx, 1)])  # 0 for no ids
+    _scatter_segments(ctx, node, data, ids, count, "add", 0)
+
+
 def _unsorted_segment_reduce(ctx, node, reduction: str, initial) -> None:
     """ScatterND with `reduction` into rows filled with `initial(dtype)`, ids outside [0, n) dropped (TF drops
     negative ids); tf2onnx's own lowering builds a one-hot matrix of values x segments."""
@@ -233,12 +252,18 @@ def _unsorted_segment_reduce(ctx, node, reduction: str, initial) -> None:
     data, segment_ids, num_segments = node.input
     if ctx.get_rank(segment_ids) != 1:
         return SegmentSum.any_version(ctx.opset, ctx, node)
+    dtype = utils.map_onnx_to_numpy_type(ctx.get_dtype(data))
+    _scatter_segments(ctx, node, data, segment_ids, num_segments, reduction, initial(dtype))
+
+
+def _scatter_segments(ctx, node, data: str, segment_ids: str, num_segments: str, reduction: str, initial) -> None:
+    """Takes over `node` with its segments: the rows of `data` reduced by ScatterND into `num_segments` rows
+    filled with `initial`, rank-1 ids outside [0, num_segments) dropped."""
     n, ids = _spill_row(ctx, segment_ids, num_segments)
     rows = _node(ctx, "Concat", [_node(ctx, "Add", [n, _const(ctx, [1])]),
                                  _node(ctx, "Slice", [_node(ctx, "Shape", [data]), _const(ctx, [1]),
                                                       _const(ctx, [np.iinfo(np.int64).max])])], axis=0)
-    dtype = utils.map_onnx_to_numpy_type(ctx.get_dtype(data))
-    filled = _filled(ctx, rows, initial(dtype), dtype)
+    filled = _filled(ctx, rows, initial, utils.map_onnx_to_numpy_type(ctx.get_dtype(data)))
     reduced = _node(ctx, "ScatterND", [filled, _node(ctx, "Unsqueeze", [ids, _const(ctx, [1])]), data],
                     reduction=reduction)
     _without_spill_row(ctx, node, reduced, n)
@@ -259,6 +284,70 @@ def dense_bincount(ctx, node, name, args):
     reduction = "max" if node.get_attr_value("binary_output", False) else "add"
     counts = _node(ctx, "ScatterElements", [zeros, ids, ones], axis=0, reduction=reduction)
     _without_spill_row(ctx, node, counts, n)
+
+
+def _sparse_reduction(ctx, node) -> tuple[str, str, int]:
+    """(each value's index in the output, the output's dense shape, its rank) of a SparseReduceSum(Sparse) node whose
+    reduction axes are a constant (TFT's tfidf: axis 1 of its [doc, term] and [doc, token, term] counts, axis 0 of
+    its documents per term): the index's kept columns, or with keep_dims the whole index with the reduced columns 0,
+    the reduced dimensions staying in the shape as 1."""
+    indices, _, dense_shape, axes = node.input
+    rank = (ctx.get_shape(dense_shape) or [-1])[0]
+    axes_node = ctx.get_node_by_output(axes)
+    if rank < 0 or not axes_node.is_const():
+        raise UnsupportedOp(f"{node.type} with a rank or reduction axes known only when it runs, in node {node.name}")
+    reduced = {int(a) % rank for a in np.atleast_1d(axes_node.get_tensor_value(as_list=False))}
+    kept = [d not in reduced for d in range(rank)]
+    if node.get_attr_value("keep_dims", False):
+        return (_node(ctx, "Mul", [indices, _const(ctx, kept)]),
+                _node(ctx, "Where", [_const(ctx, kept, bool), dense_shape, _const(ctx, [1] * rank)]), rank)
+    columns = _const(ctx, np.flatnonzero(kept))
+    return (_node(ctx, "Gather", [indices, columns], axis=1), _node(ctx, "Gather", [dense_shape, columns]),
+            sum(kept))
+
+
+def sparse_reduce_sum(ctx, node, name, args):
+    """tf.sparse.reduce_sum to a dense tensor (TFT's tfidf: the tokens per document, the documents per term): the
+    values added by ScatterND into zeros of the output's shape. tf2onnx has no lowering."""
+    out_indices, shape, _ = _sparse_reduction(ctx, node)
+    values = node.input[1]
+    zeros = _filled(ctx, shape, 0, utils.map_onnx_to_numpy_type(ctx.get_dtype(values)))
+    _take_over(ctx, node, "ScatterND", [zeros, out_indices, values], reduction="add")
+
+
+def sparse_reduce_sum_sparse(ctx, node, name, args):
+    """tf.sparse.reduce_sum to a SparseTensor (TFT's tfidf: the count of each term in each document): one entry per
+    distinct output index, in TF's row-major order, from ONNX Unique over the index rows (sorted, axis 0), whose
+    inverse adds each value into its entry (ScatterElements). tf2onnx has no lowering."""
+    out_indices, shape, rank = _sparse_reduction(ctx, node)
+    values = node.input[1]
+    unique = ctx.make_node("Unique", [out_indices], attr={"axis": 0, "sorted": 1}, output_count=4)
+    entries, _, entry_of_value, _ = unique.output
+    entry_count = _node(ctx, "Slice", [_node(ctx, "Shape", [entries]), _const(ctx, [0]), _const(ctx, [1])])
+    zeros = _filled(ctx, entry_count, 0, utils.map_onnx_to_numpy_type(ctx.get_dtype(values)))
+    sums = _node(ctx, "ScatterElements", [zeros, entry_of_value, values], axis=0, reduction="add")
+    outputs = list(node.output)
+    dtypes = [ctx.get_dtype(o) for o in outputs]
+    ctx.remove_node(node.name)  # the outputs' ranks kept known: tf2onnx's lowerings of their consumers may need them
+    for source, output, dtype, out_shape in zip((entries, sums, shape), outputs, dtypes, ([-1, rank], [-1], [rank])):
+        ctx.make_node("Identity", [source], outputs=[output], dtypes=[dtype], shapes=[out_shape])
+
+
+def string_join(ctx, node, name, args):
+    """tf.strings.join (TFT's ngrams joins its shifted tokens with it) as standard StringConcat (opset 20), input by
+    input with the separator between, scalars broadcast as in TF. tf2onnx maps it to onnxruntime-extensions'
+    StringJoin, which crashes onnxruntime (segmentation fault) on empty inputs: a batch without a token."""
+    separator = node.get_attr_value("separator", b"")
+    separator = separator.decode() if isinstance(separator, bytes) else separator
+    first, *others = node.input
+    if separator:
+        sep = ctx.make_const(utils.make_name("separator"), np.array(separator, object)).output[0]
+        others = [piece for text in others for piece in (sep, text)]
+    if not others:
+        return _take_over(ctx, node, "Identity", [first])
+    for piece in others[:-1]:
+        first = _node(ctx, "StringConcat", [first, piece])
+    _take_over(ctx, node, "StringConcat", [first, others[-1]])
 
 
 def _value_rows(ctx, row_splits: str, values: str) -> tuple[str, str, str, str]:
@@ -437,12 +526,16 @@ HANDLERS = {
     "Expm1": (expm1, []),
     "StringToHashBucketFast": (string_to_hash_bucket_fast, []),
     "StringNGrams": (string_ngrams, []),
+    "StringJoin": (string_join, []),
     "StringLower": (string_case, []),
     "StringUpper": (string_case, []),
     "StringSplitV2": (string_split_v2, []),
+    "SegmentSum": (segment_sum, []),
     "UnsortedSegmentSum": (unsorted_segment_sum, []),
     "UnsortedSegmentMin": (unsorted_segment_min, []),
     "DenseBincount": (dense_bincount, []),
+    "SparseReduceSum": (sparse_reduce_sum, []),
+    "SparseReduceSumSparse": (sparse_reduce_sum_sparse, []),
     "RaggedTensorToSparse": (ragged_tensor_to_sparse, []),
     "FloorDiv": (floor_div, []),
     "FloorMod": (floor_mod, []),

@@ -10,7 +10,7 @@ after the last epoch, saves the raw-features model: every worker must take part 
 save (it runs collectives), each into a temporary directory (TensorFlow writes
 no object store). The chief then sends its export, metrics.json and the eval
 predictions to a new attempt under the output's model/ (local disk or a store)
-and writes the model manifest, which commits them.
+and writes the model manifest, which commits them (tf_train.saving).
 """
 
 from __future__ import annotations
@@ -19,30 +19,23 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import tensorflow as tf
 import tf_keras
 
-from tf_train import baseline
 from tf_train import data as training_data
-from tf_train import metrics as quality
 from tf_train import model as training_model
+from tf_train import saving
 from tf_train.backup import SendBackup, StoreBackups
-from tfbridge.contracts import (ModelManifest, PipelineConfig, TrainingError, fingerprints, named_attempts,
-                                write_json_atomic)
-from tfbridge.contracts.layout import EVAL_PREDICTIONS, METRICS, SAVED_MODEL
-from tfbridge.storage.attempts import commit
+from tfbridge.contracts import PipelineConfig, TrainingError, fingerprints, write_json_atomic
+from tfbridge.contracts.layout import SAVED_MODEL
 
 log = logging.getLogger(__name__)
 
 HISTORY_FILE = ".history.json"  # under model/: per-epoch loss, kept across restarts
-PREDICTION_ROWS = 50_000  # eval rows kept with their predictions, for the report's plots
 EVAL_LOSS_BATCHES = 8  # the eval loss per epoch is over at most this many eval batches (65,536 rows)
 PACK_BYTES = 32 << 20  # gradients all-reduced in packs up to this size, not one collective per variable
 
@@ -142,37 +135,18 @@ def run_worker(config: PipelineConfig) -> None:
                  name, fitting["epochs"], train.epochs, train.patience, fitting["kept_epoch"])
 
     check_workers_agree(model, all_reduced_sum, workers, name)
-    module = training_model.RawFeaturesModel(str(data.manifest.transform_dir(layout.features_dir)), data.manifest,
-                                             data.features, model, data.label)
-    with tempfile.TemporaryDirectory(prefix="tfbridge-export-") as local:
-        # TensorFlow writes no object store: the model is saved here, then sent to its attempt (chief only).
-        local = Path(local)
-        training_model.save_raw_features_model(module, str(local / SAVED_MODEL))
-        if not chief:
-            shutil.rmtree(backup_dir, ignore_errors=True)
-            log.info("train: %s done", name)
-            return
-        metrics = {"task": data.label.task, **evaluate(model, data, local / EVAL_PREDICTIONS),
-                   "fitting": {**fitting, "eval_loss": eval_loss(model, data.label, eval_batches)},
-                   "history": history.losses()}
-        write_json_atomic(metrics, local / METRICS)
-        attempt = commit(layout.model_dir, local, lambda sums, attempt: ModelManifest(
-            inputs=data.manifest.model_inputs,
-            input_names=training_model.graph_inputs(data.manifest),
-            outputs=training_model.output_names(data.label),
-            label=data.manifest.label,
-            task=data.label.task,
-            classes=data.label.classes,
-            label_transform=data.label.transform,
-            versions={**data.manifest.versions, "tf_keras": tf_keras.__version__},
-            checksums=sums,
-            fingerprint=fingerprints.model_fingerprint(config, data.manifest.fingerprint),
-            attempt=attempt,
-        ).write(layout.model_manifest_path), named=lambda: named_attempts(layout.model_manifest_path))
+    committed = saving.commit_trained(config, data, model, chief, fitting, history.losses,
+                                      lambda: eval_loss(model, data.label, eval_batches),
+                                      {"tf_keras": tf_keras.__version__})
+    if committed is None:
+        shutil.rmtree(backup_dir, ignore_errors=True)
+        log.info("train: %s done", name)
+        return
     history_path.unlink(missing_ok=True)
     shutil.rmtree(backup_dir, ignore_errors=True)
     if store is not None:
         store.remove()
+    metrics, attempt = committed
     log.info("train: %s exported %s; eval %s", name, attempt / SAVED_MODEL, json.dumps(metrics["eval"]))
 
 
@@ -304,44 +278,3 @@ class EpochLog(tf_keras.callbacks.Callback):
 
     def losses(self) -> list[dict]:
         return [{"epoch": epoch, **losses} for epoch, losses in sorted(self._loss.items())]
-
-
-def evaluate(model, data: training_data.TrainingData, predictions_path: Path) -> dict:
-    """Quality on every row of the eval split in label units, the model's and the linear baseline's (empty when
-    the split is), and up to PREDICTION_ROWS of those rows with both predictions written to `predictions_path`."""
-    predictions_path.unlink(missing_ok=True)
-    if not data.eval_files or not int(data.manifest.rows.get("eval", 0)):
-        return {"eval": {}}
-    label = data.label
-    fitted = baseline.fit_baseline(data)
-    outputs, baseline_outputs, labels = [], [], []
-    for batch in training_data.eval_dataset(data):
-        inputs, raw_label = batch
-        out = training_model.predictions(model(inputs, training=False), label)
-        outputs.append({k: v.numpy() for k, v in out.items()})
-        baseline_outputs.append(baseline.baseline_outputs(fitted, baseline.design_matrix([batch], data)[0], data))
-        labels.append(raw_label.numpy())
-    y = np.concatenate(labels)
-    ours = np.concatenate([o["prediction" if label.task == "regression" else "probabilities"] for o in outputs])
-    theirs = np.concatenate([o["prediction" if label.task == "regression" else "probabilities"]
-                             for o in baseline_outputs])
-    if label.task == "regression":
-        metrics = quality.regression_metrics(y, ours)
-        baseline_metrics = quality.regression_metrics(y, theirs)
-        rows = {"label": y.astype(np.float64), "prediction": ours.astype(np.float64),
-                "baseline_prediction": theirs.astype(np.float64)}
-    else:
-        index = {c: i for i, c in enumerate(label.classes)}
-        keys = [v.decode() for v in y] if label.dtype == "string" else [int(v) for v in y]
-        y_index = np.array([index.get(k, -1) for k in keys])
-        known = y_index >= 0
-        if not known.all():
-            log.warning("train: %d eval rows have a label unseen in training; left out of the metrics",
-                        int((~known).sum()))
-        y_index, ours, theirs = y_index[known], ours[known], theirs[known]
-        metrics = quality.classification_metrics(y_index, ours)
-        baseline_metrics = quality.classification_metrics(y_index, theirs)
-        rows = {"label_index": y_index, "probabilities": list(ours.astype(np.float64)),
-                "baseline_probabilities": list(theirs.astype(np.float64))}
-    pq.write_table(pa.table(rows).slice(0, PREDICTION_ROWS), predictions_path)
-    return {"eval": metrics, "baseline": {"model": type(fitted).__name__, **baseline_metrics}}

@@ -203,8 +203,9 @@ def train_stage(config: PipelineConfig, args, beam_args: list[str], console: Con
         metrics = json.loads(ModelManifest.read(layout.model_manifest_path).file(layout.model_dir, METRICS).read_text())
         figures = ", ".join(f"{k} {_figure(v)}" for k, v in metrics["eval"].items() if k != "rows")
         fitting = metrics["fitting"]
-        epochs = (f"{fitting['epochs']} epochs" if fitting["epochs"] == fitting["kept_epoch"]
-                  else f"{fitting['epochs']} epochs (kept {fitting['kept_epoch']})")
+        unit = "boosting rounds" if fitting.get("model") == "gbdt" else "epochs"
+        epochs = (f"{fitting['epochs']} {unit}" if fitting["epochs"] == fitting["kept_epoch"]
+                  else f"{fitting['epochs']} {unit} (kept {fitting['kept_epoch']})")
         if resumed_after is not None:
             epochs += f", resumed after epoch {resumed_after}"
         stage.result = (f"{epochs} on {workers} worker(s) at {fitting['examples_per_s']:,.0f} examples/s"

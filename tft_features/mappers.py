@@ -272,7 +272,7 @@ def cyclical(x: tf.Tensor, name: str, parts):
     """Each part as a point on the unit circle, [sin, cos] of 2 pi (part - first) / cycle, as a float32 vector of
     2 per part in the order given: month (1-12 over 12), day_of_year (1 to 365 or 366 over its year's length, so
     31 December and 1 January are neighbours in every year), weekday (over 7), hour (over 24). Computed in
-    float64 and rounded once to float32 (see in_float64)."""
+    float64 and rounded once to float32 (see in_float64); a point on an axis is exactly 0 (`_on_axis_as_zero`)."""
     del name
     fields = calendar_fields(x)
     columns, terms = [], []
@@ -280,9 +280,17 @@ def cyclical(x: tf.Tensor, name: str, parts):
         first, cycle = CYCLES[part]
         length = 365 + fields["leap"] if cycle is None else cycle
         angle = 2 * math.pi * tf.cast(fields[part] - first, tf.float64) / tf.cast(length, tf.float64)
-        columns += [tf.sin(angle), tf.cos(angle)]
+        columns += [_on_axis_as_zero(tf.sin(angle)), _on_axis_as_zero(tf.cos(angle))]
         terms += [f"sin {part}", f"cos {part}"]
     return tf.cast(tf.stack(columns, axis=1), tf.float32), {"terms": terms}
+
+
+def _on_axis_as_zero(v: tf.Tensor) -> tf.Tensor:
+    """0 where a sine or cosine is 0 in exact arithmetic (a quarter, half or three-quarter turn), where float64
+    gives a residue (sin(pi) = 1.2e-16) that differs by engine: onnxruntime's vectorised Sin and Cos gave 0 and
+    -0 where TF gave 1.2e-16 and -1.8e-16, which a tree split between them told apart. The smallest true value
+    of another part is sin(2 pi / 366) = 0.017."""
+    return tf.where(tf.abs(v) < 1e-9, tf.zeros_like(v), v)
 
 
 def since(x: tf.Tensor, name: str, reference: str = "1970-01-01", unit: str = "days"):

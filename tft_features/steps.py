@@ -30,7 +30,7 @@ IDS, TOKEN_IDS, VECTOR = FeatureKind.IDS, FeatureKind.TOKEN_IDS, FeatureKind.VEC
 TIMESTAMP = FeatureKind.TIMESTAMP
 _NUMERIC = (int, float)
 MAX_NGRAM = 8  # the widest n-gram: each width adds a string join of the row's tokens to the graph
-MAX_TFIDF_WIDTH = 20_000  # tfidf's dense vector: a batch of 1,024 rows holds 80 MB of weights at this width
+MAX_TFIDF_WIDTH = 5_000  # tfidf is dense: each row holds this many float32 weights in the shards (20 KB)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,6 +16,8 @@ columns without missing values, and the scorer refuses them there.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -45,12 +47,10 @@ def raw_table(rng, rows: int) -> pa.Table:
                      "target": rng.normal(0, 1, rows)})
 
 
-@pytest.fixture(scope="module")
-def transform(tmp_path_factory):
-    """(the raw training table, the transform's SavedModel, its ONNX graph's session, op types of the graph)."""
-    root = tmp_path_factory.mktemp("tft_functions")
-    table = raw_table(np.random.default_rng(0), 400)
-    config, _ = run_features_on(root, table, None, row_group_size=100, preprocessing_fn=PREPROCESSING_FN)
+def converted_transform(root: Path, table: pa.Table, preprocessing_fn: str):
+    """The feature stage on `table` by `preprocessing_fn`, then its transform alone (TransformOnly) saved and
+    converted by the export's own conversion: (the SavedModel, its ONNX graph's session, op types of the graph)."""
+    config, _ = run_features_on(root, table, None, row_group_size=100, preprocessing_fn=preprocessing_fn)
     layout = config.layout
     features = FeaturesManifest.read(layout.features_manifest_path)
     module = TransformOnly(str(features.transform_dir(layout.features_dir)), features, dict(features.outputs), None,
@@ -58,7 +58,14 @@ def transform(tmp_path_factory):
     save_raw_features_model(module, str(root / "saved_model"))
     model = convert_saved_model(root / "saved_model", features.input_names.values())
     ops = {node.op_type for node in model.graph.node}
-    return table, root / "saved_model", onnx_session(model.SerializeToString()), ops
+    return root / "saved_model", onnx_session(model.SerializeToString()), ops
+
+
+@pytest.fixture(scope="module")
+def transform(tmp_path_factory):
+    """(the raw training table, the transform's SavedModel, its ONNX graph's session, op types of the graph)."""
+    table = raw_table(np.random.default_rng(0), 400)
+    return table, *converted_transform(tmp_path_factory.mktemp("tft_functions"), table, PREPROCESSING_FN)
 
 
 def fresh_rows(table: pa.Table, rng) -> dict[str, np.ndarray]:
@@ -85,25 +92,36 @@ def by_row_id(outputs: dict[str, np.ndarray]) -> dict[str, dict[float, object]]:
     return {name[2:]: dict(zip(ids, values.tolist())) for name, values in outputs.items()}
 
 
-def test_onnx_agrees_with_the_saved_model_feature_by_feature(transform):
-    table, saved_model, session, ops = transform
-    rows = fresh_rows(table, np.random.default_rng(1))
+def features_by_row_id(session, saved_model: Path, rows: dict[str, np.ndarray], rng):
+    """(ONNX's, the SavedModel's) features as row id -> value: ONNX scores the rows in another order, so only the
+    join by row id (`row_id` passed through) lines them up again."""
     want = {k: v.numpy() for k, v in tf.saved_model.load(str(saved_model)).signatures["serving_default"](
         **tf_inputs(rows)).items()}
-    shuffled = np.random.default_rng(2).permutation(len(rows["x"]))
+    shuffled = rng.permutation(len(rows["row_id"]))
     names = [o.name for o in session.get_outputs()]
     got = dict(zip(names, session.run(names, {k: v[shuffled] for k, v in rows.items()})))
-    got, want = by_row_id(got), by_row_id(want)
-    assert set(got) == set(want) == {"row_id", "x_z_per_key", "x_buckets_per_key", "colour_hash", "colour_id",
-                                     "y_interpolated", "pc_0", "pc_1"}
+    return by_row_id(got), by_row_id(want)
+
+
+def assert_equal_by_row_id(got: dict, want: dict, rows: int) -> None:
+    """Every feature of every row of the `rows` equal, integers exactly."""
     ids = list(want["row_id"])
-    assert len(ids) == len(rows["x"]) and set(got["row_id"]) == set(ids)
+    assert len(ids) == rows and set(got["row_id"]) == set(ids)
     for name in want:
         g, w = (np.array([feature[i] for i in ids]) for feature in (got[name], want[name]))
         if w.dtype.kind in "iu":
             np.testing.assert_array_equal(g, w, err_msg=name)
         else:
             np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_onnx_agrees_with_the_saved_model_feature_by_feature(transform):
+    table, saved_model, session, ops = transform
+    rows = fresh_rows(table, np.random.default_rng(1))
+    got, want = features_by_row_id(session, saved_model, rows, np.random.default_rng(2))
+    assert set(got) == set(want) == {"row_id", "x_z_per_key", "x_buckets_per_key", "colour_hash", "colour_id",
+                                     "y_interpolated", "pc_0", "pc_1"}
+    assert_equal_by_row_id(got, want, len(rows["x"]))
     # values on the boundaries: with 4 boundaries, exactly 1/3 and 2/3 at the 2nd and 3rd
     assert {np.float32(1) / 3, np.float32(2) / 3} <= set(np.float32(v) for v in want["y_interpolated"].values())
     # TFT's per-key functions compare the keys (StringEqual) in a tf.cond and guard divisions with tf.where

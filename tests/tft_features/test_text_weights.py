@@ -114,7 +114,7 @@ def test_tfidf_is_sklearns_smooth_tfidf_over_the_row_length(run):
 @pytest.mark.parametrize("features, says", [
     ({"doc": ["normalize_text", "vocabulary", "tfidf"]}, "needs the ids' range: give the vocabulary before it a "
                                                           "top_k"),
-    ({"doc": ["normalize_text", {"vocabulary": {"top_k": 30_000}}, "tfidf"]}, "at most 20,000: lower top_k"),
+    ({"doc": ["normalize_text", {"vocabulary": {"top_k": 6_000}}, "tfidf"]}, "at most 5,000: lower top_k"),
     ({"doc": ["normalize_text", {"ngrams": [3, 1]}]}, "n must be a width or an inclusive range"),
     ({"doc": [{"ngrams": 2}]}, "ngrams"),
 ])

@@ -148,6 +148,39 @@ CLASS_WEIGHTS = ("none", "balanced")
 MAX_SYNC_EVERY = 64  # local steps between averages (each is a copy of the step in the compiled graph)
 
 
+MODELS = ("network", "gbdt")
+
+
+@dataclasses.dataclass(frozen=True)
+class GbdtConfig:
+    """`train.gbdt`: the gradient-boosted trees of `train.model: gbdt` (XGBoost's hist method). Every key has a
+    default."""
+
+    trees: int = 1000  # boosting rounds at most: with validation rows, boosting stops once their loss stops improving
+    max_depth: int = 6
+    learning_rate: float = 0.1  # XGBoost's eta
+    patience: int = 50  # rounds without a better validation loss before boosting stops; the best round is kept
+
+    @classmethod
+    def from_dict(cls, raw: Any, source: str) -> "GbdtConfig":
+        if raw is None:
+            return cls()
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{source}: 'train.gbdt' must be a mapping, got {raw!r}")
+        unknown = sorted(set(raw) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ConfigError(f"{source}: unknown key(s) train.gbdt.{unknown}; expected some of "
+                              f"{sorted(f.name for f in dataclasses.fields(cls))}")
+        for key in ("trees", "max_depth", "patience"):
+            v = raw.get(key, 1)
+            if not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+                raise ConfigError(f"{source}: 'train.gbdt.{key}' must be a positive integer, got {v!r}")
+        rate = raw.get("learning_rate", 0.1)
+        if not (isinstance(rate, (int, float)) and not isinstance(rate, bool) and 0 < rate <= 1):
+            raise ConfigError(f"{source}: 'train.gbdt.learning_rate' must be a number in (0, 1], got {rate!r}")
+        return cls(**{**raw, "learning_rate": float(rate)})
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """The `train:` section: the model and how it is fitted. Every key has a default."""
@@ -169,6 +202,9 @@ class TrainConfig:
     patience: int = 6  # epochs without a better validation loss before training stops; the best epoch is kept
     numeric_embedding: str = "none"  # "periodic": each number feature through a learned periodic embedding
     class_weight: str = "none"  # classification: "balanced" weighs each class by rows / (classes x its rows)
+    # "gbdt": gradient-boosted trees (XGBoost) on the same transformed features, exported the same way
+    model: str = "network"
+    gbdt: GbdtConfig = GbdtConfig()
 
     @classmethod
     def from_dict(cls, raw: Any, source: str) -> "TrainConfig":
@@ -224,6 +260,12 @@ class TrainConfig:
         if values.get("numeric_embedding", "none") not in NUMERIC_EMBEDDINGS:
             raise ConfigError(f"{source}: 'train.numeric_embedding' must be one of {NUMERIC_EMBEDDINGS}, "
                               f"got {values['numeric_embedding']!r}")
+        if values.get("model", "network") not in MODELS:
+            raise ConfigError(f"{source}: 'train.model' must be one of {MODELS}, got {values['model']!r}")
+        values["gbdt"] = GbdtConfig.from_dict(values.get("gbdt"), source)
+        if values.get("model") == "gbdt" and workers not in ("auto", 1):
+            raise ConfigError(f"{source}: 'train.model: gbdt' trains on one worker (XGBoost's own collective "
+                              f"across workers is not wired yet); got train.workers {workers!r}")
         if values.get("label_transform", "none") not in LABEL_TRANSFORMS:
             raise ConfigError(f"{source}: 'train.label_transform' must be one of {LABEL_TRANSFORMS}, "
                               f"got {values['label_transform']!r}")

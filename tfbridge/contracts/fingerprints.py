@@ -107,8 +107,10 @@ def features_fingerprint(config: PipelineConfig) -> str:
 
 
 def model_fingerprint(config: PipelineConfig, features: str) -> str:
-    """`features`: the feature stage's fingerprint. The worker count is left out: it does not change the model."""
-    train = {k: v for k, v in config.train.to_dict().items() if k != "workers"}
+    """`features`: the feature stage's fingerprint. The worker count is left out: it does not change the model; so
+    are `model` and `gbdt` for a network (which the trees' settings do not change), as before trees existed."""
+    train = {k: v for k, v in config.train.to_dict().items()
+             if k != "workers" and (config.train.model != "network" or k not in ("model", "gbdt"))}
     return _digest("train", features, train)
 
 

@@ -174,7 +174,11 @@ def vocabulary_lines(text: str) -> list[str]:
 def _model_section(config: PipelineConfig, metrics: dict) -> page.Section:
     fitting = metrics.get("fitting")
     fitted = ""
-    if fitting:
+    if fitting and fitting.get("model") == "gbdt":
+        fitted = (f" Gradient-boosted trees (XGBoost), {fitting['epochs']} rounds on {fitting['batch_size']:,} rows"
+                  + (f"; the trees up to round {fitting['kept_epoch']}, the best validation loss, were kept."
+                     if fitting["validation_every"] else "."))
+    elif fitting:
         fitted = f" Fitted for {fitting['epochs']} epochs in batches of {fitting['batch_size']:,}"
         fitted += (f"; the weights of epoch {fitting['kept_epoch']}, the best validation loss, were kept."
                    if fitting["validation_every"] else ".")

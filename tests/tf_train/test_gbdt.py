@@ -1,0 +1,128 @@
+"""Gradient-boosted trees (`train.model: gbdt`) through `tfbridge run` for regression, binary and multiclass.
+
+Every hand-off as for the network (SavedModel vs ONNX on every raw row, Spark's scores vs ONNX joined by id),
+and XGBoost itself: the trees the run kept (`xgboost.json`), loaded by XGBoost and run on the transformed eval
+rows the feature stage wrote, against the ONNX graph on the same rows' raw values, joined by id. The features
+are what trees meet on a real table: z-scored and skewed numbers, a vocabulary's ids (an unseen category's
+OOV id), a cyclical calendar and text as tf-idf weights (a vector); token ids are refused with the way out.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import xgboost
+import yaml
+
+from spark_infer import load_model
+from tests.helpers import check_hand_offs, committed, decode_split
+from tf_train.gbdt import XGBOOST_COLUMNS, XGBOOST_MODEL
+from tfbridge.cli import main
+from tf_train.data import analyze_label
+from tfbridge.contracts import ConfigError, FeaturesManifest, ModelManifest, PipelineConfig, fingerprints
+from tfbridge.contracts.layout import METRICS
+
+N = 600
+WORDS = ["good", "bad", "fine", "über", "東京", "ok"]
+FEATURES = {
+    "id": ["z_score"],  # a row id as a number, as real tables have them; the test joins the shards' rows by it
+    "x": ["z_score"], "skewed": ["log1p", "z_score"], "colour": [{"vocabulary": {"top_k": 3}}],
+    "when": [{"cyclical": ["weekday", "hour"]}],
+    "note": [{"normalize_text": {"stopwords": "none"}}, {"vocabulary": {"top_k": 5}}, "tfidf"],
+}
+
+
+def frame(task: str, seed: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    x, skewed = rng.normal(0, 1, N), rng.lognormal(1, 1.2, N)
+    colour = rng.choice(["red", "grün", "blue", "rare"], N, p=[0.4, 0.3, 0.25, 0.05])
+    when = pd.Timestamp("2024-01-01", tz="UTC") + pd.to_timedelta(rng.integers(0, 365 * 24 * 3600, N), unit="s")
+    note = [" ".join(rng.choice(WORDS, rng.integers(0, 4))) for _ in range(N)]
+    score = (2 * x + np.log1p(skewed) + (colour == "red") * 1.5 + (when.hour >= 12) * 1.0
+             + np.array(["good" in n for n in note]) * 1.2 + rng.normal(0, 0.3, N))
+    y = {"regression": score, "binary": (score > np.median(score)).astype(np.int64),
+         "multiclass": np.array(["low", "mid", "high"], object)[np.digitize(score, np.quantile(score, [1 / 3, 2 / 3]))]}
+    return pd.DataFrame({"id": np.arange(N), "x": x, "skewed": skewed, "colour": colour, "when": when,
+                         "note": note, "y": y[task]})
+
+
+@pytest.mark.parametrize("task", ["regression", "binary", "multiclass"])
+def test_gbdt_through_every_hand_off_equals_xgboost(task, tmp_path, spark):
+    raw = frame(task, seed={"regression": 1, "binary": 2, "multiclass": 3}[task])
+    raw.to_parquet(tmp_path / "rows.parquet", index=False, coerce_timestamps="us")  # Spark reads no nanoseconds
+    config = {"data": {"path": str(tmp_path / "rows.parquet")}, "label": "y", "task": task, "features": FEATURES,
+              "output": str(tmp_path / "out"), "split": {"eval_fraction": 0.25},
+              "train": {"model": "gbdt", "gbdt": {"trees": 200, "max_depth": 4, "patience": 20}}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config, allow_unicode=True))
+    assert main(["run", "--config", str(tmp_path / "c.yaml")]) == 0
+    layout = PipelineConfig.from_yaml(tmp_path / "c.yaml").layout
+    spread = float(raw["y"].std()) if task == "regression" else 1.0
+    check_hand_offs(layout, raw, "id", "id", task, spread, spark, tmp_path / "rows.parquet")
+
+    manifest = ModelManifest.read(layout.model_manifest_path)
+    metrics = json.loads(manifest.file(layout.model_dir, METRICS).read_text())
+    assert metrics["fitting"]["model"] == "gbdt" and 1 <= metrics["fitting"]["kept_epoch"] <= 200
+    quality = metrics["eval"]["r2" if task == "regression" else "accuracy"]
+    assert quality > {"regression": 0.8, "binary": 0.8, "multiclass": 0.6}[task], metrics["eval"]
+
+    # XGBoost itself on the eval split's transformed rows, against ONNX on their raw values, joined by id.
+    booster = xgboost.Booster()
+    booster.load_model(bytearray(manifest.file(layout.model_dir, XGBOOST_MODEL).read_bytes()))
+    columns = json.loads(manifest.file(layout.model_dir, XGBOOST_COLUMNS).read_text())
+    shards = decode_split(layout.features_dir, "eval")
+    matrix = np.column_stack([np.stack(shards[c.split("[")[0]])[:, int(c.split("[")[1][:-1])] if "[" in c
+                              else np.asarray(shards[c], np.float32) for c in columns]).astype(np.float32)
+    margins = booster.predict(xgboost.DMatrix(matrix), output_margin=True)
+    stats = json.loads(committed(layout).stats_path.read_text())["features"]["id"]
+    ids = np.rint(np.asarray(shards["id"], np.float64) * stats["std"] + stats["mean"]).astype(np.int64)
+    assert len(set(ids)) == len(ids)
+    onnx = load_model(layout.model_dir).predict(raw.set_index("id").loc[ids].reset_index())
+    if task == "regression":
+        label = analyze_label(FeaturesManifest.read(layout.features_manifest_path).shard_paths(
+            layout.features_dir, "train"), FeaturesManifest.read(layout.features_manifest_path), task,
+            PipelineConfig.from_yaml(tmp_path / "c.yaml").train)
+        np.testing.assert_allclose(onnx["prediction"], margins * label.std + label.mean, rtol=1e-5,
+                                   atol=1e-5 * spread)
+    elif task == "binary":
+        np.testing.assert_allclose(onnx["probabilities"][:, 1], 1 / (1 + np.exp(-margins)), atol=1e-6)
+    else:
+        e = np.exp(margins - margins.max(axis=1, keepdims=True))
+        np.testing.assert_allclose(onnx["probabilities"], e / e.sum(axis=1, keepdims=True), atol=1e-6)
+
+
+def test_token_ids_are_refused_with_the_way_out(tmp_path, capsys):
+    raw = frame("regression", seed=4)
+    raw.to_parquet(tmp_path / "rows.parquet", index=False)
+    config = {"data": str(tmp_path / "rows.parquet"), "label": "y", "task": "regression",
+              "features": {"x": ["z_score"], "note": ["normalize_text", {"vocabulary": {"top_k": 5}}]},
+              "output": str(tmp_path / "out"), "train": {"model": "gbdt"}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    assert main(["run", "--config", str(tmp_path / "c.yaml")]) != 0
+    assert "feature 'note' holds lists of token ids, which trees cannot split on: end its steps with tfidf" in (
+        capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("train, says", [
+    ({"model": "forest"}, "'train.model' must be one of"),
+    ({"model": "gbdt", "workers": 2}, "trains on one worker"),
+    ({"model": "gbdt", "gbdt": {"trees": 0}}, "'train.gbdt.trees' must be a positive integer"),
+    ({"model": "gbdt", "gbdt": {"learning_rate": 2}}, "'train.gbdt.learning_rate' must be a number in"),
+    ({"model": "gbdt", "gbdt": {"depth": 3}}, r"unknown key\(s\) train.gbdt.\['depth'\]"),
+])
+def test_bad_gbdt_settings_are_refused_when_the_config_is_read(train, says):
+    with pytest.raises(ConfigError, match=says):
+        PipelineConfig.from_dict({"data": "d.parquet", "label": "y", "task": "regression",
+                                  "features": {"x": ["z_score"]}, "output": "o", "train": train}, source="c.yaml")
+
+
+def test_a_networks_fingerprint_ignores_the_trees_settings():
+    def fingerprint(train):
+        return fingerprints.model_fingerprint(PipelineConfig.from_dict(
+            {"data": "d.parquet", "label": "y", "task": "regression", "features": {"x": ["z_score"]},
+             "output": "o", "train": train}, source="c.yaml"), "features")
+
+    assert fingerprint({}) == fingerprint({"model": "network", "gbdt": {"trees": 5}})
+    assert fingerprint({"model": "gbdt"}) != fingerprint({"model": "gbdt", "gbdt": {"trees": 5}}) != fingerprint({})
