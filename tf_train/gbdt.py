@@ -1,10 +1,11 @@
 """Gradient-boosted trees (`train.model: gbdt`): XGBoost on the transformed features, evaluated in TF for the export.
 
 The trees are fitted on exactly what the network would get: the train split's shards through the same
-readers (`tf_train.data`), the same target (a regression label standardized, a class as its index), the same
-validation rows held out, boosting stopped on their loss and the best round kept (`xgboost.json` beside the
-SavedModel holds those trees as XGBoost saves them). XGBoost reads one matrix of
-numbers: `FeatureMatrix` lays the features side by side (a number or an id as one column, a vector as its
+readers (`tf_train.data`), whole files per worker with XGBoost's own collective across the workers of
+TF_CONFIG's cluster (its tracker on the first worker's address), the same target (a regression label
+standardized, a class as its index), the same validation rows held out, boosting stopped on their loss and
+the best round kept (`xgboost.json` beside the SavedModel holds those trees as XGBoost saves them). XGBoost
+reads one matrix of numbers: `FeatureMatrix` lays the features side by side (a number or an id as one column, a vector as its
 columns; token ids are refused: `tfidf` makes them a vector) and is the same TF code at training and at
 serving, so a row meets the same splits in both.
 
@@ -17,8 +18,10 @@ validation row.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import time
 
 import numpy as np
@@ -38,6 +41,7 @@ AGREEMENT = 1e-5
 # Beside the SavedModel: the kept trees as XGBoost saves them (its JSON: data, never a pickle) for a user who wants
 # XGBoost itself, and the names of the matrix's columns they split on (FeatureMatrix.columns).
 XGBOOST_MODEL, XGBOOST_COLUMNS = "xgboost.json", "xgboost-columns.json"
+TRACKER_TIMEOUT_S = 600  # the workers' wait for one another (start, each collective), as the network's cluster
 
 
 class FeatureMatrix:
@@ -119,7 +123,7 @@ class TreeEnsemble(tf.Module):
         return tf.reduce_sum(leaves, axis=1) + self._offset[0]
 
 
-def between_values(booster, x: np.ndarray):
+def between_values(booster, x: np.ndarray, workers: int = 1):
     """The booster with each split moved halfway between the two training values it separates (float32), which
     leaves every training row on its side.
 
@@ -132,17 +136,25 @@ def between_values(booster, x: np.ndarray):
     import xgboost
 
     model = json.loads(booster.save_raw("json"))
+    trees = model["learner"]["gradient_booster"]["model"]["trees"]
     values = [np.unique(x[:, j]) for j in range(x.shape[1])]
-    for tree in model["learner"]["gradient_booster"]["model"]["trees"]:
-        for node, (feature, split) in enumerate(zip(tree["split_indices"], tree["split_conditions"])):
-            if tree["left_children"][node] < 0:
-                continue
-            seen = values[feature]
-            above = int(np.searchsorted(seen, np.float32(split)))  # the first training value >= the split
-            if 0 < above < len(seen):
-                low, high = seen[above - 1], seen[above]
-                middle = np.float32((np.float64(low) + np.float64(high)) / 2)
-                tree["split_conditions"][node] = float(middle if low < middle <= high else high)
+    splits = [(tree, node, np.float32(split)) for tree in trees
+              for node, split in enumerate(tree["split_conditions"]) if tree["left_children"][node] >= 0]
+    lows, highs = np.full(len(splits), -np.inf), np.full(len(splits), np.inf)
+    for i, (tree, node, split) in enumerate(splits):
+        seen = values[tree["split_indices"][node]]
+        above = int(np.searchsorted(seen, split))  # this worker's first training value >= the split
+        lows[i] = seen[above - 1] if above > 0 else -np.inf
+        highs[i] = seen[above] if above < len(seen) else np.inf
+    if workers > 1:  # the neighbours among every worker's rows: the same moved splits on every worker
+        from xgboost import collective
+
+        lows = collective.allreduce(lows, collective.Op.MAX)
+        highs = collective.allreduce(highs, collective.Op.MIN)
+    for (tree, node, _), low, high in zip(splits, lows, highs):
+        if np.isfinite(low) and np.isfinite(high):
+            middle = np.float32((low + high) / 2)
+            tree["split_conditions"][node] = float(middle if np.float32(low) < middle <= np.float32(high) else high)
     moved = xgboost.Booster()
     moved.load_model(bytearray(json.dumps(model).encode()))
     return moved
@@ -182,16 +194,57 @@ def read_split(data: training_data.TrainingData, matrix: FeatureMatrix, files, v
     return np.concatenate(parts), np.concatenate(targets), np.concatenate(held)
 
 
+def cluster() -> tuple[int, int, str | None, int | None]:
+    """(this worker's rank, workers, the first worker's host and port) from TF_CONFIG, as the launcher or a
+    scheduler sets it for the network's workers; (0, 1, None, None) without it. The first worker runs XGBoost's
+    tracker on its own address, which nothing else uses when the trees train."""
+    raw = os.environ.get("TF_CONFIG")
+    if not raw:
+        return 0, 1, None, None
+    spec = json.loads(raw)
+    workers = list(spec["cluster"].get("chief", [])) + list(spec["cluster"].get("worker", []))
+    rank = spec["task"]["index"] + (len(spec["cluster"].get("chief", [])) if spec["task"]["type"] == "worker" else 0)
+    host, _, port = workers[0].rpartition(":")
+    return rank, len(workers), host, int(port)
+
+
+@contextlib.contextmanager
+def collective_of(rank: int, workers: int, host: str | None, port: int | None):
+    """XGBoost's collective over the workers (its tracker on the first, which waits for every worker), or nothing
+    for one worker: inside it, xgboost.train builds one model from every worker's rows."""
+    if workers == 1:
+        yield
+        return
+    from xgboost import collective
+    from xgboost.tracker import RabitTracker
+
+    tracker = None
+    if rank == 0:
+        tracker = RabitTracker(workers, host, port=port, sortby="task", timeout=TRACKER_TIMEOUT_S)
+        tracker.start()
+    with collective.CommunicatorContext(dmlc_tracker_uri=host, dmlc_tracker_port=port, dmlc_task_id=str(rank),
+                                        dmlc_retry=30, dmlc_timeout=TRACKER_TIMEOUT_S):
+        yield
+    if tracker is not None:
+        tracker.wait_for()
+
+
 def run_gbdt(config: PipelineConfig) -> None:
-    """Fits the trees on one worker and commits them as the raw-features model (tf_train.saving.commit_trained)."""
+    """Fits the trees on this worker's share of the train shards, with XGBoost's collective across the workers
+    (TF_CONFIG's cluster), and the first worker commits them as the raw-features model
+    (tf_train.saving.commit_trained)."""
     import xgboost
 
     train, settings = config.train, config.train.gbdt
     data = training_data.load_training_data(config)
     matrix = FeatureMatrix(data.features)
-    log.info("train: gbdt: %s; %d columns", training_data.describe(data), len(matrix.columns))
-    x, y, held = read_split(data, matrix, data.train_files, data.validation_every)
-    x_eval, y_eval, _ = read_split(data, matrix, data.eval_files)
+    rank, workers, host, port = cluster()
+    name = f"worker {rank}" if workers > 1 else "gbdt"
+    log.info("train: %s: %s; %d columns; %d of %d worker(s)", name, training_data.describe(data),
+             len(matrix.columns), rank + 1, workers)
+    # Whole shard files per worker, as the network's input pipelines take them.
+    x, y, held = read_split(data, matrix, data.train_files[rank::workers], data.validation_every)
+    x_eval, y_eval, _ = read_split(data, matrix, data.eval_files[rank::workers])
     label = data.label
     known = y >= 0 if label.task != "regression" else np.ones(len(y), bool)  # a class the train split lacks: -1
     weights = (np.asarray(label.class_weights)[np.where(known, y, 0).astype(np.int64)]
@@ -208,19 +261,26 @@ def run_gbdt(config: PipelineConfig) -> None:
               "base_score": 0.5 if label.task != "regression" else 0.0}
     if label.task == "multiclass":
         params["num_class"] = len(label.classes)
-    evals = [(fit, "train")] + ([(validation, "validation")] if held.any() else [])
+    # Every worker names the same evaluation sets (XGBoost sums each metric over the workers), a worker without
+    # rows of one giving it empty.
+    validating = data.validation_every > 0
+    evals = [(fit, "train")] + ([(validation, "validation")] if validating else [])
     eval_known = y_eval >= 0 if label.task != "regression" else np.ones(len(y_eval), bool)
-    if eval_known.any():
+    if data.eval_files and int(data.manifest.rows.get("eval", 0)):
         evals.append((dmatrix(x_eval, y_eval, eval_known), "eval"))
     curves: dict = {}
     start = time.perf_counter()
-    booster = xgboost.train(params, fit, num_boost_round=settings.trees, evals=evals, evals_result=curves,
-                            early_stopping_rounds=settings.patience if held.any() else None, verbose_eval=False)
+    with collective_of(rank, workers, host, port):
+        booster = xgboost.train(params, fit, num_boost_round=settings.trees, evals=evals, evals_result=curves,
+                                early_stopping_rounds=settings.patience if validating else None, verbose_eval=False)
+        rounds = booster.num_boosted_rounds()
+        kept = booster.best_iteration + 1 if validating else rounds
+        booster = between_values(booster[:kept], x[~held & known], workers)
     seconds = time.perf_counter() - start
-    rounds = booster.num_boosted_rounds()
-    kept = booster.best_iteration + 1 if held.any() else rounds
-    booster = between_values(booster[:kept], x[~held & known])
-    log.info("train: gbdt: %d rounds (kept %d) in %.1f s", rounds, kept, seconds)
+    log.info("train: %s: %d rounds (kept %d) in %.1f s", name, rounds, kept, seconds)
+    if rank != 0:
+        log.info("train: %s done", name)
+        return
 
     classes = len(label.classes) if label.task == "multiclass" else 1
     ensemble = TreeEnsemble(booster, matrix, label.task, classes, _offset(booster, x, classes, matrix))
@@ -232,9 +292,10 @@ def run_gbdt(config: PipelineConfig) -> None:
 
     history = [{"epoch": i + 1, "loss": loss("train", i), "validation_loss": loss("validation", i),
                 "eval_loss": loss("eval", i)} for i in range(rounds)]
-    fitting = {"model": "gbdt", "epochs": rounds, "batch_size": int((~held & known).sum()),
-               "validation_every": data.validation_every, "kept_epoch": kept, "workers": 1, "sync_every": 1,
-               "examples_per_s": float((~held & known).sum() * rounds / max(seconds, 1e-9)), "trees": kept * classes}
+    fitted_rows = data.train_rows  # every worker's
+    fitting = {"model": "gbdt", "epochs": rounds, "batch_size": fitted_rows,
+               "validation_every": data.validation_every, "kept_epoch": kept, "workers": workers, "sync_every": 1,
+               "examples_per_s": float(fitted_rows * rounds / max(seconds, 1e-9)), "trees": kept * classes}
     committed = commit_trained(config, data, ensemble, True, fitting, lambda: history,
                                lambda: loss("eval", kept - 1), {"xgboost": xgboost.__version__},
                                {XGBOOST_MODEL: bytes(booster.save_raw("json")),

@@ -26,7 +26,7 @@ import uuid
 
 import yaml
 
-from tfbridge.contracts import (ArtifactLayout, ConfigError, DataError, PipelineConfig, TrainingError, fingerprints,
+from tfbridge.contracts import (ArtifactLayout, DataError, PipelineConfig, TrainingError, fingerprints,
                                 named_attempts)
 from tfbridge.storage.attempts import remove_uncommitted
 
@@ -127,9 +127,6 @@ def launch(config: PipelineConfig, workers: int, retries: int = 0, out=None, pin
     from tf_train.worker import HISTORY_FILE
 
     out = out or sys.stdout
-    if config.train.model == "gbdt" and workers != 1:
-        raise ConfigError(f"{config.source}: train.model gbdt trains on one worker (XGBoost's own collective "
-                          f"across workers is not wired yet), not {workers}")
     data = load_training_data(config)  # every check that can fail does so here, before a worker starts
     if config.train.model == "gbdt":
         from tf_train.gbdt import FeatureMatrix

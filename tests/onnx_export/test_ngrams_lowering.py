@@ -13,7 +13,8 @@ from onnx_export.lowerings import UnsupportedOp
 from tests.onnx_export.test_lowerings import convert, run
 from tft_features import mappers
 
-ROWS = [["a", "b", "c", "d"], [], ["x"], ["Größe", "日本", "😀", "Größe", "日本"], ["y", "y"], [""], ["p", "", "q"],
+ROWS = [["a", "b", "c", "d"], [], ["x"], ["Größe", "日本", "😀", "Größe", "日本"], ["y", "y"], [""],
+        ["p", "", "q"],
         [f"t{i}" for i in range(40)]]
 
 

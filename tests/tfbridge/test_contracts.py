@@ -80,7 +80,7 @@ def test_yaml_is_read_with_safe_load(tmp_path):
 @pytest.mark.parametrize("column, name", [
     ("Home Team", "home_team"), ("sample.yr", "sample_yr"), ("price ($)", "price"), ("2nd_visit", "c_2nd_visit"),
     ("class", "c_class"), ("lambda", "c_lambda"), ("match", "c_match"), ("Größe", "gro_udf_e"), ("café", "cafe"),
-    ("価格", "u4fa1_u683c"), ("", "c"), ("_private", "private"), ("Action", "action"),
+    ("価格", "u4fa1_u683c"), ("", "c"), ("_private", "private"), ("Action", "action"), ("self", "c_self"),
 ])
 def test_graph_input_names_are_valid_tf_and_python_names(column, name):
     import keyword
@@ -88,3 +88,17 @@ def test_graph_input_names_are_valid_tf_and_python_names(column, name):
     assert graph_input_name(column) == name
     assert name.isidentifier() and name.isascii() and name == name.lower() and name[0].isalpha()
     assert not keyword.iskeyword(name) and not keyword.issoftkeyword(name)
+
+
+def test_a_column_named_self_saves_in_a_serving_signature(tmp_path):
+    """TF's signature wrapper takes `self`: an input of that name made tf.saved_model.save fail."""
+    import tensorflow as tf
+
+    module = tf.Module()
+    names = [graph_input_name(c) for c in ("a", "self")]
+    module.serve = tf.function(lambda raw: {"out": raw[names[0]] + raw[names[1]]},
+                               input_signature=[{n: tf.TensorSpec([None], tf.float32, name=n) for n in names}])
+    tf.saved_model.save(module, str(tmp_path / "m"),
+                        signatures={"serving_default": module.serve.get_concrete_function()})
+    loaded = tf.saved_model.load(str(tmp_path / "m")).signatures["serving_default"]
+    assert float(loaded(a=tf.constant([1.0]), c_self=tf.constant([2.0]))["out"][0]) == 3.0

@@ -106,6 +106,9 @@ PYTHON_KEYWORDS = frozenset({
     "nonlocal", "not", "or", "pass", "raise", "return", "try", "while", "with", "yield",
     "_", "case", "match", "type",
 })
+# Not keywords, but a signature's parameter names in TF: a serving input `self` made tf.saved_model.save fail
+# ("got multiple values for argument 'self'").
+SIGNATURE_RESERVED = frozenset({"self"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -299,7 +302,8 @@ def graph_input_name(column: str) -> str:
     `Größe`, `価格`); TF accepts only some names (the signature lower-cases them, a Python keyword is
     not a valid parameter name, an op name cannot hold spaces). Inside, a column is lower-case ASCII
     letters, digits and single underscores, starting with a letter and never one of PYTHON_KEYWORDS
-    (`class` -> `c_class`, `type` -> `c_type`, `match` -> `c_match`, `_` -> `c`), whichever Python runs:
+    (`class` -> `c_class`, `type` -> `c_type`, `match` -> `c_match`, `_` -> `c`), whichever Python runs,
+    nor SIGNATURE_RESERVED (`self` -> `c_self`):
     accents are dropped, other letters become their code point (`u4fa1`), anything else `_`. The
     manifests map each raw column to it, and every consumer feeds the graph through that mapping.
     """
@@ -312,7 +316,7 @@ def graph_input_name(column: str) -> str:
         else:  # other scripts keep their identity: 価格 -> u4fa1_u683c, ß -> udf
             letters.append(f"_u{ord(char):x}_" if char.isalnum() else "_")
     name = re.sub(r"_+", "_", "".join(letters)).strip("_")
-    if not name or not name[0].isalpha() or name in PYTHON_KEYWORDS:
+    if not name or not name[0].isalpha() or name in PYTHON_KEYWORDS or name in SIGNATURE_RESERVED:
         name = f"c_{name}".rstrip("_")
     return name
 

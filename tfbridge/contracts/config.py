@@ -263,9 +263,6 @@ class TrainConfig:
         if values.get("model", "network") not in MODELS:
             raise ConfigError(f"{source}: 'train.model' must be one of {MODELS}, got {values['model']!r}")
         values["gbdt"] = GbdtConfig.from_dict(values.get("gbdt"), source)
-        if values.get("model") == "gbdt" and workers not in ("auto", 1):
-            raise ConfigError(f"{source}: 'train.model: gbdt' trains on one worker (XGBoost's own collective "
-                              f"across workers is not wired yet); got train.workers {workers!r}")
         if values.get("label_transform", "none") not in LABEL_TRANSFORMS:
             raise ConfigError(f"{source}: 'train.label_transform' must be one of {LABEL_TRANSFORMS}, "
                               f"got {values['label_transform']!r}")

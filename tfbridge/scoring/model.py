@@ -4,11 +4,11 @@
 Imports neither Spark nor TensorFlow. Inputs follow the model manifest: each raw column (the user's
 name) feeds the graph input the manifest maps it to; numbers as float32 (`model_numbers`, the feature
 stage's rule: null, NaN and ±inf -> NaN; beyond float32's range a DataError), strings as Python str
-(`model_text`, the feature stage's rule: null -> "", the same value; Unicode NFC; NUL a DataError);
-onnxruntime would mangle `bytes`; dates and times as float64 epoch seconds (`model_timestamps`: dates at midnight UTC, naive times
-as UTC, text by the column's datetime format). A missing number or timestamp reaches the model only
-in columns whose feature steps impute it; anywhere else a batch with one stops with MissingValues naming
-the column. A number outside what the column's steps take (RawColumn.above: box_cox > 0, log1p > -1)
+(`model_text`, the feature stage's rule: null -> "", the same value; Unicode NFC; NUL an error);
+onnxruntime would mangle `bytes`; dates and times as float64 epoch seconds (`model_timestamps`: dates at
+midnight UTC, naive times as UTC, text by the column's datetime format). A missing number or timestamp
+reaches the model only in columns whose feature steps impute it; anywhere else a batch with one stops with
+MissingValues naming the column. A number outside what the column's steps take (RawColumn.above: box_cox > 0, log1p > -1)
 stops with a DataError naming the column, as it stopped the feature stage.
 """
 

@@ -198,8 +198,8 @@ def check_text_ops() -> None:
         raise TextOpsError(f"this host lacks the {TEXT_CASE_LOCALE} locale, with which onnxruntime lower-cases "
                            f"text as TensorFlow does: install it (Debian and Ubuntu ship it in libc-bin; RHEL and "
                            f"Fedora in glibc-minimal-langpack) or score with the SavedModel") from e
-    got, lowered, hashed = (out.tolist() for out in session.run(
-        ["out", "lowered", "hashed"], {"text": np.array(PROBE_TEXT, object), "keys": np.array(list(HASH_PROBE), object)}))
+    feeds = {"text": np.array(PROBE_TEXT, object), "keys": np.array(list(HASH_PROBE), object)}
+    got, lowered, hashed = (out.tolist() for out in session.run(["out", "lowered", "hashed"], feeds))
     if hashed != list(HASH_PROBE.values()):
         wrong = next(key for key, value in zip(HASH_PROBE, hashed) if HASH_PROBE[key] != value)
         raise TextOpsError(f"onnxruntime-extensions {importlib.metadata.version('onnxruntime-extensions')}'s "
