@@ -127,8 +127,8 @@ def string_to_hash_bucket_fast(ctx, node, name, args):
 
     tf2onnx's own handler maps to the same op; this one also keeps the graph free of the library where
     there is one bucket (every string hashes to 0, as with a vocabulary's single OOV bucket). The op reads
-    a string up to its first NUL byte, TF the whole string: the scorer refuses NUL in the string columns
-    of a graph that hashes (tfbridge.scoring.model). 0.15 hashes with std::hash instead, which the text-op
+    a string up to its first NUL byte, TF the whole string: the feature stage and every scorer refuse NUL in
+    any text column (tfbridge.contracts.columns.refuse_nul). 0.15 hashes with std::hash instead, which the text-op
     probes (tfbridge.scoring.session.check_text_ops) would catch before any row is scored."""
     buckets = node.get_attr_int("num_buckets")
     if buckets == 1:

@@ -5,8 +5,8 @@ readers (`tf_train.data`), whole files per worker with XGBoost's own collective 
 TF_CONFIG's cluster (its tracker on the first worker's address), the same target (a regression label
 standardized, a class as its index), the same validation rows held out, boosting stopped on their loss and
 the best round kept (`xgboost.json` beside the SavedModel holds those trees as XGBoost saves them). XGBoost
-reads one matrix of numbers: `FeatureMatrix` lays the features side by side (a number or an id as one column, a vector as its
-columns; token ids are refused: `tfidf` makes them a vector) and is the same TF code at training and at
+reads one matrix of numbers: `FeatureMatrix` lays the features side by side (a number or an id as one
+column, a vector as its columns, token ids as a count per id) and is the same TF code at training and at
 serving, so a row meets the same splits in both.
 
 `TreeEnsemble` evaluates the fitted trees as TF ops (every tree at once, one gather per level), giving what the
@@ -29,6 +29,7 @@ import tensorflow as tf
 
 from tf_train import data as training_data
 from tf_train.saving import commit_trained
+from tf_train.shards import PAD_ID
 from tfbridge.contracts import DataError, FeatureKind, FeatureOutput, PipelineConfig, TrainingError, graph_input_name
 from tfbridge.contracts.layout import SAVED_MODEL
 
@@ -41,33 +42,55 @@ AGREEMENT = 1e-5
 # Beside the SavedModel: the kept trees as XGBoost saves them (its JSON: data, never a pickle) for a user who wants
 # XGBoost itself, and the names of the matrix's columns they split on (FeatureMatrix.columns).
 XGBOOST_MODEL, XGBOOST_COLUMNS = "xgboost.json", "xgboost-columns.json"
+MAX_BAG_WIDTH = 5_000  # token ids become a count per id: at most this many columns (tfidf's cap)
 TRACKER_TIMEOUT_S = 600  # the workers' wait for one another (start, each collective), as the network's cluster
 
 
 class FeatureMatrix:
     """The model inputs (`tf_train.data.model_inputs`) as one [batch, columns] float32 matrix, features in name
-    order: a number or an id one column, a vector its `width` columns."""
+    order: a number or an id one column, a vector its `width` columns, token ids one column per id (its count
+    in the row: the bag of words, which `tfidf` would weigh)."""
 
     def __init__(self, features: dict[str, FeatureOutput]):
         self.features = dict(sorted(features.items()))
         for name, output in self.features.items():
-            if output.kind == FeatureKind.TOKEN_IDS:
-                raise DataError(f"feature '{name}' holds lists of token ids, which trees cannot split on: end its "
-                                f"steps with tfidf (a vector of weights per id) for train.model gbdt")
+            if output.kind == FeatureKind.TOKEN_IDS and output.width > MAX_BAG_WIDTH:
+                raise DataError(f"feature '{name}' holds token ids of {output.width:,} values, a column each for the "
+                                f"trees; at most {MAX_BAG_WIDTH:,}: lower the vocabulary's top_k (or hash buckets) "
+                                f"for train.model gbdt")
+
+    @staticmethod
+    def _width(output: FeatureOutput) -> int:
+        return output.width if output.kind in (FeatureKind.VECTOR, FeatureKind.TOKEN_IDS) else 1
 
     @property
     def columns(self) -> list[str]:
-        """Each column's name: the feature's, with [i] for a vector's i-th element."""
-        return [name if output.kind != FeatureKind.VECTOR else f"{name}[{i}]"
-                for name, output in self.features.items()
-                for i in range(output.width if output.kind == FeatureKind.VECTOR else 1)]
+        """Each column's name: the feature's, with [i] for a vector's i-th element or the count of token id i."""
+        return [name if output.kind not in (FeatureKind.VECTOR, FeatureKind.TOKEN_IDS) else f"{name}[{i}]"
+                for name, output in self.features.items() for i in range(self._width(output))]
 
     def __call__(self, inputs: dict) -> tf.Tensor:
         parts = []
         for name, output in self.features.items():
-            x = tf.cast(inputs[graph_input_name(name)], tf.float32)
-            parts.append(x if output.kind == FeatureKind.VECTOR else tf.expand_dims(x, 1))
+            x = inputs[graph_input_name(name)]
+            if output.kind == FeatureKind.TOKEN_IDS:
+                parts.append(id_counts(x, output.width))
+            elif output.kind == FeatureKind.VECTOR:
+                parts.append(tf.cast(x, tf.float32))
+            else:
+                parts.append(tf.expand_dims(tf.cast(x, tf.float32), 1))
         return tf.concat(parts, axis=1)
+
+
+def id_counts(ids: tf.Tensor, width: int) -> tf.Tensor:
+    """[batch, width] float32: how often each id in [0, width) is in each row of padded token ids [batch, tokens]
+    (the padding and ids outside the range count nowhere): one segment sum over (row, id) cells."""
+    rows = tf.cast(tf.shape(ids)[0], tf.int64)
+    flat = tf.reshape(tf.cast(ids, tf.int64), [-1])
+    row_of = tf.reshape(tf.repeat(tf.range(rows), tf.shape(ids)[1]), [-1])
+    cells = tf.reshape(tf.where((flat >= 0) & (flat < width), row_of * width + flat, -1), [-1])
+    counts = tf.math.unsorted_segment_sum(tf.ones_like(flat, tf.float32), cells, rows * width)
+    return tf.reshape(counts, tf.stack([rows, width]))
 
 
 class TreeEnsemble(tf.Module):
@@ -308,9 +331,18 @@ def _as_inputs(x: np.ndarray, matrix: FeatureMatrix) -> dict:
     """A matrix back as model inputs (its columns in `FeatureMatrix` order), to run the TF trees on it."""
     inputs, at = {}, 0
     for name, output in matrix.features.items():
-        width = output.width if output.kind == FeatureKind.VECTOR else 1
+        width = FeatureMatrix._width(output)
         part = x[:, at:at + width]
-        inputs[graph_input_name(name)] = part if output.kind == FeatureKind.VECTOR else part[:, 0]
+        if output.kind == FeatureKind.TOKEN_IDS:  # counts back as padded ids: id i repeated count times
+            counts = part.astype(np.int64)
+            longest = max(1, int(counts.sum(axis=1).max())) if len(counts) else 1
+            ids = np.full((len(counts), longest), PAD_ID, np.int64)
+            for row, row_counts in enumerate(counts):
+                tokens = np.repeat(np.arange(width), row_counts)
+                ids[row, :len(tokens)] = tokens
+            inputs[graph_input_name(name)] = ids
+        else:
+            inputs[graph_input_name(name)] = part if output.kind == FeatureKind.VECTOR else part[:, 0]
         at += width
     return inputs
 

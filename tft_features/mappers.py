@@ -17,6 +17,9 @@ import tensorflow_transform as tft
 from tfbridge.contracts.columns import (DELETED_CHARACTERS, PUNCTUATION_AND_WHITESPACE, SECONDS_PER_DAY, SIGMA_FOLD,
                                         model_timestamps)
 
+# TFT's own, kept before a user's preprocessing_fn runs with deduplicate_sparse_per_row in its place.
+TFT_DEDUPLICATE_PER_ROW = tft.deduplicate_tensor_per_row
+
 # NLTK's English stop-word list (179 words), lower case, without punctuation:
 # normalisation strips apostrophes before stop words are removed.
 ENGLISH_STOP_WORDS = tuple(sorted({
@@ -193,14 +196,31 @@ def bag_of_words(tokens, name: str, n, separator: str = " "):
     `tft.bag_of_words` (presence, not counts)."""
     grams, _ = ngrams(tokens, name, n, separator)
     with tf.name_scope(name):
-        rows = grams.value_rowids()
-        _, gram_ids = tf.unique(grams.flat_values)
-        # one key per (row, n-gram): the first position of each key is where the n-gram first occurs in its row
-        keys, key_ids = tf.unique(rows * tf.cast(tf.size(grams.flat_values) + 1, tf.int64)
-                                  + tf.cast(gram_ids, tf.int64))
-        first = tf.math.unsorted_segment_min(tf.range(tf.size(key_ids)), key_ids, tf.size(keys))
-        return tf.RaggedTensor.from_value_rowids(tf.gather(grams.flat_values, first), tf.gather(rows, first),
-                                                 nrows=grams.nrows()), {}
+        return first_per_row(grams.flat_values, grams.value_rowids(), grams.nrows()), {}
+
+
+def first_per_row(values: tf.Tensor, rows: tf.Tensor, nrows: tf.Tensor) -> tf.RaggedTensor:
+    """Each row's distinct values (`values` in row order, `rows` their row ids) once, in the order of their first
+    occurrence, as a RaggedTensor of `nrows` rows: what TFT's deduplicate_tensor_per_row gives each row (its
+    tf.unique), vectorised: one tf.unique over (row, value) keys, each key's first position by a segment minimum."""
+    rows = tf.cast(rows, tf.int64)
+    _, value_ids = tf.unique(values)
+    # one key per (row, value): the first position of each key is where the value first occurs in its row
+    keys, key_ids = tf.unique(rows * tf.cast(tf.size(values) + 1, tf.int64) + tf.cast(value_ids, tf.int64))
+    first = tf.math.unsorted_segment_min(tf.range(tf.size(key_ids)), key_ids, tf.size(keys))
+    return tf.RaggedTensor.from_value_rowids(tf.gather(values, first), tf.gather(rows, first), nrows=nrows)
+
+
+def deduplicate_sparse_per_row(input_tensor, name=None):
+    """TFT's `deduplicate_tensor_per_row` (the last step of `tft.bag_of_words`) for a 2-D SparseTensor, without
+    its while loop over rows (SparseSlice and a TensorList of rows of different lengths: no ONNX lowering can
+    express it), giving the same SparseTensor (`first_per_row`; tests/onnx_export/test_tft_text_functions.py
+    holds the two equal). A user's preprocessing_fn runs with it in TFT's place (tft_features.pipeline); any
+    other input goes to TFT's own."""
+    if not isinstance(input_tensor, tf.SparseTensor) or input_tensor.dense_shape.shape[0] != 2:
+        return TFT_DEDUPLICATE_PER_ROW(input_tensor, name=name)
+    with tf.name_scope(name or "deduplicate_per_row"):
+        return first_per_row(input_tensor.values, input_tensor.indices[:, 0], input_tensor.dense_shape[0]).to_sparse()
 
 
 def cross(x: tf.Tensor, name: str, others: dict[str, tf.Tensor], hash_buckets: int):

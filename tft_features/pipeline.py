@@ -48,7 +48,7 @@ from tfbridge.contracts.layout import CHECK_ROWS_FILE, STATS, TRANSFORMED
 from tfbridge.storage import Location
 from tfbridge.storage.attempts import abandon, new_attempt, remove_uncommitted
 from tfbridge.scoring.parity import CHECK_ROWS
-from tft_features import inputs, preprocessing
+from tft_features import inputs, mappers, preprocessing
 from tft_features.shards import MIN_SHARDS, WriteShards, name_shards
 from tft_features.steps import RawDomain
 
@@ -128,6 +128,7 @@ def _user_preprocessing(config: PipelineConfig) -> _Preprocessing:
     their graph input names, and the label is passed through under its graph name.
     """
     user_fn = preprocessing.load_user_preprocessing_fn(config.preprocessing_fn, config.source)
+    _exportable_tft()
     wanted, why = _user_columns(config)
     keys = graph_input_names([config.label, *wanted], f"{config.source}: data columns")
 
@@ -137,6 +138,16 @@ def _user_preprocessing(config: PipelineConfig) -> _Preprocessing:
         return outputs
 
     return _Preprocessing(preprocessing_fn, wanted, {}, why, None, None)
+
+
+def _exportable_tft() -> None:
+    """TFT's deduplicate_tensor_per_row (tft.bag_of_words' last step, also public) replaced in this process by
+    tft_features.mappers.deduplicate_sparse_per_row: the same rows without a while loop that no ONNX lowering
+    expresses, so a user's bag_of_words exports. The rest of TFT is as it is."""
+    import tensorflow_transform.mappers as tft_mappers
+
+    tft_mappers.deduplicate_tensor_per_row = mappers.deduplicate_sparse_per_row
+    tft.deduplicate_tensor_per_row = mappers.deduplicate_sparse_per_row
 
 
 def _user_columns(config: PipelineConfig) -> tuple[dict[str, tuple[str, bool]], dict[str, str]]:

@@ -1,6 +1,7 @@
-"""A user's preprocessing_fn calling TFT's text functions (tft.ngrams, tft.tfidf over tft.compute_and_apply_vocabulary
-of the words) exports as one ONNX graph that agrees with the transform SavedModel feature by feature; tft.bag_of_words
-stops the export naming the ops it lacks.
+"""A user's preprocessing_fn calling TFT's text functions (tft.ngrams, tft.bag_of_words, tft.tfidf over
+tft.compute_and_apply_vocabulary of the words) exports as one ONNX graph that agrees with the transform SavedModel
+feature by feature. tft.bag_of_words runs with tfbridge's loop-free deduplicate_tensor_per_row in TFT's place
+(tft_features.pipeline), which gives what TFT's own gives; TFT's own would stop the export naming the ops it lacks.
 
 `tests.tft_features.user_fns:tft_text_functions` runs through the feature stage and its transform alone is converted
 as in test_tft_functions. The fresh rows are the training texts with texts never seen: empty and whitespace-only,
@@ -20,6 +21,7 @@ from onnx_export.convert import ExportError
 from tests.onnx_export.test_lowerings import convert
 from tests.onnx_export.test_tft_functions import assert_equal_by_row_id, converted_transform, features_by_row_id
 from tests.tft_features.user_fns import TFIDF_TERMS
+from tft_features import mappers
 
 PREPROCESSING_FN = "tests.tft_features.user_fns:tft_text_functions"
 # more words than the tf-idf vocabulary keeps (TFIDF_TERMS - 1): the rarer ones share its OOV bucket
@@ -54,7 +56,7 @@ def test_onnx_agrees_with_the_saved_model_feature_by_feature(transform):
         """The SavedModel's tf-idf vector of each text, once ONNX's features of the texts equal the SavedModel's."""
         rows = graph_inputs(texts, rng)
         got, want = features_by_row_id(session, saved_model, rows, rng)
-        assert set(got) == set(want) == {"row_id", "ngram_hashes", "tfidf"}
+        assert set(got) == set(want) == {"row_id", "ngram_hashes", "bag_hashes", "tfidf"}
         assert_equal_by_row_id(got, want, len(texts))
         return {text: np.array(want["tfidf"][row_id]) for text, row_id in zip(texts, rows["row_id"].tolist())}
 
@@ -68,12 +70,25 @@ def test_onnx_agrees_with_the_saved_model_feature_by_feature(transform):
     assert {"StringConcat", "Unique", "ScatterND"} <= ops and "StringJoin" not in ops
 
 
-def test_bag_of_words_export_names_the_ops_it_lacks():
-    """tft.bag_of_words dedupes each row in a tf.while_loop, slicing the row out (SparseSlice) and collecting rows of
-    different lengths in a TensorArray (TensorListConcatV2): an ONNX Loop's outputs have one shape every iteration,
-    so this needs the loop rewritten, not one op lowered. The ngrams step's bag_of_words exports (mappers)."""
+def test_tfts_own_bag_of_words_names_the_ops_it_lacks():
+    """TFT's deduplicate_tensor_per_row dedupes each row in a tf.while_loop, slicing the row out (SparseSlice) and
+    collecting rows of different lengths in a TensorArray (TensorListConcatV2): an ONNX Loop's outputs have one shape
+    every iteration, so no per-op lowering expresses it; hence tfbridge's own in its place."""
     def bag(text):
-        return tft.bag_of_words(tf.strings.split(text).to_sparse(), (1, 2), " ").values
+        words = tf.strings.split(text).to_sparse()
+        return mappers.TFT_DEDUPLICATE_PER_ROW(tft.ngrams(words, (1, 2), " ")).values
 
     with pytest.raises(ExportError, match=r"no lowering for op SparseSlice .*op TensorListConcatV2"):
         convert(bag, tf.TensorSpec([None], tf.string))
+
+
+@pytest.mark.parametrize("texts", [
+    ["a b a b", "", "x x x", "ünï 日本 ünï", "b a b a b a", "  ", "a"], ["", ""], ["solo"],
+    [" ".join(np.random.default_rng(3).choice(["p", "q", "r", "s"], 40)) for _ in range(30)],
+])
+def test_the_loop_free_deduplication_gives_what_tfts_gives(texts):
+    grams = tft.ngrams(tf.strings.split(tf.constant(texts, tf.string)).to_sparse(), (1, 2), " ")
+    ours, theirs = mappers.deduplicate_sparse_per_row(grams), mappers.TFT_DEDUPLICATE_PER_ROW(grams)
+    np.testing.assert_array_equal(ours.indices.numpy(), theirs.indices.numpy())
+    assert ours.values.numpy().tolist() == theirs.values.numpy().tolist()
+    np.testing.assert_array_equal(ours.dense_shape.numpy(), theirs.dense_shape.numpy())

@@ -4,7 +4,7 @@ Every hand-off as for the network (SavedModel vs ONNX on every raw row, Spark's 
 and XGBoost itself: the trees the run kept (`xgboost.json`), loaded by XGBoost and run on the transformed eval
 rows the feature stage wrote, against the ONNX graph on the same rows' raw values, joined by id. The features
 are what trees meet on a real table: z-scored and skewed numbers, a vocabulary's ids (an unseen category's
-OOV id), a cyclical calendar and text as tf-idf weights (a vector); token ids are refused with the way out.
+OOV id), a cyclical calendar, text as tf-idf weights (a vector) and as token ids (a count per id).
 """
 
 from __future__ import annotations
@@ -22,12 +22,14 @@ from tests.helpers import check_hand_offs, committed, decode_split
 from tf_train.gbdt import XGBOOST_COLUMNS, XGBOOST_MODEL
 from tfbridge.cli import main
 from tf_train.data import analyze_label
-from tfbridge.contracts import ConfigError, FeaturesManifest, ModelManifest, PipelineConfig, fingerprints
+from tfbridge.contracts import (ConfigError, FeatureKind, FeaturesManifest, ModelManifest, PipelineConfig,
+                                fingerprints)
 from tfbridge.contracts.layout import METRICS
 
 N = 600
 WORDS = ["good", "bad", "fine", "über", "東京", "ok"]
 FEATURES = {
+    "words": [{"normalize_text": {"stopwords": "none"}}, {"vocabulary": {"top_k": 4}}],  # token ids: counts
     "id": ["z_score"],  # a row id as a number, as real tables have them; the test joins the shards' rows by it
     "x": ["z_score"], "skewed": ["log1p", "z_score"], "colour": [{"vocabulary": {"top_k": 3}}],
     "when": [{"cyclical": ["weekday", "hour"]}],
@@ -41,12 +43,14 @@ def frame(task: str, seed: int) -> pd.DataFrame:
     colour = rng.choice(["red", "grün", "blue", "rare"], N, p=[0.4, 0.3, 0.25, 0.05])
     when = pd.Timestamp("2024-01-01", tz="UTC") + pd.to_timedelta(rng.integers(0, 365 * 24 * 3600, N), unit="s")
     note = [" ".join(rng.choice(WORDS, rng.integers(0, 4))) for _ in range(N)]
+    words = [" ".join(rng.choice(WORDS, rng.integers(0, 6))) for _ in range(N)]
     score = (2 * x + np.log1p(skewed) + (colour == "red") * 1.5 + (when.hour >= 12) * 1.0
-             + np.array(["good" in n for n in note]) * 1.2 + rng.normal(0, 0.3, N))
+             + np.array(["good" in n for n in note]) * 1.2 + np.array([w.count("bad") for w in words]) * 0.8
+             + rng.normal(0, 0.3, N))
     y = {"regression": score, "binary": (score > np.median(score)).astype(np.int64),
          "multiclass": np.array(["low", "mid", "high"], object)[np.digitize(score, np.quantile(score, [1 / 3, 2 / 3]))]}
     return pd.DataFrame({"id": np.arange(N), "x": x, "skewed": skewed, "colour": colour, "when": when,
-                         "note": note, "y": y[task]})
+                         "note": note, "words": words, "y": y[task]})
 
 
 @pytest.mark.parametrize("task", ["regression", "binary", "multiclass"])
@@ -73,8 +77,8 @@ def test_gbdt_through_every_hand_off_equals_xgboost(task, tmp_path, spark):
     booster.load_model(bytearray(manifest.file(layout.model_dir, XGBOOST_MODEL).read_bytes()))
     columns = json.loads(manifest.file(layout.model_dir, XGBOOST_COLUMNS).read_text())
     shards = decode_split(layout.features_dir, "eval")
-    matrix = np.column_stack([np.stack(shards[c.split("[")[0]])[:, int(c.split("[")[1][:-1])] if "[" in c
-                              else np.asarray(shards[c], np.float32) for c in columns]).astype(np.float32)
+    outputs = FeaturesManifest.read(layout.features_manifest_path).outputs
+    matrix = np.column_stack([column_values(shards, outputs, c) for c in columns]).astype(np.float32)
     margins = booster.predict(xgboost.DMatrix(matrix), output_margin=True)
     stats = json.loads(committed(layout).stats_path.read_text())["features"]["id"]
     ids = np.rint(np.asarray(shards["id"], np.float64) * stats["std"] + stats["mean"]).astype(np.int64)
@@ -93,15 +97,27 @@ def test_gbdt_through_every_hand_off_equals_xgboost(task, tmp_path, spark):
         np.testing.assert_allclose(onnx["probabilities"], e / e.sum(axis=1, keepdims=True), atol=1e-6)
 
 
-def test_token_ids_are_refused_with_the_way_out(tmp_path, capsys):
+def column_values(shards: dict, outputs: dict, column: str) -> np.ndarray:
+    """One column of XGBoost's matrix from the decoded shards, by its name in xgboost-columns.json: a number or
+    an id, a vector's element `name[i]`, or the count of token id i in each row, `name[i]` of token ids."""
+    name, _, index = column.partition("[")
+    if not index:
+        return np.asarray(shards[name], np.float32)
+    i = int(index[:-1])
+    if outputs[name].kind == FeatureKind.TOKEN_IDS:
+        return np.array([np.count_nonzero(np.asarray(row) == i) for row in shards[name]], np.float32)
+    return np.stack(shards[name])[:, i]
+
+
+def test_token_ids_wider_than_the_cap_are_refused_with_the_way_out(tmp_path, capsys):
     raw = frame("regression", seed=4)
     raw.to_parquet(tmp_path / "rows.parquet", index=False)
     config = {"data": str(tmp_path / "rows.parquet"), "label": "y", "task": "regression",
-              "features": {"x": ["z_score"], "note": ["normalize_text", {"vocabulary": {"top_k": 5}}]},
+              "features": {"x": ["z_score"], "note": ["normalize_text", {"hash": 6000}]},
               "output": str(tmp_path / "out"), "train": {"model": "gbdt"}}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
     assert main(["run", "--config", str(tmp_path / "c.yaml")]) != 0
-    assert "feature 'note' holds lists of token ids, which trees cannot split on: end its steps with tfidf" in (
+    assert "feature 'note' holds token ids of 6,000 values, a column each for the trees; at most 5,000" in (
         capsys.readouterr().err)
 
 

@@ -48,7 +48,7 @@ def tft_text_functions(inputs):
     """TFT's text functions on a text column (tests/onnx_export/test_tft_text_functions.py): the words' 1- and
     2-grams, hashed so that every n-gram, seen or not, gets an id of its own, and the tf-idf of the words as a vector
     of TFIDF_TERMS weights, one per word id (the trainer takes ids and fixed-width vectors, not TFT's two sparse
-    tf-idf outputs); `row_id` passes through. tft.bag_of_words is left out: it does not export (see the test)."""
+    tf-idf outputs); the bag of 1- and 2-grams (tft.bag_of_words), hashed the same way; `row_id` passes through."""
     text = tf.squeeze(inputs["text"], 1)
     words = tf.strings.split(text).to_sparse()
     word_ids = tft.compute_and_apply_vocabulary(words, top_k=TFIDF_TERMS - 1, num_oov_buckets=1)
@@ -57,4 +57,5 @@ def tft_text_functions(inputs):
                           tf.stack([tf.shape(text, out_type=tf.int64)[0], TFIDF_TERMS]))
     return {"row_id": tf.squeeze(inputs["row_id"], 1),
             "ngram_hashes": tft.hash_strings(tft.ngrams(words, (1, 2), " "), hash_buckets=2**20),
+            "bag_hashes": tft.hash_strings(tft.bag_of_words(words, (1, 2), " "), hash_buckets=2**20),
             "tfidf": tfidf}
