@@ -136,7 +136,8 @@ def _values(column: RawColumn) -> dict[str, dict]:
     """The JSON values a column takes by kind ("string", "number", "integer", "boolean", "null"), bounded as the
     scoring core bounds them; a kind it never takes is left out."""
     if column.dtype == "string":  # null is "", as in the feature stage
-        return {"string": {"type": "string"}, "integer": {"type": "integer"}, "boolean": {"type": "boolean"},
+        text = {"type": "string", "pattern": "^[^\\x00]*$", "description": "text without NUL (U+0000)"}
+        return {"string": text, "integer": {"type": "integer"}, "boolean": {"type": "boolean"},
                 "null": {"type": "null"}}
     if column.dtype == "timestamp":
         text = {"type": "string", "description": f"a date or time: {_datetime_text(column)}; UTC unless it has a zone"}

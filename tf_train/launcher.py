@@ -131,7 +131,7 @@ def launch(config: PipelineConfig, workers: int, retries: int = 0, out=None, pin
     if config.train.model == "gbdt":
         from tf_train.gbdt import FeatureMatrix
 
-        FeatureMatrix(data.features)  # refuses token ids before the worker starts
+        FeatureMatrix(data.features)  # refuses token ids of too many values before a worker starts
     if workers > len(data.train_files):
         raise DataError(f"{workers} workers but {len(data.train_files)} training shards: each worker reads whole "
                         f"files, so use at most {len(data.train_files)}")

@@ -151,7 +151,7 @@ def check_statistics(raw: pd.DataFrame, features: dict, stats: dict) -> int:
             want = min(text.nunique(), params.get("top_k") or text.nunique())
             assert got["vocabulary_size"] == want, column
         elif first == "normalize_text" and "vocabulary_size" in got:
-            widths = ngram_widths(steps[1]["bag_of_words"])
+            widths = ngram_widths(steps[1]["bag_of_words"]) if "bag_of_words" in steps[1] else [1]  # tokens
             grams = {g for text in as_text(raw[column]) for g in python_bag_of_words(normalize(text), widths, " ")}
             assert got["vocabulary_size"] == min(len(grams), steps[-1]["vocabulary"]["top_k"]), column
         elif first == "impute" and steps[0]["impute"] == "mean":
