@@ -10,10 +10,11 @@ R tables of HELD_OUT, which no default was tuned on, so they tell how the defaul
 with high-cardinality ids, skewed counts and money, and text (the two largest: every k-th row, to keep
 each under 30,000). Rows whose label is missing are dropped. Each table goes
 through `tfbridge features` and `tfbridge train` with the `train:` defaults
-(diamonds: the demo's own `train:` section), once per model of `--models`
-(train.model); with several, "ours (kept)" is the one with the lower validation
-loss. `--train key=value` overrides a default for every table. On the same train/eval split (the feature stage's,
-read back with tft_features.pipeline.split_rows), scikit-learn's
+(diamonds: the demo's own `train:` section) and `train.model` the models of `--models`:
+with several (`model: [network, gbdt]`), each one's result and train time as the run recorded it
+(ModelManifest.candidates) and "ours (kept)", the one the run kept (the lower validation loss), timed
+as the whole `tfbridge train`. `--train key=value` overrides a default for every table. On the
+same train/eval split (the feature stage's, read back with tft_features.pipeline.split_rows), scikit-learn's
 HistGradientBoosting (defaults, categorical columns as categories, the text
 column left out) and XGBoost (defaults, hist, native categories) are trained
 on the raw columns. Regression scores R^2 in label
@@ -143,7 +144,8 @@ def write_table(name: str, spec: dict, root: Path) -> Path:
 
 
 def train_ours(name: str, spec: dict, data: Path, root: Path, overrides: dict, workers: int):
-    """(config, metrics.json, seconds of `tfbridge train`) for our model on the table."""
+    """(config, the model manifest, its metrics.json, seconds of `tfbridge train`) for our model (or models) on the
+    table."""
     from tfbridge.cli import main
     from tfbridge.contracts import ModelManifest, PipelineConfig
     from tfbridge.contracts.layout import METRICS
@@ -158,8 +160,9 @@ def train_ours(name: str, spec: dict, data: Path, root: Path, overrides: dict, w
     assert main(["train", "--config", str(path)]) == 0, name
     seconds = time.perf_counter() - start
     layout = PipelineConfig.from_yaml(path).layout
-    metrics = ModelManifest.read(layout.model_manifest_path).file(layout.model_dir, METRICS).read_text()
-    return PipelineConfig.from_yaml(path), json.loads(metrics), seconds
+    manifest = ModelManifest.read(layout.model_manifest_path)
+    metrics = manifest.file(layout.model_dir, METRICS).read_text()
+    return PipelineConfig.from_yaml(path), manifest, json.loads(metrics), seconds
 
 
 def raw_frames(config, spec: dict):
@@ -229,13 +232,6 @@ def tree_models(task: str) -> dict:
             "XGBoost": kind(tree_method="hist", enable_categorical=True, random_state=0)}
 
 
-def kept_validation_loss(metrics: dict) -> float:
-    """The validation loss of the epoch (or boosting round) a training run kept: what `model: [network, gbdt]`
-    compares (the same loss on the same rows for both: MSE of the standardised label, or cross-entropy)."""
-    kept = metrics["fitting"]["kept_epoch"]
-    return next(h["validation_loss"] for h in metrics["history"] if h["epoch"] == kept)
-
-
 def print_group(group: str, rows: list, trees: list[str]) -> None:
     """One group's table: per table each model's eval metric and train time and ours (the kept one, with several)
     minus the best tree, then the group's average and worst of that gap (a group alone, so held-out tables are
@@ -252,7 +248,8 @@ def print_group(group: str, rows: list, trees: list[str]) -> None:
         gaps.append(results[mine][0] - best)
         print(f"| {name} | {task} ({METRIC[task]}) | {n_train:,} / {n_eval:,} | "
               + " | ".join(f"{results[k][0]:.4f}" for k in [*ours, *trees])
-              + f" | {gaps[-1]:+.4f} | " + " / ".join(f"{results[k][1]:.1f}" for k in [*ours, *trees]) + " |")
+              + f" | {gaps[-1]:+.4f} | " + " / ".join("reused" if results[k][1] is None else f"{results[k][1]:.1f}"
+                                                  for k in [*ours, *trees]) + " |")
     print(f"\n{group}: average of {mine} - best tree {np.mean(gaps):+.4f}; worst {min(gaps):+.4f}")
 
 
@@ -265,8 +262,8 @@ def main() -> None:
     parser.add_argument("--train", nargs="*", default=[], metavar="KEY=VALUE",
                         help="override a train: default for every table (value parsed as YAML)")
     parser.add_argument("--models", default="network,gbdt",
-                        help="our models, each trained on the same features (default network,gbdt; with both, "
-                             "'ours (kept)' is the one with the lower validation loss)")
+                        help="our models, train.model (default network,gbdt: both trained on the same features, "
+                             "'ours (kept)' the one the run kept, by the lower validation loss)")
     parser.add_argument("--workers", type=int, default=1, help="training workers (default 1: train.workers auto)")
     parser.add_argument("--work", help="directory for the tables and runs (default: a new temporary one)")
     args = parser.parse_args()
@@ -289,16 +286,20 @@ def main() -> None:
     for group, specs in groups.items():
         for name, spec in specs.items():
             data = write_table(name, spec, root)
-            task, results, validation = spec["task"], {}, {}
-            for model in models:  # into one output: the features once, each model's metrics read as it is made
-                config, metrics, seconds = train_ours(name, spec, data, root, {**overrides, "model": model},
-                                                      args.workers)
-                results[f"ours ({model})"] = (metrics["eval"][METRIC[task]], seconds)
-                validation[model] = kept_validation_loss(metrics)
-            if len(models) > 1:  # the one `model: [network, gbdt]` would keep: the lower validation loss
-                kept = min(models, key=lambda m: validation[m])
-                results["ours (kept)"] = (results[f"ours ({kept})"][0], sum(results[f"ours ({m})"][1] for m in models))
-                print(f"{name}: validation loss {json.dumps(validation)}: keeps {kept}", flush=True)
+            task, results = spec["task"], {}
+            config, manifest, metrics, seconds = train_ours(
+                name, spec, data, root, {**overrides, "model": models if len(models) > 1 else models[0]},
+                args.workers)
+            for candidate in manifest.candidates:  # `model: [network, gbdt]`: each trained, the best kept
+                results[f"ours ({candidate.model})"] = (candidate.eval[METRIC[task]], candidate.seconds)
+            if manifest.candidates:
+                kept = next(c for c in manifest.candidates if c.kept)
+                results["ours (kept)"] = (kept.eval[METRIC[task]], seconds)
+                print(f"{name}: validation loss "
+                      f"{json.dumps({c.model: c.validation_loss for c in manifest.candidates})}: kept {kept.model}",
+                      flush=True)
+            else:
+                results[f"ours ({models[0]})"] = (metrics["eval"][METRIC[task]], seconds)
             frames = raw_frames(config, spec)
             log_label = config.train.label_transform == "log"
             for tree, model in tree_models(task).items():

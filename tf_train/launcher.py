@@ -37,6 +37,9 @@ STOP_GRACE_S = 10
 # Under model/: the training run that backup/ belongs to. One name for every run, as backup/ is: the next run
 # must find it, and `tfbridge` lets one run at a time write an output (tfbridge.contracts.output_lock).
 BACKUP_FINGERPRINT = ".backup-fingerprint"
+# Attempts under model/ (comma-separated) that a worker's commit leaves in place (tf_train.saving): the models
+# trained before this one when several are compared (tf_train.candidates).
+KEEP_ATTEMPTS_ENV = "TFBRIDGE_KEEP_MODEL_ATTEMPTS"
 
 
 def free_ports(count: int) -> list[int]:
@@ -120,15 +123,15 @@ class _Worker:
 
 
 def launch(config: PipelineConfig, workers: int, retries: int = 0, out=None, pin: bool = False) -> int | None:
-    """Trains on `workers` local processes; restarts the cluster from its backup up to `retries` times.
+    """Trains on `workers` local processes; restarts the cluster from its backup up to `retries` times. Several
+    models (`train.model: [network, gbdt]`, `train.numeric_embedding: [none, periodic]`) are trained in turn and
+    the best kept (tf_train.candidates).
     Returns the epochs an interrupted run had finished when this one resumed from its backup, else None."""
-    from tf_train.backup import StoreBackups
     from tf_train.data import describe, load_training_data
-    from tf_train.worker import HISTORY_FILE
 
     out = out or sys.stdout
     data = load_training_data(config)  # every check that can fail does so here, before a worker starts
-    if config.train.model == "gbdt":
+    if any(train.model == "gbdt" for train in config.train.candidates):
         from tf_train.gbdt import FeatureMatrix
 
         FeatureMatrix(data.features)  # refuses token ids of too many values before a worker starts
@@ -136,10 +139,26 @@ def launch(config: PipelineConfig, workers: int, retries: int = 0, out=None, pin
         raise DataError(f"{workers} workers but {len(data.train_files)} training shards: each worker reads whole "
                         f"files, so use at most {len(data.train_files)}")
     log.info("train: %s; %d worker(s)", describe(data), workers)
+    if len(config.train.candidates) == 1:
+        return _launch_model(config, data.manifest.fingerprint, workers, retries, out, pin)
+    from tf_train.candidates import train_candidates
+
+    resumed = []
+    train_candidates(config, data.manifest.fingerprint, lambda single, keep: resumed.append(
+        _launch_model(single, data.manifest.fingerprint, workers, retries, out, pin, keep)))
+    return next((epochs for epochs in resumed if epochs is not None), None)
+
+
+def _launch_model(config: PipelineConfig, features_fingerprint: str, workers: int, retries: int, out, pin: bool,
+                  keep: tuple[str, ...] = ()) -> int | None:
+    """Trains the one model `config` names, leaving the attempts `keep` under model/ in place (see launch)."""
+    from tf_train.backup import StoreBackups
+    from tf_train.worker import HISTORY_FILE
+
     layout = config.layout
     layout.training_dir.mkdir(parents=True, exist_ok=True)
     # A backup is resumed only by the run that made it (an interrupted one, run again): another run starts afresh.
-    fingerprint = fingerprints.model_fingerprint(config, data.manifest.fingerprint)
+    fingerprint = fingerprints.model_fingerprint(config, features_fingerprint)
     marker = layout.training_dir / BACKUP_FINGERPRINT
     resumed_after = None
     if not layout.root.is_local:  # the workers restore the store's backup of this run, if it has one
@@ -159,7 +178,7 @@ def launch(config: PipelineConfig, workers: int, retries: int = 0, out=None, pin
     command = [sys.executable, "-m", "tf_train", "--config", str(config_path)]
     try:
         for attempt in range(retries + 1):
-            failed = _run_cluster(command, workers, out, layout, pin)
+            failed = _run_cluster(command, workers, out, layout, pin, keep)
             if failed is None:
                 marker.unlink(missing_ok=True)
                 return resumed_after
@@ -174,14 +193,17 @@ def launch(config: PipelineConfig, workers: int, retries: int = 0, out=None, pin
         config_path.unlink(missing_ok=True)
 
 
-def _run_cluster(command: list[str], workers: int, out, layout: ArtifactLayout, pin: bool = False):
+def _run_cluster(command: list[str], workers: int, out, layout: ArtifactLayout, pin: bool = False,
+                 keep: tuple[str, ...] = ()):
     """Runs one attempt: None when every worker finished, else (exit status, worker index, its tail). What the
-    workers leave unfinished under model/ (a stopped chief's export) is deleted once they are stopped."""
+    workers leave unfinished under model/ (a stopped chief's export) is deleted once they are stopped, all but the
+    attempts `keep` (which the workers' commit leaves too)."""
     ports = free_ports(workers)
     procs = []
     cores = worker_cores(workers) if pin else None
     for index in range(workers):
-        env = dict(os.environ, TF_CONFIG=tf_config(ports, index), PYTHONUNBUFFERED="1", **thread_env(workers))
+        env = dict(os.environ, TF_CONFIG=tf_config(ports, index), PYTHONUNBUFFERED="1", **thread_env(workers),
+                   **{KEEP_ATTEMPTS_ENV: ",".join(keep)})
         procs.append(_Worker(index, command, env, out, cores[index] if cores else None))
         log.info("train: worker %d started, pid %d, port %d", index, procs[-1].process.pid, ports[index])
     grace_s = STOP_GRACE_S
@@ -203,7 +225,8 @@ def _run_cluster(command: list[str], workers: int, out, layout: ArtifactLayout, 
         for w in procs:
             w.stop(grace_s)
         with contextlib.suppress(OSError):
-            remove_uncommitted(layout.model_dir, named_attempts(layout.model_manifest_path))
+            named = named_attempts(layout.model_manifest_path)
+            remove_uncommitted(layout.model_dir, None if named is None else (*named, *keep))
 
 
 def epochs_done(config: PipelineConfig) -> int:

@@ -5,6 +5,7 @@ to a new attempt under the output's model/ and committed by the model manifest, 
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from tf_train import baseline
 from tf_train import data as training_data
 from tf_train import metrics as quality
 from tf_train import model as training_model
+from tf_train.launcher import KEEP_ATTEMPTS_ENV
 from tfbridge.contracts import ModelManifest, PipelineConfig, fingerprints, named_attempts, write_json_atomic
 from tfbridge.contracts.layout import EVAL_PREDICTIONS, METRICS, SAVED_MODEL
 from tfbridge.storage.attempts import commit
@@ -58,8 +60,14 @@ def commit_trained(config: PipelineConfig, data: training_data.TrainingData, mod
             checksums=sums,
             fingerprint=fingerprints.model_fingerprint(config, data.manifest.fingerprint),
             attempt=attempt,
-        ).write(layout.model_manifest_path), named=lambda: named_attempts(layout.model_manifest_path))
+        ).write(layout.model_manifest_path), named=lambda: named_attempts(layout.model_manifest_path),
+                         keep=kept_attempts())
     return metrics, attempt
+
+
+def kept_attempts() -> tuple[str, ...]:
+    """The attempts under model/ this process's commit must not remove (KEEP_ATTEMPTS_ENV)."""
+    return tuple(name for name in os.environ.get(KEEP_ATTEMPTS_ENV, "").split(",") if name)
 
 
 def evaluate(model, data: training_data.TrainingData, predictions_path: Path) -> dict:

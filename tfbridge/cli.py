@@ -200,7 +200,8 @@ def train_stage(config: PipelineConfig, args, beam_args: list[str], console: Con
         stage.track("epochs", lambda: (epochs_done(config), config.train.epochs))
         resumed_after = launch(config, workers, args.retries)
         layout = config.layout
-        metrics = json.loads(ModelManifest.read(layout.model_manifest_path).file(layout.model_dir, METRICS).read_text())
+        model = ModelManifest.read(layout.model_manifest_path)
+        metrics = json.loads(model.file(layout.model_dir, METRICS).read_text())
         figures = ", ".join(f"{k} {_figure(v)}" for k, v in metrics["eval"].items() if k != "rows")
         fitting = metrics["fitting"]
         unit = "boosting rounds" if fitting.get("model") == "gbdt" else "epochs"
@@ -208,9 +209,17 @@ def train_stage(config: PipelineConfig, args, beam_args: list[str], console: Con
                   else f"{fitting['epochs']} {unit} (kept {fitting['kept_epoch']})")
         if resumed_after is not None:
             epochs += f", resumed after epoch {resumed_after}"
-        stage.result = (f"{epochs} on {workers} worker(s) at {fitting['examples_per_s']:,.0f} examples/s"
-                        f"{', eval ' + figures if figures else ''}"
-                        f" → {layout.model_dir}")
+        stage.result = (f"{_kept_of(model)}{epochs} on {workers} worker(s) at {fitting['examples_per_s']:,.0f} "
+                        f"examples/s{', eval ' + figures if figures else ''} → {layout.model_dir}")
+
+
+def _kept_of(model: ModelManifest) -> str:
+    """Which model was kept, of several trained, and why: "gbdt kept (validation loss 0.12 vs network 0.15): "."""
+    kept = next((c for c in model.candidates if c.kept), None)
+    if kept is None:
+        return ""
+    others = ", ".join(f"{c.model} {_figure(c.validation_loss)}" for c in model.candidates if c is not kept)
+    return f"{kept.model} kept (validation loss {_figure(kept.validation_loss)} vs {others}): "
 
 
 def export_stage(config: PipelineConfig, args, beam_args: list[str], console: Console) -> None:
@@ -296,7 +305,10 @@ def summary(config: PipelineConfig, results: dict) -> str:
     metrics = results.get("metrics") or {}
     ours, base = metrics.get("eval", {}), metrics.get("baseline", {})
     quality = ", ".join(f"{k} {_figure(v)} (baseline {_figure(base.get(k))})" for k, v in ours.items() if k != "rows")
-    lines.append(f"  model     {layout.model_dir}: eval {quality}" if quality else f"  model     {layout.model_dir}")
+    model = ModelManifest.read(layout.model_manifest_path)
+    kept = next((f" ({c.model}, kept of {', '.join(o.model for o in model.candidates)})" for c in model.candidates
+                 if c.kept), "")
+    lines.append(f"  model     {layout.model_dir}{kept}" + (f": eval {quality}" if quality else ""))
     for hand_off in results.get("hand_offs", []):
         diffs = ", ".join(f"{k} {v:.2g}" for k, v in hand_off["max_abs_diff"].items())
         lines.append(f"  parity    {hand_off['name']}, {hand_off['rows']:,} rows: largest difference {diffs}")
@@ -304,7 +316,7 @@ def summary(config: PipelineConfig, results: dict) -> str:
     if scoring:
         rate = scoring["rows"] / max(scoring["job_seconds"], 1e-9)
         lines.append(f"  scores    {scoring['output']}: {scoring['rows']:,} rows, {rate:,.0f} rows/s")
-    graph = ModelManifest.read(layout.model_manifest_path).onnx
+    graph = model.onnx
     lines += [f"  features  {layout.features_dir}", *([f"  onnx      {layout.model_dir / graph.path}"] if graph else []),
               f"  logs      {layout.logs}", f"  report    {layout.report_path}"]
     if graph:  # the service runs the ONNX graph only

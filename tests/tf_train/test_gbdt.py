@@ -126,11 +126,29 @@ def test_token_ids_wider_than_the_cap_are_refused_with_the_way_out(tmp_path, cap
     ({"model": "gbdt", "gbdt": {"trees": 0}}, "'train.gbdt.trees' must be a positive integer"),
     ({"model": "gbdt", "gbdt": {"learning_rate": 2}}, "'train.gbdt.learning_rate' must be a number in"),
     ({"model": "gbdt", "gbdt": {"depth": 3}}, r"unknown key\(s\) train.gbdt.\['depth'\]"),
+    ({"model": ["network", "network"]}, "or a list of different ones"),
+    ({"model": []}, "or a list of different ones"),
+    ({"model": ["network", "gbdt"], "validation_fraction": 0}, "'train.validation_fraction' is 0"),
+    ({"numeric_embedding": ["none", "fourier"]}, "'train.numeric_embedding' must be one of"),
 ])
 def test_bad_gbdt_settings_are_refused_when_the_config_is_read(train, says):
     with pytest.raises(ConfigError, match=says):
         PipelineConfig.from_dict({"data": "d.parquet", "label": "y", "task": "regression",
                                   "features": {"x": ["z_score"]}, "output": "o", "train": train}, source="c.yaml")
+
+
+def test_several_models_are_one_train_config_each():
+    def names(train):
+        config = PipelineConfig.from_dict({"data": "d.parquet", "label": "y", "task": "regression",
+                                           "features": {"x": ["z_score"]}, "output": "o", "train": train}, source="c")
+        return [(t.candidate_name, t.model, t.numeric_embedding) for t in config.train.candidates]
+
+    assert names({}) == [("network", "network", "none")]
+    assert names({"model": ["gbdt"]}) == [("gbdt", "gbdt", "none")]
+    assert names({"model": ["network", "gbdt"], "numeric_embedding": ["none", "periodic"]}) == [
+        ("network", "network", "none"), ("network (periodic)", "network", "periodic"), ("gbdt", "gbdt", "none")]
+    assert names({"numeric_embedding": ["periodic", "none"]}) == [
+        ("network (periodic)", "network", "periodic"), ("network", "network", "none")]
 
 
 def test_a_networks_fingerprint_ignores_the_trees_settings():
@@ -166,3 +184,48 @@ def test_two_workers_fit_one_model_close_to_one_workers(tmp_path):
     # splits); the bound leaves room for a sketch that merges otherwise.
     np.testing.assert_allclose(predictions[2], predictions[1], rtol=0, atol=1e-3 * float(raw["y"].std()))
     assert abs(fittings[2]["eval"]["r2"] - fittings[1]["eval"]["r2"]) < 0.005
+
+
+def test_network_and_trees_trained_in_turn_and_the_lower_validation_loss_kept(tmp_path, spark, capsys):
+    """`model: [network, gbdt]`: both trained on the same rows, each one's record in the manifest, the one with the
+    lower validation loss committed (its own files, its own metrics) and carried through every hand-off; the other's
+    files removed. A network committed before (a run with `model: network`) is reused, not trained again."""
+    raw = frame("binary", seed=7)
+    raw.to_parquet(tmp_path / "rows.parquet", index=False, coerce_timestamps="us")
+    config = {"data": str(tmp_path / "rows.parquet"), "label": "y", "task": "binary", "features": FEATURES,
+              "output": str(tmp_path / "out"), "split": {"eval_fraction": 0.25},
+              "train": {"model": "network", "epochs": 8, "hidden_units": [16], "workers": 1,
+                        "gbdt": {"trees": 200, "max_depth": 4, "patience": 20}}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config, allow_unicode=True))
+    for stage in ("features", "train"):
+        assert main([stage, "--config", str(tmp_path / "c.yaml")]) == 0
+    layout = PipelineConfig.from_yaml(tmp_path / "c.yaml").layout
+    network_attempt = ModelManifest.read(layout.model_manifest_path).attempt
+
+    config["train"]["model"] = ["network", "gbdt"]
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config, allow_unicode=True))
+    capsys.readouterr()
+    assert main(["run", "--config", str(tmp_path / "c.yaml")]) == 0
+    console = capsys.readouterr().out
+    check_hand_offs(layout, raw, "id", "id", "binary", 1.0, spark, tmp_path / "rows.parquet")
+
+    manifest = ModelManifest.read(layout.model_manifest_path)
+    network, trees = manifest.candidates
+    assert (network.model, trees.model) == ("network", "gbdt") and network.seconds is None and trees.seconds > 0
+    kept = min((network, trees), key=lambda c: c.validation_loss)
+    assert [c.kept for c in manifest.candidates] == [kept is network, kept is trees]
+    metrics = json.loads(manifest.file(layout.model_dir, METRICS).read_text())  # the kept model's own files
+    assert metrics["fitting"].get("model", "network") == kept.model and metrics["eval"] == kept.eval
+    assert (XGBOOST_MODEL in manifest.checksums) == (kept is trees)
+    assert (manifest.attempt == network_attempt) == (kept is network)
+    assert network.eval != trees.eval and 0.5 < min(network.eval["accuracy"], trees.eval["accuracy"])
+    attempts = {p.name for p in (tmp_path / "out" / "model").iterdir() if p.name.startswith("attempt-")}
+    assert manifest.attempt in attempts and len(attempts) == 2  # the kept model's and its ONNX graph's
+    assert f"{kept.model} kept (validation loss" in console
+    assert f"({kept.model}, kept of network, gbdt)" in console
+    report = (tmp_path / "out" / "report.html").read_text()
+    assert f"{kept.model} (kept)" in report and "validation loss" in report
+
+    capsys.readouterr()  # a rerun finds the comparison up to date
+    assert main(["run", "--config", str(tmp_path / "c.yaml")]) == 0
+    assert f"{layout.model_dir} is up to date" in capsys.readouterr().out

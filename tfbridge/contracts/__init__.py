@@ -5,7 +5,8 @@ Every stage reads these and nothing else of another stage. The package imports n
 - `config`: the pipeline config (one YAML file, validated once).
 - `columns`: a raw column (`RawColumn`), its name inside the graphs, how missing values and text read.
 - `layout`: where each artifact lives under `<output>/`.
-- `manifests`: what each stage produced, typed (`FeaturesManifest`, `ModelManifest`, `OnnxGraph`).
+- `manifests`: what each stage produced, typed (`FeaturesManifest`, `ModelManifest`, `OnnxGraph`,
+  `TrainedCandidate`).
 - `fingerprints`: what each stage's output was made from, so that a rerun skips what is up to date.
 - `files`: local files replaced atomically (`staged`), one run per output (`output_lock`), checking files
   (`file_sha256`). Artifacts live on local disk or a store (`tfbridge.storage`), committed by their manifests.
@@ -23,7 +24,7 @@ from tfbridge.contracts.files import file_sha256, output_lock, staged, write_jso
 from tfbridge.contracts.layout import SCORE_RECORD, ArtifactLayout
 from tfbridge.contracts.manifests import (STAT_OUTPUT_PREFIX, FeatureKind, FeatureOutput, FeaturesManifest,
                                           ModelManifest, OnnxGraph, ParityRecord, ShardFile,
-                                          materialized_feature_spec, named_attempts)
+                                          TrainedCandidate, materialized_feature_spec, named_attempts)
 
 __all__ = [
     "ArtifactLayout", "BrokenRuntimeError", "CSV_NULL_VALUES", "ConfigError", "DATA_FORMATS", "DataError",
@@ -31,7 +32,7 @@ __all__ = [
     "ModelManifest", "OUTPUT_FORMATS", "OnnxGraph", "PUNCTUATION_AND_WHITESPACE", "ParityRecord", "PipelineConfig",
     "RAW_DTYPES",
     "RawColumn", "SCORE_RECORD", "STAT_OUTPUT_PREFIX", "ShardFile", "SplitConfig", "StageError", "TASKS", "TrainConfig",
-    "TrainingError", "TransformStep",
+    "TrainedCandidate", "TrainingError", "TransformStep",
     "file_sha256", "fingerprints", "graph_input_name", "graph_input_names", "materialized_feature_spec",
     "model_numbers", "model_timestamps", "named_attempts", "output_lock", "staged", "write_json_atomic",
 ]

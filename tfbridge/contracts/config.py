@@ -181,6 +181,23 @@ class GbdtConfig:
         return cls(**{**raw, "learning_rate": float(rate)})
 
 
+def _one_or_several(value: Any, key: str, allowed: tuple[str, ...], source: str,
+                    validation_fraction: float) -> str | tuple[str, ...]:
+    """A setting that names one of `allowed`, or a list of different ones to train each of and keep the best (by
+    validation loss, so there must be validation rows); a list of one is that one."""
+    several = isinstance(value, list)
+    if not (value in allowed if not several else value and len(set(value)) == len(value)
+            and all(isinstance(v, str) and v in allowed for v in value)):
+        raise ConfigError(f"{source}: '{key}' must be one of {allowed} or a list of different ones (each trained, "
+                          f"the one with the lowest validation loss kept), got {value!r}")
+    if not several:
+        return value
+    if len(value) > 1 and validation_fraction == 0:
+        raise ConfigError(f"{source}: '{key}' lists {value}, which are told apart by their loss on the validation "
+                          f"rows, but 'train.validation_fraction' is 0: give it a fraction (e.g. 0.1) or name one")
+    return value[0] if len(value) == 1 else tuple(value)
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """The `train:` section: the model and how it is fitted. Every key has a default."""
@@ -200,11 +217,32 @@ class TrainConfig:
     # split): their loss after each epoch stops training early and halves the learning rate on a plateau.
     validation_fraction: float = 0.1  # 0: no validation rows, train all `epochs` at one learning rate
     patience: int = 6  # epochs without a better validation loss before training stops; the best epoch is kept
-    numeric_embedding: str = "none"  # "periodic": each number feature through a learned periodic embedding
+    # "periodic": each number feature through a learned periodic embedding; a list ([none, periodic]): a network
+    # of each, trained in turn, the one with the lowest validation loss kept (as with several models)
+    numeric_embedding: str | tuple[str, ...] = "none"
     class_weight: str = "none"  # classification: "balanced" weighs each class by rows / (classes x its rows)
-    # "gbdt": gradient-boosted trees (XGBoost) on the same transformed features, exported the same way
-    model: str = "network"
+    # "gbdt": gradient-boosted trees (XGBoost) on the same transformed features, exported the same way; several
+    # (a list: [network, gbdt]) are trained in turn and the one with the lowest validation loss is kept
+    model: str | tuple[str, ...] = "network"
     gbdt: GbdtConfig = GbdtConfig()
+
+    @property
+    def candidates(self) -> tuple["TrainConfig", ...]:
+        """The models to train, each a TrainConfig naming one (itself when it names one): every model of `model`,
+        a network once per `numeric_embedding` (the trees take no embedding)."""
+        if isinstance(self.model, str) and isinstance(self.numeric_embedding, str):
+            return (self,)
+        models = (self.model,) if isinstance(self.model, str) else self.model
+        embeddings = ((self.numeric_embedding,) if isinstance(self.numeric_embedding, str)
+                      else self.numeric_embedding)
+        return tuple(dataclasses.replace(self, model=model, numeric_embedding=embedding)
+                     for model in models for embedding in (embeddings if model == "network" else embeddings[:1]))
+
+    @property
+    def candidate_name(self) -> str:
+        """What a TrainConfig naming one model is called among several: "network", "network (periodic)", "gbdt"."""
+        return (f"{self.model} ({self.numeric_embedding})"
+                if self.model == "network" and self.numeric_embedding != "none" else str(self.model))
 
     @classmethod
     def from_dict(cls, raw: Any, source: str) -> "TrainConfig":
@@ -257,11 +295,10 @@ class TrainConfig:
         if values.get("class_weight", "none") not in CLASS_WEIGHTS:
             raise ConfigError(f"{source}: 'train.class_weight' must be one of {CLASS_WEIGHTS}, "
                               f"got {values['class_weight']!r}")
-        if values.get("numeric_embedding", "none") not in NUMERIC_EMBEDDINGS:
-            raise ConfigError(f"{source}: 'train.numeric_embedding' must be one of {NUMERIC_EMBEDDINGS}, "
-                              f"got {values['numeric_embedding']!r}")
-        if values.get("model", "network") not in MODELS:
-            raise ConfigError(f"{source}: 'train.model' must be one of {MODELS}, got {values['model']!r}")
+        for key, allowed in (("numeric_embedding", NUMERIC_EMBEDDINGS), ("model", MODELS)):
+            if key in values:
+                values[key] = _one_or_several(values[key], f"train.{key}", allowed, source,
+                                              values.get("validation_fraction", 0.1))
         values["gbdt"] = GbdtConfig.from_dict(values.get("gbdt"), source)
         if values.get("label_transform", "none") not in LABEL_TRANSFORMS:
             raise ConfigError(f"{source}: 'train.label_transform' must be one of {LABEL_TRANSFORMS}, "
@@ -271,6 +308,8 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["hidden_units"] = list(self.hidden_units)
+        for key in ("model", "numeric_embedding"):
+            out[key] = out[key] if isinstance(out[key], str) else list(out[key])
         return out
 
 

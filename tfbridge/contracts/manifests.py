@@ -236,6 +236,20 @@ class OnnxGraph:
 
 
 @dataclasses.dataclass(frozen=True)
+class TrainedCandidate:
+    """One of the models `train.model: [network, gbdt]` (or `numeric_embedding: [none, periodic]`) trained in turn
+    (ModelManifest.candidates): how it did, for the report and the console. The one with the lowest validation
+    loss is kept; only its files are committed."""
+
+    model: str  # TrainConfig.candidate_name: "network", "network (periodic)", "gbdt"
+    validation_loss: float | None  # of the epoch or boosting round it kept; None: no validation rows
+    kept_epoch: int  # that epoch or round
+    eval: Mapping[str, float]  # its eval-split metrics (its metrics.json's "eval"), empty without an eval split
+    seconds: float | None  # its training, workers started to commit; None: committed by an earlier run, reused
+    kept: bool = False  # the model the manifest commits
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelManifest:
     """What the training stage exported (model/manifest.json): enough to score raw data with it.
 
@@ -255,6 +269,7 @@ class ModelManifest:
     onnx: OnnxGraph | None = None  # after the export stage
     fingerprint: str = ""  # what it was made from (fingerprints.model_fingerprint)
     attempt: str = ""  # the directory under model/ that holds the files of `checksums`
+    candidates: tuple[TrainedCandidate, ...] = ()  # with several models to choose from, each one's record
 
     def file(self, model_dir: Location, name: str) -> Location:
         """A file training wrote (metrics.json, eval_predictions.parquet), checked against its sha256."""
@@ -278,6 +293,7 @@ class ModelManifest:
         raw["outputs"] = tuple(raw["outputs"])
         if raw["classes"] is not None:
             raw["classes"] = tuple(raw["classes"])
+        raw["candidates"] = tuple(TrainedCandidate(**c) for c in raw.get("candidates", ()))
         if raw.get("onnx") is not None:
             graph = raw["onnx"]
             raw["onnx"] = OnnxGraph(**{**graph, "parity": ParityRecord(**graph["parity"]) if graph.get("parity")

@@ -182,15 +182,29 @@ def _model_section(config: PipelineConfig, metrics: dict) -> page.Section:
         fitted = f" Fitted for {fitting['epochs']} epochs in batches of {fitting['batch_size']:,}"
         fitted += (f"; the weights of epoch {fitting['kept_epoch']}, the best validation loss, were kept."
                    if fitting["validation_every"] else ".")
-    section = page.Section("Model", "Eval-split quality of the model next to a linear baseline trained in the same "
-                           f"run on the same features (metrics.json).{fitted}")
+    model = ModelManifest.read(config.layout.model_manifest_path)
     ours, base = metrics.get("eval", {}), metrics.get("baseline", {})
-    section.table = [("metric", "model", f"linear baseline ({base.get('model', '')})"),
-                     *[(k, page.number(v), page.number(base.get(k))) for k, v in ours.items()]]
+    baseline = f"linear baseline ({base.get('model', '')})"
+    if model.candidates:
+        kept = next(c.model for c in model.candidates if c.kept)
+        fitted += (f" Trained in turn: {', '.join(c.model for c in model.candidates)}; {kept}, the lowest loss on "
+                   f"the validation rows, was kept (the plots are its own).")
+        section = page.Section("Model", "Eval-split quality of each model trained next to a linear baseline trained "
+                               f"in the same run on the same features (metrics.json).{fitted}")
+        section.table = [("metric", *(f"{c.model} (kept)" if c.kept else c.model for c in model.candidates), baseline),
+                         ("validation loss", *(page.number(c.validation_loss) for c in model.candidates), ""),
+                         *[(k, *(page.number(c.eval.get(k)) for c in model.candidates), page.number(base.get(k)))
+                           for k in ours],
+                         ("train seconds", *(page.number(c.seconds) if c.seconds is not None else "reused"
+                                             for c in model.candidates), "")]
+    else:
+        section = page.Section("Model", "Eval-split quality of the model next to a linear baseline trained in the "
+                               f"same run on the same features (metrics.json).{fitted}")
+        section.table = [("metric", "model", baseline),
+                         *[(k, page.number(v), page.number(base.get(k))) for k, v in ours.items()]]
     if metrics.get("history"):
         section.figures["training_loss"] = figures.training_loss(metrics["history"],
                                                                  fitting["kept_epoch"] if fitting else None)
-    model = ModelManifest.read(config.layout.model_manifest_path)
     if EVAL_PREDICTIONS not in model.checksums:
         return section
     with model.file(config.layout.model_dir, EVAL_PREDICTIONS).open_input() as f:
