@@ -14,6 +14,7 @@ manifest.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import logging
 import re
@@ -25,9 +26,10 @@ import onnx
 
 from onnx_export.lowerings import EXTENSIONS_DOMAIN, HANDLERS, UnsupportedOp
 from onnx_export.parity_gate import check_graph
+from onnx_export.trees import trees_marker, with_ml_opset
 from tfbridge.contracts import (DataError, ModelManifest, OnnxGraph, ParityRecord, PipelineConfig, StageError,
                                 fingerprints, named_attempts)
-from tfbridge.contracts.layout import ONNX
+from tfbridge.contracts.layout import ONNX, XGBOOST_MODEL
 from tfbridge.scoring.parity import HandOff, ParityError
 from tfbridge.storage.attempts import commit
 
@@ -70,17 +72,19 @@ def allow_opset_20() -> None:
     constants.OPSET_TO_IR_VERSION.setdefault(OPSET, ONNX_IR_VERSION)
 
 
-def convert_saved_model(saved_model: Path, columns) -> onnx.ModelProto:
-    """The SavedModel's serving signature as ONNX; `columns` name the features for error messages."""
+def convert_saved_model(saved_model: Path, columns, trees: bytes | None = None) -> onnx.ModelProto:
+    """The SavedModel's serving signature as ONNX; `columns` name the features for error messages; `trees`: a gbdt
+    model's xgboost.json, its trees' TreeEnsembleRegressor (onnx_export.trees)."""
     from tf2onnx import tf_loader
 
     graph_def, inputs, outputs, tables, renames = tf_loader.from_saved_model(
         str(saved_model), None, None, tag="serve", signatures=["serving_default"],
         return_initialized_tables=True, return_tensors_to_rename=True)
-    return convert_graph(graph_def, inputs, outputs, columns, str(saved_model), tables, renames)
+    return convert_graph(graph_def, inputs, outputs, columns, str(saved_model), tables, renames, trees)
 
 
-def convert_graph(graph_def, inputs, outputs, columns, name: str, tables=None, renames=None) -> onnx.ModelProto:
+def convert_graph(graph_def, inputs, outputs, columns, name: str, tables=None, renames=None,
+                  trees: bytes | None = None) -> onnx.ModelProto:
     """A frozen TF graph as ONNX with our handlers; an op nobody lowers raises ExportError."""
     from tf2onnx import convert
 
@@ -91,7 +95,8 @@ def convert_graph(graph_def, inputs, outputs, columns, name: str, tables=None, r
     try:
         # Not tf2onnx's from_function/from_saved_model API: those go on past a failed handler.
         model, _ = convert._convert_common(
-            graph_def, name=name, opset=OPSET, custom_op_handlers=dict(HANDLERS),
+            graph_def, name=name, opset=OPSET, custom_op_handlers={**HANDLERS, "PreventGradient": (
+                functools.partial(trees_marker, booster_json=trees), [])},
             extra_opset=[onnx.helper.make_opsetid(EXTENSIONS_DOMAIN, 1)], input_names=inputs,
             output_names=outputs, initialized_tables=tables, tensors_to_rename=renames)
     except UnsupportedOp:
@@ -108,7 +113,7 @@ def convert_graph(graph_def, inputs, outputs, columns, name: str, tables=None, r
             lines.append(f"op {op} (feature '{feature}', node {node})" if feature else f"op {op} (node {node})")
         raise ExportError("ONNX export: no lowering for " + "; ".join(lines) + ". Score with the SavedModel "
                           "instead (spark_infer picks the SavedModel path when the manifest names no graph).")
-    return model
+    return with_ml_opset(model)
 
 
 def export_onnx(config: PipelineConfig) -> HandOff:
@@ -117,7 +122,9 @@ def export_onnx(config: PipelineConfig) -> HandOff:
     layout = config.layout
     manifest = ModelManifest.read(layout.model_manifest_path)
     saved_model = manifest.saved_model_dir(layout.model_dir)
-    model = convert_saved_model(saved_model, list(manifest.input_names.values()))
+    trees = (manifest.file(layout.model_dir, XGBOOST_MODEL).read_bytes() if XGBOOST_MODEL in manifest.checksums
+             else None)
+    model = convert_saved_model(saved_model, list(manifest.input_names.values()), trees)
     lacking = sorted(set(manifest.input_names.values()) - {value.name for value in model.graph.input})
     if lacking:
         raise ExportError(f"the ONNX graph of {saved_model} lacks the inputs {lacking}")

@@ -70,7 +70,7 @@ def _node(ctx, op: str, inputs: list[str], **attr) -> str:
     return ctx.make_node(op, inputs, attr=attr or None).output[0]
 
 
-def _take_over(ctx, node, op: str, inputs: list[str], domain: str | None = None, **attr) -> None:
+def take_over(ctx, node, op: str, inputs: list[str], domain: str | None = None, **attr) -> None:
     """Replaces `node` by one `op` node (of `domain`) that keeps its name, output names, shapes and dtypes."""
     name, outputs = node.name, list(node.output)
     shapes = [ctx.get_shape(o) for o in outputs]
@@ -88,10 +88,10 @@ def upper_bound(ctx, node, name, args):
     counts = _node(ctx, "Cast", [_node(ctx, "GreaterOrEqual", [column, row])], to=TensorProto.INT64)
     out_type = ctx.get_dtype(node.output[0])
     if out_type == TensorProto.INT64:
-        _take_over(ctx, node, "ReduceSum", [counts, _const(ctx, [2])], keepdims=0)
+        take_over(ctx, node, "ReduceSum", [counts, _const(ctx, [2])], keepdims=0)
     else:
         total = _node(ctx, "ReduceSum", [counts, _const(ctx, [2])], keepdims=0)
-        _take_over(ctx, node, "Cast", [total], to=out_type)
+        take_over(ctx, node, "Cast", [total], to=out_type)
 
 
 def log1p(ctx, node, name, args):
@@ -103,7 +103,7 @@ def log1p(ctx, node, name, args):
     d = _node(ctx, "Sub", [u, one])
     ratio = _node(ctx, "Div", [x, _node(ctx, "Where", [_node(ctx, "Equal", [d, _const(ctx, 0, dtype)]), one, d])])
     general = _node(ctx, "Mul", [_node(ctx, "Log", [u]), ratio])
-    _take_over(ctx, node, "Where", [_node(ctx, "Equal", [u, one]), x, general])
+    take_over(ctx, node, "Where", [_node(ctx, "Equal", [u, one]), x, general])
 
 
 def expm1(ctx, node, name, args):
@@ -118,7 +118,7 @@ def expm1(ctx, node, name, args):
     extreme = _node(ctx, "Or", [_node(ctx, "Equal", [u, _const(ctx, 0, dtype)]), _node(ctx, "IsInf", [u])])
     safe_log = _node(ctx, "Where", [_node(ctx, "Or", [near_one, extreme]), one, log_u])
     general = _node(ctx, "Mul", [d, _node(ctx, "Div", [x, safe_log])])
-    _take_over(ctx, node, "Where", [near_one, x, _node(ctx, "Where", [extreme, d, general])])
+    take_over(ctx, node, "Where", [near_one, x, _node(ctx, "Where", [extreme, d, general])])
 
 
 def string_to_hash_bucket_fast(ctx, node, name, args):
@@ -133,9 +133,9 @@ def string_to_hash_bucket_fast(ctx, node, name, args):
     buckets = node.get_attr_int("num_buckets")
     if buckets == 1:
         shape = _node(ctx, "Shape", [node.input[0]])
-        _take_over(ctx, node, "ConstantOfShape", [shape], value=numpy_helper.from_array(np.zeros([1], np.int64)))
+        take_over(ctx, node, "ConstantOfShape", [shape], value=numpy_helper.from_array(np.zeros([1], np.int64)))
         return
-    _take_over(ctx, node, "StringToHashBucketFast", [node.input[0], _const(ctx, [buckets])], EXTENSIONS_DOMAIN)
+    take_over(ctx, node, "StringToHashBucketFast", [node.input[0], _const(ctx, [buckets])], EXTENSIONS_DOMAIN)
 
 
 def string_case(ctx, node, name, args):
@@ -212,7 +212,7 @@ def _spill_row(ctx, ids: str, count: str) -> tuple[str, str]:
 
 
 def _without_spill_row(ctx, node, scattered: str, n: str) -> None:
-    _take_over(ctx, node, "Slice", [scattered, _const(ctx, [0]), n, _const(ctx, [0])])
+    take_over(ctx, node, "Slice", [scattered, _const(ctx, [0]), n, _const(ctx, [0])])
 
 
 def _filled(ctx, shape: str, value, dtype) -> str:
@@ -312,7 +312,7 @@ def sparse_reduce_sum(ctx, node, name, args):
     out_indices, shape, _ = _sparse_reduction(ctx, node)
     values = node.input[1]
     zeros = _filled(ctx, shape, 0, utils.map_onnx_to_numpy_type(ctx.get_dtype(values)))
-    _take_over(ctx, node, "ScatterND", [zeros, out_indices, values], reduction="add")
+    take_over(ctx, node, "ScatterND", [zeros, out_indices, values], reduction="add")
 
 
 def sparse_reduce_sum_sparse(ctx, node, name, args):
@@ -344,10 +344,10 @@ def string_join(ctx, node, name, args):
         sep = ctx.make_const(utils.make_name("separator"), np.array(separator, object)).output[0]
         others = [piece for text in others for piece in (sep, text)]
     if not others:
-        return _take_over(ctx, node, "Identity", [first])
+        return take_over(ctx, node, "Identity", [first])
     for piece in others[:-1]:
         first = _node(ctx, "StringConcat", [first, piece])
-    _take_over(ctx, node, "StringConcat", [first, others[-1]])
+    take_over(ctx, node, "StringConcat", [first, others[-1]])
 
 
 def _value_rows(ctx, row_splits: str, values: str) -> tuple[str, str, str, str]:
@@ -466,7 +466,7 @@ def floor_mod(ctx, node, name, args):
 
     if not _is_integer(ctx, node.input[0]):
         return FloorMod.version_7(ctx, node)
-    _take_over(ctx, node, "Mod", list(node.input), fmod=0)
+    take_over(ctx, node, "Mod", list(node.input), fmod=0)
 
 
 def floor_div(ctx, node, name, args):
@@ -477,7 +477,7 @@ def floor_div(ctx, node, name, args):
     if not _is_integer(ctx, node.input[0]):
         return FloorDiv.version_6(ctx, node)
     a, b = node.input
-    _take_over(ctx, node, "Div", [_node(ctx, "Sub", [a, _node(ctx, "Mod", [a, b], fmod=0)]), b])
+    take_over(ctx, node, "Div", [_node(ctx, "Sub", [a, _node(ctx, "Mod", [a, b], fmod=0)]), b])
 
 
 def select(ctx, node, name, args):

@@ -16,20 +16,33 @@ import logging
 import time
 from typing import Callable
 
-from tfbridge.contracts import DataError, ModelManifest, PipelineConfig, TrainedCandidate, fingerprints, named_attempts
+from tfbridge.contracts import (DataError, FeatureKind, FeatureOutput, ModelManifest, PipelineConfig, TrainConfig,
+                               TrainedCandidate, fingerprints, named_attempts)
 from tfbridge.contracts.layout import METRICS
 from tfbridge.storage.attempts import remove_uncommitted
 
 log = logging.getLogger(__name__)
 
 
-def train_candidates(config: PipelineConfig, features_fingerprint: str,
+def distinct_candidates(train: TrainConfig, features: dict[str, FeatureOutput]) -> tuple[TrainConfig, ...]:
+    """`train.candidates` less the networks that would be another one again: a periodic embedding acts on number
+    features only, so without any `network (periodic)` is `network` (the same layers, the same seed)."""
+    if any(output.kind == FeatureKind.NUMBER for output in features.values()):
+        return train.candidates
+    distinct = tuple(one for one in train.candidates if one.model != "network" or one.numeric_embedding == "none")
+    if len(distinct) < len(train.candidates):
+        log.info("train: no number features, so %s would equal network: not trained",
+                 ", ".join(one.candidate_name for one in train.candidates if one not in distinct))
+    return distinct or train.candidates
+
+
+def train_candidates(config: PipelineConfig, candidates: tuple[TrainConfig, ...], features_fingerprint: str,
                      train_one: Callable[[PipelineConfig, tuple[str, ...]], object]) -> TrainedCandidate:
-    """Trains each model of `config.train.candidates` (named by their `candidate_name`) with `train_one(config
-    naming it, attempts to leave)`, and commits the best as the model; returns its record."""
+    """Trains each model of `candidates` (of `config.train.candidates`, named by their `candidate_name`) with
+    `train_one(config naming it, attempts to leave)`, and commits the best as the model; returns its record."""
     layout = config.layout
     trained: list[tuple[TrainedCandidate, ModelManifest]] = []
-    for train in config.train.candidates:
+    for train in candidates:
         single, name = dataclasses.replace(config, train=train), train.candidate_name
         committed = _committed(config)
         if committed is not None and committed.fingerprint == fingerprints.model_fingerprint(single,

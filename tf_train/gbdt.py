@@ -31,7 +31,7 @@ from tf_train import data as training_data
 from tf_train.saving import commit_trained
 from tf_train.shards import PAD_ID
 from tfbridge.contracts import DataError, FeatureKind, FeatureOutput, PipelineConfig, TrainingError, graph_input_name
-from tfbridge.contracts.layout import SAVED_MODEL
+from tfbridge.contracts.layout import SAVED_MODEL, TREES_INPUT, TREES_OUTPUT, XGBOOST_COLUMNS, XGBOOST_MODEL
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +39,6 @@ OBJECTIVES = {"regression": ("reg:squarederror", "rmse"), "binary": ("binary:log
               "multiclass": ("multi:softprob", "mlogloss")}
 # XGBoost's margins against the TF trees: the same float32 splits, leaf sums in another order
 AGREEMENT = 1e-5
-# Beside the SavedModel: the kept trees as XGBoost saves them (its JSON: data, never a pickle) for a user who wants
-# XGBoost itself, and the names of the matrix's columns they split on (FeatureMatrix.columns).
-XGBOOST_MODEL, XGBOOST_COLUMNS = "xgboost.json", "xgboost-columns.json"
 MAX_BAG_WIDTH = 5_000  # token ids become a count per id: at most this many columns (tfidf's cap)
 TRACKER_TIMEOUT_S = 600  # the workers' wait for one another (start, each collective), as the network's cluster
 
@@ -124,7 +121,10 @@ class TreeEnsemble(tf.Module):
         self._offset = offset.astype(np.float32)
 
     def __call__(self, inputs: dict, training: bool = False) -> tf.Tensor:
-        x = self._matrix(inputs)
+        # Named identities around the trees: the export replaces what lies between them by one TreeEnsembleRegressor
+        # of the same trees (xgboost.json), onnxruntime's own tree kernel, instead of these gathers.
+        x = tf.raw_ops.PreventGradient(input=self._matrix(inputs), message="trees: not trained by gradient",
+                                       name=TREES_INPUT)
         rows, width = tf.shape(x)[0], tf.shape(x)[1]
         flat_x = tf.reshape(x, [-1])
         base = tf.range(self._trees, dtype=tf.int64) * self._nodes  # each tree's first node in the flat arrays
@@ -142,8 +142,10 @@ class TreeEnsemble(tf.Module):
         leaves = tf.gather(threshold, node + base)  # [rows, trees]
         if self._task == "multiclass":
             summed = tf.reduce_sum(tf.reshape(leaves, tf.stack([rows, -1, self._classes])), axis=1)
-            return summed + self._offset
-        return tf.reduce_sum(leaves, axis=1) + self._offset[0]
+        else:
+            summed = tf.reduce_sum(leaves, axis=1)
+        summed = tf.raw_ops.PreventGradient(input=summed, message="trees: not trained by gradient", name=TREES_OUTPUT)
+        return summed + (self._offset if self._task == "multiclass" else self._offset[0])
 
 
 def between_values(booster, x: np.ndarray, workers: int = 1):

@@ -141,10 +141,11 @@ def launch(config: PipelineConfig, workers: int, retries: int = 0, out=None, pin
     log.info("train: %s; %d worker(s)", describe(data), workers)
     if len(config.train.candidates) == 1:
         return _launch_model(config, data.manifest.fingerprint, workers, retries, out, pin)
-    from tf_train.candidates import train_candidates
+    from tf_train.candidates import distinct_candidates, train_candidates
 
     resumed = []
-    train_candidates(config, data.manifest.fingerprint, lambda single, keep: resumed.append(
+    candidates = distinct_candidates(config.train, data.features)
+    train_candidates(config, candidates, data.manifest.fingerprint, lambda single, keep: resumed.append(
         _launch_model(single, data.manifest.fingerprint, workers, retries, out, pin, keep)))
     return next((epochs for epochs in resumed if epochs is not None), None)
 

@@ -9,6 +9,7 @@ OOV id), a cyclical calendar, text as tf-idf weights (a vector) and as token ids
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -19,12 +20,11 @@ import yaml
 
 from spark_infer import load_model
 from tests.helpers import check_hand_offs, committed, decode_split
-from tf_train.gbdt import XGBOOST_COLUMNS, XGBOOST_MODEL
 from tfbridge.cli import main
 from tf_train.data import analyze_label
-from tfbridge.contracts import (ConfigError, FeatureKind, FeaturesManifest, ModelManifest, PipelineConfig,
-                                fingerprints)
-from tfbridge.contracts.layout import METRICS
+from tfbridge.contracts import (ConfigError, FeatureKind, FeatureOutput, FeaturesManifest, ModelManifest,
+                                PipelineConfig, fingerprints)
+from tfbridge.contracts.layout import METRICS, XGBOOST_COLUMNS, XGBOOST_MODEL
 
 N = 600
 WORDS = ["good", "bad", "fine", "über", "東京", "ok"]
@@ -149,6 +149,21 @@ def test_several_models_are_one_train_config_each():
         ("network", "network", "none"), ("network (periodic)", "network", "periodic"), ("gbdt", "gbdt", "none")]
     assert names({"numeric_embedding": ["periodic", "none"]}) == [
         ("network (periodic)", "network", "periodic"), ("network", "network", "none")]
+
+
+def test_a_periodic_network_is_not_trained_without_number_features():
+    from tf_train.candidates import distinct_candidates
+
+    train = PipelineConfig.from_dict({"data": "d.parquet", "label": "y", "task": "regression",
+                                      "features": {"x": ["z_score"]}, "output": "o",
+                                      "train": {"model": ["network", "gbdt"], "numeric_embedding": ["none", "periodic"]}},
+                                     source="c").train
+    ids, number = FeatureOutput(FeatureKind.IDS, width=4), FeatureOutput(FeatureKind.NUMBER)
+    assert [t.candidate_name for t in distinct_candidates(train, {"shop": ids, "x": number})] == [
+        "network", "network (periodic)", "gbdt"]
+    assert [t.candidate_name for t in distinct_candidates(train, {"shop": ids})] == ["network", "gbdt"]
+    periodic_first = dataclasses.replace(train, model="network", numeric_embedding=("periodic", "none"))
+    assert [t.candidate_name for t in distinct_candidates(periodic_first, {"shop": ids})] == ["network"]
 
 
 def test_a_networks_fingerprint_ignores_the_trees_settings():

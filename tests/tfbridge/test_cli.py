@@ -94,7 +94,14 @@ def test_demo_runs_every_stage_on_diamonds_quietly(tmp_path, python_env):
     metrics = json.loads(run.metrics_path.read_text())
     assert metrics["eval"]["r2"] >= 0.97 and metrics["eval"]["rows"] == manifest["rows"]["eval"], metrics
     fitting = metrics["fitting"]
-    assert len(metrics["history"]) == fitting["epochs"] <= 40  # the demo config's epochs, at most
+    # The demo trains the periodic network and the trees on the same rows and keeps the lower validation loss.
+    candidates = ModelManifest.read(model / "manifest.json").candidates
+    assert [c.model for c in candidates] == ["network (periodic)", "gbdt"], candidates
+    kept = next(c for c in candidates if c.kept)
+    assert kept.validation_loss == min(c.validation_loss for c in candidates) and sum(c.kept for c in candidates) == 1
+    assert f"{kept.model} kept (validation loss" in done.stdout and f"({kept.model}, kept of" in done.stdout, console
+    assert fitting.get("model", "network") == kept.model.split(" ")[0]
+    assert len(metrics["history"]) == fitting["epochs"] <= (1000 if kept.model == "gbdt" else 40)  # the config's
     assert 1 <= fitting["kept_epoch"] <= fitting["epochs"]
     assert metrics["baseline"]["r2"] < metrics["eval"]["r2"]
     assert (run.saved_model_dir / "saved_model.pb").exists() and (model / "manifest.json").exists()

@@ -30,6 +30,12 @@ SAVED_MODEL = "saved_model"
 METRICS = "metrics.json"  # eval metrics of the model and its linear baseline, the loss per epoch
 EVAL_PREDICTIONS = "eval_predictions.parquet"  # up to 50,000 eval rows: label and both models' predictions
 ONNX = "model.onnx"  # one ONNX graph from raw columns to predictions
+# Beside a gbdt SavedModel: the kept trees as XGBoost saves them (its JSON: data, never a pickle), which the
+# export lowers to one ai.onnx.ml TreeEnsembleRegressor, and the names of the columns they split on.
+XGBOOST_MODEL, XGBOOST_COLUMNS = "xgboost.json", "xgboost-columns.json"
+# The names of the two identity ops (PreventGradient) around the TF trees in a gbdt SavedModel: the matrix the
+# trees read, and the sum of their leaves; the export puts the TreeEnsembleRegressor between them.
+TREES_INPUT, TREES_OUTPUT = "tfbridge_trees_input", "tfbridge_trees_output"
 
 
 @dataclasses.dataclass(frozen=True)
