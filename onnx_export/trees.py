@@ -82,13 +82,13 @@ def trees_marker(ctx, node, name, args, booster_json: bytes | None = None):
     """PreventGradient: the gbdt trees' output marker becomes a TreeEnsembleRegressor on the input marker's
     matrix, built from `booster_json` (bound by the export); any other (the input marker included) is the
     identity it is in TF."""
-    if not re.fullmatch(rf"{TREES_OUTPUT}(_\d+)?", node.name.split("/")[-1]):
+    if not _named(node, TREES_OUTPUT):
         take_over(ctx, node, "Identity", [node.input[0]])
         return
     if booster_json is None:
         raise UnsupportedOp(f"PreventGradient {name}: the output of gbdt trees, but the model manifest lists no "
                             f"{XGBOOST_MODEL} to build them from: train again")
-    markers = [n for n in ctx.get_nodes() if re.fullmatch(rf"{TREES_INPUT}(_\d+)?", n.name.split("/")[-1])]
+    markers = [n for n in ctx.get_nodes() if _named(n, TREES_INPUT)]
     if len(markers) != 1:
         raise UnsupportedOp(f"PreventGradient {name}: the output of gbdt trees with {len(markers)} input markers "
                             f"({TREES_INPUT}) in the graph, not one")
@@ -101,3 +101,8 @@ def trees_marker(ctx, node, name, args, booster_json: bytes | None = None):
         take_over(ctx, node, "Reshape", [summed, shape])
     else:
         take_over(ctx, node, "Identity", [summed])
+
+
+def _named(node, marker: str) -> bool:
+    """Whether a node is the marker op of that name, in whatever scope (TF adds _1, _2 to a repeated name)."""
+    return re.fullmatch(rf"{marker}(_\d+)?", node.name.split("/")[-1]) is not None

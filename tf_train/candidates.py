@@ -59,7 +59,9 @@ def train_candidates(config: PipelineConfig, candidates: tuple[TrainConfig, ...]
         log.info("train: %s: validation loss %s", name, trained[-1][0].validation_loss)
     # Without validation rows (a table too small to hold any) nothing tells them apart: the first is kept.
     kept, manifest = min(trained, key=lambda pair: (pair[0].validation_loss is None, pair[0].validation_loss or 0))
-    records = tuple(dataclasses.replace(record, kept=record is kept) for record, _ in trained)
+    # One model trained (the others would have been it again) is no comparison: the manifest records none.
+    records = tuple(dataclasses.replace(record, kept=record is kept) for record, _ in trained) if len(trained) > 1 \
+        else ()
     dataclasses.replace(manifest, onnx=None, candidates=records,
                         fingerprint=fingerprints.model_fingerprint(config, features_fingerprint),
                         ).write(layout.model_manifest_path)

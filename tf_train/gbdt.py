@@ -123,8 +123,7 @@ class TreeEnsemble(tf.Module):
     def __call__(self, inputs: dict, training: bool = False) -> tf.Tensor:
         # Named identities around the trees: the export replaces what lies between them by one TreeEnsembleRegressor
         # of the same trees (xgboost.json), onnxruntime's own tree kernel, instead of these gathers.
-        x = tf.raw_ops.PreventGradient(input=self._matrix(inputs), message="trees: not trained by gradient",
-                                       name=TREES_INPUT)
+        x = _marked(self._matrix(inputs), TREES_INPUT)
         rows, width = tf.shape(x)[0], tf.shape(x)[1]
         flat_x = tf.reshape(x, [-1])
         base = tf.range(self._trees, dtype=tf.int64) * self._nodes  # each tree's first node in the flat arrays
@@ -144,8 +143,12 @@ class TreeEnsemble(tf.Module):
             summed = tf.reduce_sum(tf.reshape(leaves, tf.stack([rows, -1, self._classes])), axis=1)
         else:
             summed = tf.reduce_sum(leaves, axis=1)
-        summed = tf.raw_ops.PreventGradient(input=summed, message="trees: not trained by gradient", name=TREES_OUTPUT)
-        return summed + (self._offset if self._task == "multiclass" else self._offset[0])
+        return _marked(summed, TREES_OUTPUT) + (self._offset if self._task == "multiclass" else self._offset[0])
+
+
+def _marked(x: tf.Tensor, name: str) -> tf.Tensor:
+    """x through an identity op of that name (PreventGradient: no other op of a model is one), for the export."""
+    return tf.raw_ops.PreventGradient(input=x, message="trees: not trained by gradient", name=name)
 
 
 def between_values(booster, x: np.ndarray, workers: int = 1):

@@ -216,7 +216,7 @@ def train_stage(config: PipelineConfig, args, beam_args: list[str], console: Con
 def _kept_of(model: ModelManifest) -> str:
     """Which model was kept, of several trained, and why: "gbdt kept (validation loss 0.12 vs network 0.15): "."""
     kept = next((c for c in model.candidates if c.kept), None)
-    if kept is None or len(model.candidates) < 2:  # one model, of a list that held no other distinct one
+    if kept is None:
         return ""
     others = ", ".join(f"{c.model} {_figure(c.validation_loss)}" for c in model.candidates if c is not kept)
     return f"{kept.model} kept (validation loss {_figure(kept.validation_loss)} vs {others}): "
@@ -307,7 +307,7 @@ def summary(config: PipelineConfig, results: dict) -> str:
     quality = ", ".join(f"{k} {_figure(v)} (baseline {_figure(base.get(k))})" for k, v in ours.items() if k != "rows")
     model = ModelManifest.read(layout.model_manifest_path)
     kept = next((f" ({c.model}, kept of {', '.join(o.model for o in model.candidates)})" for c in model.candidates
-                 if c.kept and len(model.candidates) > 1), "")
+                 if c.kept), "")
     lines.append(f"  model     {layout.model_dir}{kept}" + (f": eval {quality}" if quality else ""))
     for hand_off in results.get("hand_offs", []):
         diffs = ", ".join(f"{k} {v:.2g}" for k, v in hand_off["max_abs_diff"].items())

@@ -185,7 +185,7 @@ def _model_section(config: PipelineConfig, metrics: dict) -> page.Section:
     model = ModelManifest.read(config.layout.model_manifest_path)
     ours, base = metrics.get("eval", {}), metrics.get("baseline", {})
     baseline = f"linear baseline ({base.get('model', '')})"
-    if len(model.candidates) > 1:
+    if model.candidates:
         kept = next(c.model for c in model.candidates if c.kept)
         fitted += (f" Trained in turn: {', '.join(c.model for c in model.candidates)}; {kept}, the lowest loss on "
                    f"the validation rows, was kept (the plots are its own).")
